@@ -1,0 +1,461 @@
+// Package delivery moves the outbox to HTTP endpoints: workers claim
+// batches per sink, POST them, and record the outcome (ack, backoff,
+// failed). Wake-ups come from LISTEN/NOTIFY with a poll fallback.
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/metrics"
+	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/secrets"
+	"github.com/walhook/walhook/sink"
+)
+
+// UserAgent is sent with every request.
+const UserAgent = "walhook/1"
+
+// claimMargin is added to request_timeout for a claim's lease: a worker
+// that dies mid-request loses its claim after that.
+const claimMargin = 15 * time.Second
+
+// errorSnippet bounds how much of a failing response body is kept.
+const errorSnippet = 512
+
+// Config wires a Manager.
+type Config struct {
+	Store  *outbox.Store
+	Box    *secrets.Box
+	Log    zerolog.Logger
+	Worker string // this process's identity in claims
+	// Poll is the fallback when no notification arrives (backoffs expire
+	// without one). Default 500ms.
+	Poll time.Duration
+	// Client overrides the HTTP client (tests).
+	Client *http.Client
+}
+
+// Manager runs one set of workers per sink and keeps them in line with the
+// sinks in the state schema.
+type Manager struct {
+	cfg    Config
+	client *http.Client
+
+	mu      sync.Mutex
+	runners map[int64]*runner
+	reload  chan struct{}
+}
+
+// NewManager prepares a manager; Run starts it.
+func NewManager(cfg Config) *Manager {
+	if cfg.Poll <= 0 {
+		cfg.Poll = 500 * time.Millisecond
+	}
+	client := cfg.Client
+	if client == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns = 1024
+		tr.MaxIdleConnsPerHost = 256
+		tr.IdleConnTimeout = 90 * time.Second
+		client = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	return &Manager{cfg: cfg, client: client, runners: map[int64]*runner{}, reload: make(chan struct{}, 1)}
+}
+
+// Reload asks the manager to re-read sinks and endpoints now.
+func (m *Manager) Reload() {
+	select {
+	case m.reload <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers until ctx ends, then waits for in-flight batches to finish
+// (each bounded by its request_timeout).
+func (m *Manager) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { m.listen(ctx) })
+	wg.Go(func() { m.housekeep(ctx) })
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		if err := m.sync(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Error().Err(err).Msg("load sinks")
+		}
+		select {
+		case <-ctx.Done():
+			m.mu.Lock()
+			for _, r := range m.runners {
+				r.stop()
+			}
+			m.mu.Unlock()
+			wg.Wait()
+			return nil
+		case <-tick.C:
+		case <-m.reload:
+		}
+	}
+}
+
+// sync starts, restarts and stops runners to match the stored sinks.
+func (m *Manager) sync(ctx context.Context) error {
+	sinks, err := m.cfg.Store.SinkModels(ctx)
+	if err != nil {
+		return err
+	}
+	endpoints, err := m.cfg.Store.Endpoints(ctx)
+	if err != nil {
+		return err
+	}
+	byName := map[string]*outbox.Endpoint{}
+	for _, e := range endpoints {
+		byName[e.Name] = e
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[int64]bool{}
+	for _, s := range sinks {
+		seen[s.ID] = true
+		ep := byName[s.Config.Endpoint]
+		if ep == nil {
+			m.cfg.Log.Error().Str("sink", s.Name).Str("endpoint", s.Config.Endpoint).Msg("sink names a missing http endpoint; not delivering")
+			continue
+		}
+		fp := fingerprint(s, ep)
+		if r, ok := m.runners[s.ID]; ok {
+			if r.fp == fp {
+				continue
+			}
+			r.stop()
+		}
+		r, err := m.newRunner(s, ep, fp)
+		if err != nil {
+			m.cfg.Log.Error().Err(err).Str("sink", s.Name).Msg("cannot deliver")
+			delete(m.runners, s.ID)
+			continue
+		}
+		m.runners[s.ID] = r
+		r.start(ctx)
+	}
+	for id, r := range m.runners {
+		if !seen[id] {
+			r.stop()
+			delete(m.runners, id)
+		}
+	}
+	return nil
+}
+
+func fingerprint(s *sink.Sink, ep *outbox.Endpoint) string {
+	b, _ := json.Marshal([]any{s.Config, ep.URL, ep.Headers, ep.EncryptedHeaders, ep.UpdatedAt})
+	return string(b)
+}
+
+// Wake tells a sink's workers that messages arrived.
+func (m *Manager) Wake(sinkID int64) {
+	m.mu.Lock()
+	r := m.runners[sinkID]
+	m.mu.Unlock()
+	if r != nil {
+		r.wake.broadcast()
+	}
+}
+
+// listen turns NOTIFYs from capture into wake-ups. On connection loss it
+// reconnects; the poll fallback covers the gap.
+func (m *Manager) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := m.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		m.cfg.Log.Warn().Err(err).Msg("listen for outbox notifications; retrying")
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (m *Manager) listenOnce(ctx context.Context) error {
+	conn, err := m.cfg.Store.Pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `LISTEN "`+m.cfg.Store.Channel()+`"`); err != nil {
+		return err
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `UNLISTEN *`) //nolint:errcheck // best effort before returning the conn
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		for _, part := range strings.Split(n.Payload, ",") {
+			if id, err := strconv.ParseInt(part, 10, 64); err == nil {
+				m.Wake(id)
+			}
+		}
+	}
+}
+
+// housekeep frees claims of dead workers and trims the delivered history.
+func (m *Manager) housekeep(ctx context.Context) {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	n := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if freed, err := m.cfg.Store.ReleaseExpired(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn().Err(err).Msg("release expired claims")
+		} else if freed > 0 {
+			m.cfg.Log.Warn().Int64("groups", freed).Msg("released claims of a worker that stopped answering; their messages will be delivered again")
+		}
+		if n++; n%15 == 0 {
+			if _, err := m.cfg.Store.PruneDelivered(ctx, 1000); err != nil && ctx.Err() == nil {
+				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
+			}
+		}
+	}
+}
+
+// broadcaster wakes every waiting worker at once.
+type broadcaster struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newBroadcaster() *broadcaster { return &broadcaster{ch: make(chan struct{})} }
+
+func (b *broadcaster) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcaster) broadcast() {
+	b.mu.Lock()
+	close(b.ch)
+	b.ch = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// runner delivers one sink.
+type runner struct {
+	m       *Manager
+	sink    *sink.Sink
+	url     string
+	headers http.Header
+	signer  *Signer
+	fp      string
+	wake    *broadcaster
+	log     zerolog.Logger
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runner, error) {
+	h := http.Header{}
+	for k, v := range ep.Headers {
+		h.Set(k, v)
+	}
+	secret, err := m.cfg.Box.OpenMap(ep.EncryptedHeaders)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: encrypted headers: %w", ep.Name, err)
+	}
+	for k, v := range secret {
+		h.Set(k, v)
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", UserAgent)
+	signer, err := NewSigner(s.Config.SigningSecret)
+	if err != nil {
+		return nil, fmt.Errorf("sink %s: %w", s.Name, err)
+	}
+	return &runner{
+		m: m, sink: s, url: strings.TrimRight(ep.URL, "/") + s.Config.Path, headers: h, signer: signer,
+		fp: fp, wake: newBroadcaster(), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
+	}, nil
+}
+
+func (r *runner) start(ctx context.Context) {
+	ctx, r.cancel = context.WithCancel(ctx)
+	n := max(r.sink.Config.Concurrency, 1)
+	for i := 0; i < n; i++ {
+		r.wg.Go(func() { r.work(ctx) })
+	}
+}
+
+// stop stops claiming and waits for in-flight batches.
+func (r *runner) stop() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+func (r *runner) work(ctx context.Context) {
+	cfg := r.sink.Config
+	req := outbox.ClaimRequest{
+		SinkID: r.sink.ID, BatchSize: max(cfg.BatchSize, 1), MaxAckPending: max(cfg.MaxAckPending, 1),
+		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
+	}
+	for ctx.Err() == nil {
+		wake := r.wake.wait()
+		res, err := r.m.cfg.Store.Claim(ctx, req)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Error().Err(err).Msg("claim")
+				sleep(ctx, time.Second, nil)
+			}
+			continue
+		}
+		if len(res.Messages) == 0 {
+			sleep(ctx, r.m.cfg.Poll, wake)
+			continue
+		}
+		r.deliver(ctx, res.Messages)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-wake:
+	}
+}
+
+// deliver POSTs one batch and records the outcome. It finishes even when
+// ctx is cancelled (shutdown): the request has its own timeout.
+func (r *runner) deliver(ctx context.Context, msgs []outbox.Message) {
+	bg := context.WithoutCancel(ctx)
+	cfg := r.sink.Config
+	start := time.Now()
+	status, snippet, retryAfter, err := r.post(bg, msgs)
+	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
+	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
+	if err == nil && status >= 200 && status < 300 {
+		if err := r.m.cfg.Store.Ack(bg, r.sink.ID, msgs, r.m.cfg.Worker, status); err != nil {
+			r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
+			return
+		}
+		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(len(msgs)))
+		now := time.Now()
+		for _, m := range msgs {
+			metrics.Latency.WithLabelValues(r.sink.Name).Observe(now.Sub(m.CreatedAt).Seconds())
+		}
+		return
+	}
+	attempt := 1
+	for _, m := range msgs {
+		attempt = max(attempt, int(m.DeliverCount)+1)
+	}
+	wait := Backoff(attempt, cfg.Retry.InitialBackoff.D(), cfg.Retry.MaxBackoff.D())
+	if retryAfter > 0 {
+		wait = max(wait, retryAfter)
+		if err := r.m.cfg.Store.Hold(bg, r.sink.ID, time.Now().Add(retryAfter)); err != nil {
+			r.log.Error().Err(err).Msg("hold sink for Retry-After")
+		}
+	}
+	msg := snippet
+	if err != nil {
+		msg = err.Error()
+	}
+	failed, nerr := r.m.cfg.Store.Nack(bg, r.sink.ID, msgs, r.m.cfg.Worker, outbox.Failure{
+		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
+	})
+	if nerr != nil {
+		r.log.Error().Err(nerr).Msg("record failed delivery")
+		return
+	}
+	ev := r.log.Warn()
+	ev.Int("status", status).Str("error", msg).Int("messages", len(msgs)).Int("attempt", attempt).Dur("retry_in", wait).Msg("delivery failed")
+	if failed > 0 {
+		metrics.Failed.WithLabelValues(r.sink.Name).Add(float64(failed))
+		r.log.Error().Int("messages", failed).Dur("max_age", cfg.Retry.MaxAge.D()).Msg("ALERT: messages exceeded retry.max_age and are now failed; redeliver them once the endpoint is fixed")
+	}
+}
+
+// post sends the batch. It returns the status (0 without a response), a
+// bounded snippet of a failing response, a Retry-After wait, or the
+// transport error.
+func (r *runner) post(ctx context.Context, msgs []outbox.Message) (int, string, time.Duration, error) {
+	size := len(`{"data":[]}`)
+	for _, m := range msgs {
+		size += len(m.Payload) + 1
+	}
+	body := make([]byte, 0, size)
+	body = append(body, `{"data":[`...)
+	for i, m := range msgs {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, m.Payload...)
+	}
+	body = append(body, "]}"...)
+
+	ctx, cancel := context.WithTimeout(ctx, r.sink.Config.RequestTimeout.D())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, "", 0, fmt.Errorf("build request: %w", err)
+	}
+	req.Header = r.headers.Clone()
+	if r.signer != nil {
+		ids := make([]int64, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.ID
+		}
+		id := BatchID(r.sink.ID, ids)
+		ts, sig := r.signer.Sign(id, time.Now(), body)
+		req.Header.Set("webhook-id", id)
+		req.Header.Set("webhook-timestamp", ts)
+		req.Header.Set("webhook-signature", sig)
+	}
+	resp, err := r.m.client.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return 0, "", 0, fmt.Errorf("timed out after %s", r.sink.Config.RequestTimeout.D())
+		}
+		return 0, "", 0, err
+	}
+	defer resp.Body.Close()
+	var snippet string
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, errorSnippet))
+		snippet = fmt.Sprintf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // drain for connection reuse
+	return resp.StatusCode, snippet, RetryAfter(resp, time.Now()), nil
+}
+
+func class(status int, err error) string {
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() || strings.Contains(err.Error(), "timed out") {
+			return "timeout"
+		}
+		return "error"
+	}
+	return strconv.Itoa(status/100) + "xx"
+}

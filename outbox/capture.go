@@ -1,0 +1,256 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/sink"
+)
+
+// chunkRows is how many messages are buffered before they are copied into
+// the open state transaction. It bounds memory for transactions of any
+// size: a 1M-row source transaction streams through in chunks and commits
+// once, with its stream position.
+const chunkRows = 5000
+
+// Capture writes the replication stream into the outbox. It groups several
+// source transactions into one state transaction (group commit) and
+// records the stream position in that same transaction, so after a crash
+// the outbox and the position agree: nothing is missing and nothing is
+// written twice. It implements replication.Handler.
+type Capture struct {
+	store  *Store
+	slot   string
+	router *atomic.Pointer[sink.Router]
+	log    zerolog.Logger
+
+	// OnMessage, when set, receives logical decoding messages
+	// (watermarks). It runs on the stream's goroutine.
+	OnMessage func(ctx context.Context, lsn uint64, transactional bool, prefix string, content []byte) error
+	// OnCommit, when set, runs after each flush with the sinks that got
+	// messages (for metrics).
+	OnCommit func(counts map[int64]int)
+
+	tx         pgx.Tx // open while a flush is in progress or a chunk spilled
+	routerSeen *sink.Router
+	routes     map[*sink.Relation][]*sink.Route
+
+	rows    []outRow
+	arena   []byte
+	groups  map[groupRef]int32
+	touched map[int64]int
+	trunc   map[string]int
+
+	buffered   int
+	lastCommit uint64
+	lastEnd    uint64
+	durableEnd uint64
+}
+
+type outRow struct {
+	sinkID  int64
+	group   string
+	lsn     uint64
+	idx     int
+	payload []byte
+}
+
+type groupRef struct {
+	sinkID int64
+	group  string
+}
+
+// NewCapture writes for slot, routing with whatever router is current.
+func NewCapture(store *Store, slot string, router *atomic.Pointer[sink.Router], log zerolog.Logger) *Capture {
+	return &Capture{store: store, slot: slot, router: router, log: log}
+}
+
+// Position reads the durable stream position and drops anything buffered
+// from an earlier, failed run.
+func (c *Capture) Position(ctx context.Context) (uint64, uint64, error) {
+	c.reset(ctx)
+	var commit, end int64
+	err := c.store.Pool.QueryRow(ctx, `SELECT commit_lsn, end_lsn FROM replication_state WHERE slot = $1`, c.slot).Scan(&commit, &end)
+	if err == pgx.ErrNoRows {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("read replication_state: %w", err)
+	}
+	c.lastCommit, c.lastEnd, c.durableEnd = uint64(commit), uint64(end), uint64(end)
+	return uint64(commit), uint64(end), nil
+}
+
+func (c *Capture) reset(ctx context.Context) {
+	if c.tx != nil {
+		_ = c.tx.Rollback(context.WithoutCancel(ctx))
+		c.tx = nil
+	}
+	c.rows, c.arena, c.buffered = c.rows[:0], c.arena[:0], 0
+	c.groups, c.touched, c.trunc = map[groupRef]int32{}, map[int64]int{}, map[string]int{}
+}
+
+// Begin starts a source transaction.
+func (c *Capture) Begin(ctx context.Context, commitLSN uint64, commitTime time.Time) error {
+	if r := c.router.Load(); r != c.routerSeen {
+		c.routerSeen = r
+		c.routes = map[*sink.Relation][]*sink.Route{}
+	}
+	return nil
+}
+
+// Change routes one change to its sinks and buffers their messages.
+func (c *Capture) Change(ctx context.Context, ch *sink.Change) error {
+	routes, ok := c.routes[ch.Rel]
+	if !ok {
+		if c.routerSeen != nil {
+			routes = c.routerSeen.ForTable(ch.Rel.Schema, ch.Rel.Table)
+		}
+		c.routes[ch.Rel] = routes
+	}
+	for _, rt := range routes {
+		if !rt.Match(ch) {
+			continue
+		}
+		start := len(c.arena)
+		c.arena = rt.Render(c.arena, ch)
+		row := outRow{sinkID: rt.Sink.ID, group: rt.GroupKey(ch), lsn: ch.CommitLSN, idx: ch.CommitIdx, payload: c.arena[start:len(c.arena):len(c.arena)]}
+		c.rows = append(c.rows, row)
+		c.groups[groupRef{row.sinkID, row.group}]++
+		c.touched[row.sinkID]++
+		c.buffered++
+	}
+	if len(c.rows) >= chunkRows {
+		return c.spill(ctx)
+	}
+	return nil
+}
+
+// Truncate counts truncated tables; a TRUNCATE is not delivered.
+func (c *Capture) Truncate(ctx context.Context, rels []*sink.Relation) error {
+	for _, r := range rels {
+		c.log.Warn().Str("table", r.QualifiedName()).Msg("TRUNCATE captured; not delivered")
+		c.trunc[r.QualifiedName()]++
+	}
+	return nil
+}
+
+// Message passes logical decoding messages on to OnMessage.
+func (c *Capture) Message(ctx context.Context, lsn uint64, transactional bool, prefix string, content []byte) error {
+	if c.OnMessage != nil {
+		return c.OnMessage(ctx, lsn, transactional, prefix, content)
+	}
+	return nil
+}
+
+// Commit records the transaction's position; it becomes durable at the
+// next Flush.
+func (c *Capture) Commit(ctx context.Context, commitLSN, endLSN uint64) error {
+	c.lastCommit, c.lastEnd = commitLSN, endLSN
+	return nil
+}
+
+// Buffered counts messages not yet committed to the outbox.
+func (c *Capture) Buffered() int { return c.buffered }
+
+// spill copies the buffered rows into the open state transaction.
+func (c *Capture) spill(ctx context.Context) error {
+	if c.tx == nil {
+		tx, err := c.store.Pool.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("begin outbox transaction: %w", err)
+		}
+		c.tx = tx
+	}
+	if len(c.rows) > 0 {
+		_, err := c.tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload"}, &rowSource{rows: c.rows, i: -1})
+		if err != nil {
+			return fmt.Errorf("copy into outbox: %w", err)
+		}
+	}
+	if len(c.groups) > 0 {
+		sinks := make([]int64, 0, len(c.groups))
+		keys := make([]string, 0, len(c.groups))
+		counts := make([]int32, 0, len(c.groups))
+		for g, n := range c.groups {
+			sinks, keys, counts = append(sinks, g.sinkID), append(keys, g.group), append(counts, n)
+		}
+		// Sorted, so concurrent acks (which lock in the same order) cannot
+		// deadlock with capture.
+		_, err := c.tx.Exec(ctx, `
+			INSERT INTO outbox_groups (sink_id, group_key, pending)
+			SELECT s, g, n FROM unnest($1::bigint[], $2::text[], $3::int[]) AS u(s, g, n) ORDER BY s, g
+			ON CONFLICT (sink_id, group_key) DO UPDATE SET pending = outbox_groups.pending + EXCLUDED.pending`,
+			sinks, keys, counts)
+		if err != nil {
+			return fmt.Errorf("upsert outbox groups: %w", err)
+		}
+	}
+	c.rows, c.arena = c.rows[:0], c.arena[:0]
+	clear(c.groups)
+	return nil
+}
+
+// Flush commits every buffered transaction with the stream position and
+// wakes delivery. It returns the end LSN now durable.
+func (c *Capture) Flush(ctx context.Context) (uint64, error) {
+	if c.lastEnd == c.durableEnd && c.buffered == 0 && len(c.trunc) == 0 {
+		return c.durableEnd, nil
+	}
+	if err := c.spill(ctx); err != nil {
+		c.reset(ctx)
+		return 0, err
+	}
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO replication_state (slot, commit_lsn, end_lsn, updated_at) VALUES ($1, $2, $3, now())
+		ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn, updated_at = now()`,
+		c.slot, int64(c.lastCommit), int64(c.lastEnd))
+	for table, n := range c.trunc {
+		b.Queue(`INSERT INTO truncates (table_name, count) VALUES ($1, $2)
+			ON CONFLICT (table_name) DO UPDATE SET count = truncates.count + EXCLUDED.count, last_at = now()`, table, n)
+	}
+	if len(c.touched) > 0 {
+		ids := make([]int64, 0, len(c.touched))
+		for id := range c.touched {
+			ids = append(ids, id)
+		}
+		b.Queue(`SELECT pg_notify($1, $2)`, c.store.Channel(), joinIDs(ids))
+	}
+	if err := c.tx.SendBatch(ctx, b).Close(); err != nil {
+		c.reset(ctx)
+		return 0, fmt.Errorf("record stream position: %w", err)
+	}
+	if err := c.tx.Commit(ctx); err != nil {
+		c.tx = nil
+		c.reset(ctx)
+		return 0, fmt.Errorf("commit outbox transaction: %w", err)
+	}
+	c.tx = nil
+	if c.OnCommit != nil && len(c.touched) > 0 {
+		c.OnCommit(c.touched)
+	}
+	c.durableEnd = c.lastEnd
+	c.buffered = 0
+	c.touched, c.trunc = map[int64]int{}, map[string]int{}
+	return c.durableEnd, nil
+}
+
+// rowSource feeds buffered rows to COPY without building [][]any.
+type rowSource struct {
+	rows []outRow
+	i    int
+	vals [5]any
+}
+
+func (r *rowSource) Next() bool { r.i++; return r.i < len(r.rows) }
+func (r *rowSource) Values() ([]any, error) {
+	row := &r.rows[r.i]
+	r.vals = [5]any{row.sinkID, row.group, int64(row.lsn), int32(row.idx), row.payload}
+	return r.vals[:], nil
+}
+func (r *rowSource) Err() error { return nil }

@@ -1,0 +1,95 @@
+// Package outbox is every query on walhook's state schema: the outbox
+// table and its groups (capture writes, delivery claims and acks), sinks,
+// endpoints, webhook sources and subscriptions. One seam for all SQL, so
+// the claim protocol and the capture protocol are read side by side.
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Store is the state schema.
+type Store struct {
+	Pool   *pgxpool.Pool
+	Schema string
+}
+
+// Open connects to the state database with search_path set to schema, so
+// every query here is unqualified.
+func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse state url: %w", err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = "walhook"
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to state database: %w", err)
+	}
+	return &Store{Pool: pool, Schema: schema}, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() { s.Pool.Close() }
+
+// Channel is the LISTEN/NOTIFY channel on which capture announces new
+// messages; the payload is a comma-separated list of sink ids.
+func (s *Store) Channel() string { return "walhook_" + s.Schema }
+
+// ErrNotFound is returned when a named object does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned when creating an object whose name is taken.
+var ErrExists = errors.New("already exists")
+
+// IsUniqueViolation reports a unique_violation from Postgres.
+func IsUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// isRetryable reports serialization failures and deadlocks, which a
+// transaction may simply try again.
+func isRetryable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+}
+
+// inTx runs fn in a transaction, retrying it on deadlock or serialization
+// failure.
+func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		err := pgx.BeginFunc(ctx, s.Pool, fn)
+		if err == nil || !isRetryable(err) || attempt >= 5 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 5 * time.Millisecond):
+		}
+	}
+}
+
+func joinIDs(ids []int64) string {
+	var b strings.Builder
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprint(&b, id)
+	}
+	return b.String()
+}
