@@ -82,9 +82,14 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (ClaimResult, error
 		res = ClaimResult{}
 		var active bool
 		var pending int
+		// The lock is its own statement: a statement's snapshot is taken
+		// when it starts, and the count must see the claims committed while
+		// this one waited.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`, req.SinkID); err != nil {
+			return fmt.Errorf("claim lock: %w", err)
+		}
 		err := tx.QueryRow(ctx, `
-			SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int) IS NOT NULL
-				AND s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()),
+			SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()),
 				(SELECT COALESCE(sum(claimed_count), 0) FROM outbox_groups WHERE sink_id = $1 AND claimed_until IS NOT NULL)
 				+ (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL)
 			FROM sinks s WHERE s.id = $1`, req.SinkID).Scan(&active, &pending)
