@@ -210,7 +210,7 @@ func (d *decoder) appendTuple(ri *relInfo, t *pglogrepl.TupleData, old [][2]int,
 				d.arena = AppendValue(d.arena, r.oid, col.Data)
 			}
 		default: // binary format is never requested
-			d.arena = AppendJSONString(d.arena, col.Data)
+			d.arena = sink.AppendJSONString(d.arena, col.Data)
 		}
 		ends[i] = [2]int{start, len(d.arena)}
 	}

@@ -1,10 +1,8 @@
 package sink
 
 import (
-	"encoding/json"
 	"strconv"
 	"time"
-	"unicode/utf8"
 )
 
 // commitTimeLayout is RFC 3339 with microseconds, as Postgres keeps them.
@@ -130,23 +128,4 @@ func (r *Route) RenderWebhook(dst []byte, w *Webhook) []byte {
 	dst = AppendJSONString(dst, w.Key)
 	dst = r.appendConsumer(dst)
 	return append(dst, `}}`...)
-}
-
-// AppendJSONString appends s as a JSON string. Plain printable ASCII, the
-// common case for names and keys, is copied as is.
-func AppendJSONString[S ~string | ~[]byte](dst []byte, s S) []byte {
-	plain := true
-	for i := 0; i < len(s); i++ {
-		if b := s[i]; b < 0x20 || b == '"' || b == '\\' || b >= utf8.RuneSelf {
-			plain = false
-			break
-		}
-	}
-	if plain {
-		dst = append(dst, '"')
-		dst = append(dst, s...)
-		return append(dst, '"')
-	}
-	b, _ := json.Marshal(string(s)) // a string always marshals
-	return append(dst, b...)
 }
