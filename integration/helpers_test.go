@@ -61,7 +61,7 @@ func setup(t *testing.T, ddl string, tables ...string) *testBundle {
 
 // start runs the service in-process until the test ends (or stop is
 // called).
-func (b *testBundle) start(t *testing.T) (stop func()) {
+func (b *testBundle) start(t testing.TB) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel).With().Timestamp().Logger()

@@ -1,0 +1,324 @@
+package integration
+
+// Benchmarks print rows/s as ratios to a raw pglogrepl decode of the same
+// WAL, measured in the same run, because this machine is shared and
+// absolute numbers drift. Run them with:
+//
+//	go test ./integration/ -run '^$' -bench . -benchtime 1x
+//
+// Each benchmark does its whole workload once per b.N iteration, so
+// -benchtime 1x is the useful setting.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/migrations"
+	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/replication"
+	"github.com/walhook/walhook/sink"
+)
+
+const benchDDL = `CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int, status text, total numeric, created_at timestamptz DEFAULT now())`
+
+// writeWorkload commits rows in 100-row transactions.
+func writeWorkload(ctx context.Context, tb testing.TB, db *pgxpool.Pool, from, rows int) {
+	for i := from; i < from+rows; i += 100 {
+		if _, err := db.Exec(ctx, `INSERT INTO orders (id, customer_id, status, total)
+			SELECT g, g % 1000, 'new', (g % 997) * 1.25 FROM generate_series($1::bigint, $2::bigint) g`, i, i+99); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func currentLSN(ctx context.Context, tb testing.TB, db *pgxpool.Pool) uint64 {
+	var s string
+	if err := db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+		tb.Fatal(err)
+	}
+	lsn, _ := pglogrepl.ParseLSN(s)
+	return uint64(lsn)
+}
+
+// rawDecode streams a slot with pglogrepl and parses every message until
+// end: the baseline walhook's capture is compared with.
+func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, end uint64) (changes int, d time.Duration) {
+	cfg, _ := pgconn.ParseConfig(url)
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	start := time.Now()
+	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + pub + "'", "messages 'true'"}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		raw, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cd, ok := raw.(*pgproto3.CopyData)
+		if !ok || cd.Data[0] != pglogrepl.XLogDataByteID {
+			continue
+		}
+		xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
+		if err != nil {
+			tb.Fatal(err)
+		}
+		m, err := pglogrepl.Parse(xld.WALData)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		switch m := m.(type) {
+		case *pglogrepl.InsertMessage:
+			changes++
+		case *pglogrepl.CommitMessage:
+			if uint64(m.TransactionEndLSN) >= end {
+				return changes, time.Since(start)
+			}
+		}
+	}
+}
+
+// benchStore prepares the state schema and a sink for bench runs.
+func benchStore(ctx context.Context, tb testing.TB, url string, endpoint string, batch int) (*outbox.Store, *atomic.Pointer[sink.Router]) {
+	if _, err := migrations.Up(ctx, url, "walhook"); err != nil {
+		tb.Fatal(err)
+	}
+	store, err := outbox.Open(ctx, url, "walhook", 32)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(store.Close)
+	if err := store.PutEndpoint(ctx, &outbox.Endpoint{Name: "recv", URL: endpoint}); err != nil {
+		tb.Fatal(err)
+	}
+	sc := config.Sink{Name: "s", Endpoint: "recv", Tables: []string{"public.orders"}, BatchSize: batch, Concurrency: 4}
+	sc.ApplyDefaults()
+	if _, err := store.PutSink(ctx, sc); err != nil {
+		tb.Fatal(err)
+	}
+	sinks, err := store.SinkModels(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var router atomic.Pointer[sink.Router]
+	router.Store(sink.NewRouter(sinks))
+	return store, &router
+}
+
+// BenchmarkCapture measures slot-to-committed-outbox throughput with
+// 100-row transactions, next to a raw pglogrepl decode of the same WAL.
+func BenchmarkCapture(b *testing.B) {
+	const rows = 200_000
+	ctx := context.Background()
+	for i := 0; i < b.N; i++ {
+		url := pgtest.NewDB(b)
+		db, err := pgxpool.New(ctx, url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, q := range []string{benchDDL, `CREATE PUBLICATION bench FOR TABLE orders`,
+			`SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')`,
+			`SELECT pg_create_logical_replication_slot('bench_wh', 'pgoutput')`} {
+			if _, err := db.Exec(ctx, q); err != nil {
+				b.Fatal(err)
+			}
+		}
+		store, router := benchStore(ctx, b, url, "http://127.0.0.1:1", 100)
+		if _, err := store.Pool.Exec(ctx, `UPDATE sinks SET status = 'paused'`); err != nil {
+			b.Fatal(err)
+		}
+		writeWorkload(ctx, b, db, 1, rows)
+		end := currentLSN(ctx, b, db)
+
+		n, rawDur := rawDecode(ctx, b, url, "bench_raw", "bench", end)
+		if n != rows {
+			b.Fatalf("raw decode saw %d inserts, want %d", n, rows)
+		}
+
+		capture := outbox.NewCapture(store, "bench_wh", router, zerolog.Nop())
+		stream := replication.NewStream(replication.Config{URL: url, Slot: "bench_wh", Publication: "bench", Log: zerolog.Nop()}, db)
+		sctx, cancel := context.WithCancel(ctx)
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- stream.Run(sctx, capture) }()
+		for stream.Status().Confirmed < end {
+			time.Sleep(5 * time.Millisecond)
+		}
+		whDur := time.Since(start)
+		cancel()
+		<-done
+		var count int
+		_ = store.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&count)
+		if count != rows {
+			b.Fatalf("outbox has %d rows, want %d", count, rows)
+		}
+		raw := float64(rows) / rawDur.Seconds()
+		wh := float64(rows) / whDur.Seconds()
+		b.ReportMetric(raw, "raw_rows/s")
+		b.ReportMetric(wh, "capture_rows/s")
+		b.ReportMetric(wh/raw, "capture/raw")
+		fmt.Printf("\n| capture, %d rows in 100-row txs | rows/s |\n|---|---|\n| raw pglogrepl decode | %.0f |\n| walhook slot → outbox (committed) | %.0f |\n| ratio | %.2f |\n", rows, raw, wh, wh/raw)
+		db.Close()
+	}
+}
+
+// latencyReceiver answers 200 and records commit-to-receipt latency.
+type latencyReceiver struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	lats []time.Duration
+	n    atomic.Int64
+}
+
+func newLatencyReceiver(tb testing.TB) *latencyReceiver {
+	r := &latencyReceiver{}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var env struct {
+			Data []struct {
+				Metadata struct {
+					CommitTimestamp time.Time `json:"commit_timestamp"`
+				} `json:"metadata"`
+			} `json:"data"`
+		}
+		if err := json.NewDecoder(req.Body).Decode(&env); err != nil {
+			w.WriteHeader(400)
+			return
+		}
+		now := time.Now()
+		r.mu.Lock()
+		for _, m := range env.Data {
+			r.lats = append(r.lats, now.Sub(m.Metadata.CommitTimestamp))
+		}
+		r.mu.Unlock()
+		r.n.Add(int64(len(env.Data)))
+	}))
+	tb.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *latencyReceiver) percentiles() (p50, p99 time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.lats) == 0 {
+		return 0, 0
+	}
+	l := slices.Clone(r.lats)
+	slices.Sort(l)
+	return l[len(l)/2], l[len(l)*99/100]
+}
+
+func (r *latencyReceiver) reset() {
+	r.mu.Lock()
+	r.lats = nil
+	r.mu.Unlock()
+	r.n.Store(0)
+}
+
+// BenchmarkEndToEnd commits 100-row transactions while walhook runs and a
+// loopback receiver answers 200: sustained rows/s and commit-to-receipt
+// latency at batch_size 1 and 100, then p99 latency at a paced 1,000
+// rows/s, next to a raw decode of the same WAL.
+func BenchmarkEndToEnd(b *testing.B) {
+	for _, batch := range []int{1, 100} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			rows := 100_000
+			if batch == 1 {
+				rows = 20_000
+			}
+			ctx := context.Background()
+			for i := 0; i < b.N; i++ {
+				tb := setupBench(b, batch)
+				defer tb.stop()
+				tb.recv.reset()
+				start := time.Now()
+				writeWorkload(ctx, b, tb.db, 1, rows)
+				for tb.recv.n.Load() < int64(rows) {
+					time.Sleep(2 * time.Millisecond)
+				}
+				dur := time.Since(start)
+				p50, p99 := tb.recv.percentiles()
+				end := currentLSN(ctx, b, tb.db)
+				_, rawDur := rawDecode(ctx, b, tb.url, "bench_raw", "bench", end)
+				raw := float64(rows) / rawDur.Seconds()
+				rate := float64(rows) / dur.Seconds()
+
+				// Paced: 1,000 rows/s in 100-row transactions for 5 s.
+				tb.recv.reset()
+				next := time.Now()
+				for k := 0; k < 50; k++ {
+					writeWorkload(ctx, b, tb.db, 1_000_000+k*100, 100)
+					next = next.Add(100 * time.Millisecond)
+					time.Sleep(time.Until(next))
+				}
+				for tb.recv.n.Load() < 5000 {
+					time.Sleep(2 * time.Millisecond)
+				}
+				pp50, pp99 := tb.recv.percentiles()
+				b.ReportMetric(rate, "rows/s")
+				b.ReportMetric(rate/raw, "e2e/raw")
+				b.ReportMetric(float64(p99.Milliseconds()), "p99_ms")
+				b.ReportMetric(float64(pp99.Milliseconds()), "paced_p99_ms")
+				fmt.Printf("\n| end to end, batch_size %d, %d rows | value |\n|---|---|\n| raw pglogrepl decode rows/s | %.0f |\n| walhook delivered rows/s | %.0f |\n| ratio | %.2f |\n| commit-to-receipt p50 / p99 (saturated) | %s / %s |\n| commit-to-receipt p50 / p99 at 1,000 rows/s | %s / %s |\n",
+					batch, rows, raw, rate, rate/raw, p50.Round(time.Millisecond), p99.Round(time.Millisecond), pp50.Round(time.Millisecond), pp99.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+type benchBundle struct {
+	url  string
+	db   *pgxpool.Pool
+	recv *latencyReceiver
+	stop func()
+}
+
+// setupBench starts the whole service against a fresh database, with a
+// raw slot created first so the baseline decodes the same WAL.
+func setupBench(b *testing.B, batch int) *benchBundle {
+	ctx := context.Background()
+	url := pgtest.NewDB(b)
+	db, err := pgxpool.New(ctx, url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(db.Close)
+	for _, q := range []string{benchDDL, `CREATE PUBLICATION bench FOR TABLE orders`,
+		`SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')`} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	recv := newLatencyReceiver(b)
+	tb := &testBundle{url: url, db: db}
+	tb.cfg = &config.Config{
+		Database:      config.Database{URL: url},
+		HTTPEndpoints: []config.HTTPEndpoint{{Name: "recv", URL: recv.srv.URL}},
+		Sinks:         []config.Sink{{Name: "s", Endpoint: "recv", Tables: []string{"public.orders"}, BatchSize: batch, Concurrency: 4}},
+		Log:           config.Log{Level: "error"},
+	}
+	tb.cfg.ApplyDefaults()
+	stop := tb.start(b)
+	return &benchBundle{url: url, db: db, recv: recv, stop: stop}
+}
