@@ -199,9 +199,9 @@ func TestRollbackNeverDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.exec(t, `INSERT INTO t VALUES (1000)`)
-	msgs := b.recv.waitCount(t, 1, 20*time.Second)
+	b.recv.waitCount(t, 1, 20*time.Second)
 	time.Sleep(300 * time.Millisecond)
-	msgs = b.recv.acked()
+	msgs := b.recv.acked()
 	if len(msgs) != 1 || msgs[0].Record["id"] != float64(1000) {
 		t.Fatalf("delivered %v, want only id 1000", msgs)
 	}

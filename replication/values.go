@@ -162,9 +162,6 @@ func valAppendKind(dst []byte, k valKind, text []byte) []byte {
 	return sink.AppendJSONString(dst, text)
 }
 
-// valHex is the digits \u00XX escapes are written with.
-const valHex = "0123456789abcdef"
-
 // valPlainASCII marks the ASCII bytes that stand for themselves inside a
 // JSON string. HTML characters (<, >, &) are left alone, unlike
 // encoding/json's default: the output goes to webhooks, not into pages.

@@ -15,7 +15,7 @@ func TestPGDBName(t *testing.T) {
 			t.Errorf("dbName(%q) = %q", name, got)
 		}
 	}
-	if dbName("TestX") == dbName("TestX") {
+	if first, second := dbName("TestX"), dbName("TestX"); first == second {
 		t.Error("two databases of one test share a name")
 	}
 }
