@@ -319,7 +319,7 @@ func (r *runner) work(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		wake := r.wake.wait()
-		res, err := r.m.cfg.Store.Claim(ctx, req)
+		msgs, err := r.m.cfg.Store.Claim(ctx, req)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Error().Err(err).Msg("claim")
@@ -327,11 +327,11 @@ func (r *runner) work(ctx context.Context) {
 			}
 			continue
 		}
-		if len(res.Messages) == 0 {
+		if len(msgs) == 0 {
 			sleep(ctx, r.m.cfg.Poll, wake)
 			continue
 		}
-		r.deliver(ctx, res.Messages)
+		r.deliver(ctx, msgs)
 	}
 }
 

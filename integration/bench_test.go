@@ -57,8 +57,9 @@ func currentLSN(ctx context.Context, tb testing.TB, db *pgxpool.Pool) uint64 {
 }
 
 // rawDecode streams a slot with pglogrepl and parses every message until
-// end: the baseline walhook's capture is compared with.
-func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, end uint64) (changes int, d time.Duration) {
+// it has seen want inserts: the baseline walhook's capture is compared
+// with.
+func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, want int) (changes int, d time.Duration) {
 	cfg, _ := pgconn.ParseConfig(url)
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
@@ -78,7 +79,17 @@ func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, end ui
 			tb.Fatal(err)
 		}
 		cd, ok := raw.(*pgproto3.CopyData)
-		if !ok || cd.Data[0] != pglogrepl.XLogDataByteID {
+		if !ok {
+			continue
+		}
+		if cd.Data[0] == pglogrepl.PrimaryKeepaliveMessageByteID {
+			// Answer keepalives so wal_sender_timeout never ends a long run.
+			if ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:]); err == nil && ka.ReplyRequested {
+				_ = pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: 1})
+			}
+			continue
+		}
+		if cd.Data[0] != pglogrepl.XLogDataByteID {
 			continue
 		}
 		xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
@@ -89,11 +100,11 @@ func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, end ui
 		if err != nil {
 			tb.Fatal(err)
 		}
-		switch m := m.(type) {
+		switch m.(type) {
 		case *pglogrepl.InsertMessage:
 			changes++
 		case *pglogrepl.CommitMessage:
-			if uint64(m.TransactionEndLSN) >= end {
+			if changes >= want {
 				return changes, time.Since(start)
 			}
 		}
@@ -152,7 +163,7 @@ func BenchmarkCapture(b *testing.B) {
 		writeWorkload(ctx, b, db, 1, rows)
 		end := currentLSN(ctx, b, db)
 
-		n, rawDur := rawDecode(ctx, b, url, "bench_raw", "bench", end)
+		n, rawDur := rawDecode(ctx, b, url, "bench_raw", "bench", rows)
 		if n != rows {
 			b.Fatalf("raw decode saw %d inserts, want %d", n, rows)
 		}
@@ -259,8 +270,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 				}
 				dur := time.Since(start)
 				p50, p99 := tb.recv.percentiles()
-				end := currentLSN(ctx, b, tb.db)
-				_, rawDur := rawDecode(ctx, b, tb.url, "bench_raw", "bench", end)
+				b.Logf("delivered %d rows in %s", rows, dur)
+				_, rawDur := rawDecode(ctx, b, tb.url, "bench_raw", "bench", rows)
 				raw := float64(rows) / rawDur.Seconds()
 				rate := float64(rows) / dur.Seconds()
 
@@ -321,4 +332,70 @@ func setupBench(b *testing.B, batch int) *benchBundle {
 	tb.cfg.ApplyDefaults()
 	stop := tb.start(b)
 	return &benchBundle{url: url, db: db, recv: recv, stop: stop}
+}
+
+// BenchmarkClaim measures one claim plus ack of a 100-message batch with
+// very different backlogs: the claim reads per-group rows, so its cost
+// should not grow with the number of pending groups or with one hot group.
+func BenchmarkClaim(b *testing.B) {
+	cases := []struct {
+		name           string
+		groups, perGrp int
+	}{
+		{"100_groups_x_100", 100, 100},
+		{"100000_groups_x_1", 100_000, 1},
+		{"1_hot_group_x_100000", 1, 100_000},
+	}
+	ctx := context.Background()
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			url := pgtest.NewDB(b)
+			store, _ := benchStore(ctx, b, url, "http://127.0.0.1:1", 100)
+			n := tc.groups * tc.perGrp
+			if _, err := store.Pool.Exec(ctx, `
+				INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload)
+				SELECT s.id, 'g' || (i % $1), i, 0, '{"record":{"id":' || i || '}}'
+				FROM generate_series(1, $2::int) i, sinks s`, tc.groups, n); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := store.Pool.Exec(ctx, `
+				INSERT INTO outbox_groups (sink_id, group_key, pending)
+				SELECT sink_id, group_key, count(*) FROM outbox GROUP BY 1, 2`); err != nil {
+				b.Fatal(err)
+			}
+			for _, q := range []string{`VACUUM ANALYZE outbox`, `VACUUM ANALYZE outbox_groups`} {
+				if _, err := store.Pool.Exec(ctx, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var sinkID int64
+			_ = store.Pool.QueryRow(ctx, `SELECT id FROM sinks`).Scan(&sinkID)
+			req := outbox.ClaimRequest{SinkID: sinkID, BatchSize: 100, MaxAckPending: 10000, Lease: time.Minute, Worker: "bench"}
+			var claimT, ackT time.Duration
+			const cycles = 50
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for k := 0; k < cycles; k++ {
+					t0 := time.Now()
+					msgs, err := store.Claim(ctx, req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					t1 := time.Now()
+					if len(msgs) != 100 {
+						b.Fatalf("claimed %d messages, want 100", len(msgs))
+					}
+					if err := store.Ack(ctx, sinkID, msgs, "bench", 200); err != nil {
+						b.Fatal(err)
+					}
+					claimT += t1.Sub(t0)
+					ackT += time.Since(t1)
+				}
+			}
+			per := float64(b.N * cycles)
+			b.ReportMetric(float64(claimT.Microseconds())/per, "claim_us")
+			b.ReportMetric(float64(ackT.Microseconds())/per, "ack_us")
+			fmt.Printf("| claim+ack of 100, backlog %s | claim %.0f µs | ack %.0f µs |\n", tc.name, float64(claimT.Microseconds())/per, float64(ackT.Microseconds())/per)
+		})
+	}
 }

@@ -31,102 +31,79 @@ type ClaimRequest struct {
 	Worker string
 }
 
-// ClaimResult is a batch, or why there is none.
-type ClaimResult struct {
-	Messages []Message
-	// Inactive: the sink is paused or holding (Retry-After).
-	Inactive bool
-	// Full: max_ack_pending is reached.
-	Full bool
-}
-
 // claimSQL picks the groups ready longest (nothing in flight, backoff
 // over), skipping groups other workers hold, then takes each group's
 // messages in order. Messages already attempted (backing off) count
 // against max_ack_pending already, so only fresh ones are limited by the
-// room left ($3). The result is a prefix of each group, in group order.
+// room left. The result is a prefix of each group, in group order. A
+// paused or holding sink (Retry-After) gets nothing.
 const claimSQL = `
-WITH g AS (
+WITH st AS (
+	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()) AS active,
+		$3::int
+		- (SELECT COALESCE(sum(claimed_count), 0) FROM outbox_groups WHERE sink_id = $1 AND claimed_until IS NOT NULL)
+		- (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL) AS room
+	FROM sinks s WHERE s.id = $1
+), g AS (
 	SELECT group_key, ready_at FROM outbox_groups
-	WHERE sink_id = $1 AND claimed_until IS NULL AND ready_at <= now()
+	WHERE sink_id = $1 AND claimed_until IS NULL AND ready_at <= now() AND COALESCE((SELECT active FROM st), false)
 	ORDER BY ready_at
 	LIMIT $2
 	FOR UPDATE SKIP LOCKED
 ), m AS (
-	SELECT o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at, g.ready_at
+	SELECT o.id, o.group_key, o.deliver_count, g.ready_at
 	FROM g CROSS JOIN LATERAL (
-		SELECT id, group_key, commit_lsn, commit_idx, payload, deliver_count, first_attempt_at, created_at
+		SELECT id, group_key, deliver_count
 		FROM outbox
 		WHERE sink_id = $1 AND group_key = g.group_key AND failed_at IS NULL
 		ORDER BY id
-		LIMIT $2
+		-- A fair share of the batch per group (twice it, for slack), so
+		-- many deep groups do not make the claim read batch² rows.
+		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM g))::int)
 	) o
 ), r AS (
 	SELECT m.*, sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, id) AS fresh FROM m
 ), pick AS (
-	SELECT * FROM r WHERE deliver_count > 0 OR fresh <= $3 ORDER BY ready_at, id LIMIT $2
+	SELECT * FROM r WHERE deliver_count > 0 OR fresh <= (SELECT room FROM st) ORDER BY ready_at, id LIMIT $2
 ), u AS (
 	UPDATE outbox_groups og
 	SET claimed_until = now() + make_interval(secs => $4::float8), claimed_by = $5, claimed_count = c.fresh_n, claimed_max_id = c.max_id
 	FROM (SELECT group_key, sum((deliver_count = 0)::int) AS fresh_n, max(id) AS max_id FROM pick GROUP BY group_key) c
 	WHERE og.sink_id = $1 AND og.group_key = c.group_key
 )
-SELECT id, group_key, commit_lsn, commit_idx, payload, deliver_count, first_attempt_at, created_at FROM pick ORDER BY ready_at, id`
+-- Payloads are read last, for the picked messages only.
+SELECT o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+FROM pick JOIN outbox o ON o.id = pick.id
+ORDER BY pick.ready_at, pick.id`
 
-// Claim takes a batch for one worker. Claims of one sink are serialized
-// by a transaction-scoped advisory lock, so max_ack_pending holds across
-// workers and processes.
-func (s *Store) Claim(ctx context.Context, req ClaimRequest) (ClaimResult, error) {
-	var res ClaimResult
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		res = ClaimResult{}
-		var active bool
-		var pending int
-		// The lock is its own statement: a statement's snapshot is taken
-		// when it starts, and the count must see the claims committed while
-		// this one waited.
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`, req.SinkID); err != nil {
-			return fmt.Errorf("claim lock: %w", err)
-		}
-		err := tx.QueryRow(ctx, `
-			SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()),
-				(SELECT COALESCE(sum(claimed_count), 0) FROM outbox_groups WHERE sink_id = $1 AND claimed_until IS NOT NULL)
-				+ (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL)
-			FROM sinks s WHERE s.id = $1`, req.SinkID).Scan(&active, &pending)
-		if err == pgx.ErrNoRows {
-			res.Inactive = true
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("sink state: %w", err)
-		}
-		if !active {
-			res.Inactive = true
-			return nil
-		}
-		room := req.MaxAckPending - pending
-		rows, err := tx.Query(ctx, claimSQL, req.SinkID, req.BatchSize, max(room, 0), req.Lease.Seconds(), req.Worker)
-		if err != nil {
-			return fmt.Errorf("claim: %w", err)
-		}
-		for rows.Next() {
-			var m Message
-			if err := rows.Scan(&m.ID, &m.Group, &m.CommitLSN, &m.CommitIdx, &m.Payload, &m.DeliverCount, &m.FirstAttemptAt, &m.CreatedAt); err != nil {
-				rows.Close()
-				return fmt.Errorf("claim: scan: %w", err)
+// claimLockSQL serializes the claims of one sink, so max_ack_pending holds
+// across workers and processes. It is its own statement because a
+// statement's snapshot is taken when it starts: the claim that follows
+// must see the claims committed while this one waited.
+const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`
+
+// Claim takes a batch for one worker: the lock and the claim go in one
+// round trip, as one implicit transaction.
+func (s *Store) Claim(ctx context.Context, req ClaimRequest) ([]Message, error) {
+	var msgs []Message
+	err := s.batch(ctx, func(b *pgx.Batch) {
+		b.Queue(claimLockSQL, req.SinkID)
+		b.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker).Query(func(rows pgx.Rows) error {
+			msgs = msgs[:0]
+			for rows.Next() {
+				var m Message
+				if err := rows.Scan(&m.ID, &m.Group, &m.CommitLSN, &m.CommitIdx, &m.Payload, &m.DeliverCount, &m.FirstAttemptAt, &m.CreatedAt); err != nil {
+					return err
+				}
+				msgs = append(msgs, m)
 			}
-			res.Messages = append(res.Messages, m)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("claim: %w", err)
-		}
-		res.Full = len(res.Messages) == 0 && room <= 0
-		return nil
+			return rows.Err()
+		})
 	})
 	if err != nil {
-		return ClaimResult{}, fmt.Errorf("claim batch for sink %d: %w", req.SinkID, err)
+		return nil, fmt.Errorf("claim batch for sink %d: %w", req.SinkID, err)
 	}
-	return res, nil
+	return msgs, nil
 }
 
 func groupsOf(msgs []Message) ([]string, []int64) {
@@ -149,11 +126,11 @@ const lockGroupsSQL = `SELECT 1 FROM outbox_groups WHERE sink_id = $1 AND group_
 
 // Ack removes delivered messages (keeping them in the recent history),
 // releases their groups and puts them at the back of the queue, so one hot
-// group cannot starve the others.
+// group cannot starve the others; a group left empty is deleted. One round
+// trip, one implicit transaction.
 func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker string, status int) error {
 	groups, ids := groupsOf(msgs)
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
+	err := s.batch(ctx, func(b *pgx.Batch) {
 		b.Queue(lockGroupsSQL, sinkID, groups)
 		b.Queue(`
 			WITH d AS (
@@ -161,21 +138,39 @@ func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker st
 				RETURNING id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count
 			), h AS (
 				INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status)
-				SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count + 1, $3 FROM d
+				SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count + 1, $5 FROM d
 				ON CONFLICT (id) DO NOTHING
-			)
-			UPDATE outbox_groups og SET pending = og.pending - c.n
-			FROM (SELECT group_key, count(*) AS n FROM d GROUP BY group_key) c
-			WHERE og.sink_id = $1 AND og.group_key = c.group_key`, sinkID, ids, status)
-		b.Queue(`UPDATE outbox_groups SET claimed_until = NULL, claimed_by = NULL, claimed_count = 0, claimed_max_id = NULL, ready_at = now()
-			WHERE sink_id = $1 AND group_key = ANY($2) AND claimed_by = $3`, sinkID, groups, worker)
-		b.Queue(`DELETE FROM outbox_groups WHERE sink_id = $1 AND group_key = ANY($2) AND pending <= 0 AND claimed_until IS NULL`, sinkID, groups)
-		return tx.SendBatch(ctx, b).Close()
+			), c AS (
+				SELECT g.group_key, count(d.id) AS n FROM unnest($3::text[]) AS g(group_key)
+				LEFT JOIN d ON d.group_key = g.group_key GROUP BY g.group_key
+			)`+settleGroupsSQL("n", "now()")+`
+			SELECT count(*) FROM c`, sinkID, ids, groups, worker, status)
 	})
 	if err != nil {
 		return fmt.Errorf("ack %d messages of sink %d: %w", len(msgs), sinkID, err)
 	}
 	return nil
+}
+
+// settleGroupsSQL ends a statement whose CTE c has (group_key, <n>): the
+// groups lose n pending messages and this worker's claim; a group left
+// empty and unclaimed is deleted, others are updated (disjoint rows, so
+// one statement does both). readyAt is when the group may be claimed
+// again. $1 is the sink, $4 the worker.
+func settleGroupsSQL(n, readyAt string) string {
+	empty := `og.pending - c.` + n + ` <= 0 AND (og.claimed_by = $4 OR og.claimed_until IS NULL)`
+	return `, del AS (
+				DELETE FROM outbox_groups og USING c
+				WHERE og.sink_id = $1 AND og.group_key = c.group_key AND ` + empty + `
+			), upd AS (
+				UPDATE outbox_groups og SET pending = og.pending - c.` + n + `,
+					claimed_until = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_until END,
+					claimed_count = CASE WHEN og.claimed_by = $4 THEN 0 ELSE og.claimed_count END,
+					claimed_max_id = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_max_id END,
+					ready_at = CASE WHEN og.claimed_by = $4 THEN ` + readyAt + ` ELSE og.ready_at END,
+					claimed_by = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_by END
+				FROM c WHERE og.sink_id = $1 AND og.group_key = c.group_key AND NOT (` + empty + `)
+			)`
 }
 
 // Failure describes a failed delivery attempt.
@@ -190,45 +185,32 @@ type Failure struct {
 
 // Nack records a failed attempt: the messages back off until NotBefore
 // (their groups with them), or become failed once MaxAge has passed since
-// their first attempt. It returns how many became failed.
+// their first attempt, leaving their group's queue. It returns how many
+// became failed.
 func (s *Store) Nack(ctx context.Context, sinkID int64, msgs []Message, worker string, f Failure) (failed int, err error) {
 	groups, ids := groupsOf(msgs)
 	var status *int
 	if f.Status != 0 {
 		status = &f.Status
 	}
-	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
+	err = s.batch(ctx, func(b *pgx.Batch) {
 		b.Queue(lockGroupsSQL, sinkID, groups)
 		b.Queue(`
 			WITH o AS (
 				UPDATE outbox SET deliver_count = deliver_count + 1,
-					first_attempt_at = COALESCE(first_attempt_at, $3),
-					last_attempt_at = $3, last_status = $4, last_error = $5, not_before = $6,
-					failed_at = CASE WHEN $7::bigint > 0 AND COALESCE(first_attempt_at, $3) + make_interval(secs => $7::bigint / 1e6::float8) <= now() THEN now() END
+					first_attempt_at = COALESCE(first_attempt_at, $5),
+					last_attempt_at = $5, last_status = $6, last_error = $7, not_before = $8,
+					failed_at = CASE WHEN $9::bigint > 0 AND COALESCE(first_attempt_at, $5) + make_interval(secs => $9::bigint / 1e6::float8) <= now() THEN now() END
 				WHERE id = ANY($2) AND failed_at IS NULL
 				RETURNING group_key, failed_at IS NOT NULL AS failed
 			), c AS (
-				SELECT group_key, count(*) FILTER (WHERE failed) AS nf FROM o GROUP BY group_key
-			), g AS (
-				UPDATE outbox_groups og SET pending = og.pending - c.nf
-				FROM c WHERE og.sink_id = $1 AND og.group_key = c.group_key AND c.nf > 0
-			)
+				SELECT g.group_key, count(o.group_key) FILTER (WHERE o.failed) AS nf FROM unnest($3::text[]) AS g(group_key)
+				LEFT JOIN o ON o.group_key = g.group_key GROUP BY g.group_key
+			)`+settleGroupsSQL("nf", "$8")+`
 			SELECT COALESCE(sum(nf), 0)::int FROM c`,
-			sinkID, ids, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds())
-		b.Queue(`UPDATE outbox_groups SET claimed_until = NULL, claimed_by = NULL, claimed_count = 0, claimed_max_id = NULL, ready_at = $3
-			WHERE sink_id = $1 AND group_key = ANY($2) AND claimed_by = $4`, sinkID, groups, f.NotBefore, worker)
-		b.Queue(`DELETE FROM outbox_groups WHERE sink_id = $1 AND group_key = ANY($2) AND pending <= 0 AND claimed_until IS NULL`, sinkID, groups)
-		br := tx.SendBatch(ctx, b)
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return err
-		}
-		if err := br.QueryRow().Scan(&failed); err != nil {
-			br.Close()
-			return err
-		}
-		return br.Close()
+			sinkID, ids, groups, worker, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&failed)
+		})
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record failed delivery of %d messages of sink %d: %w", len(msgs), sinkID, err)

@@ -83,6 +83,25 @@ func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 	}
 }
 
+// batch sends the statements fill queues as one pipeline: one round trip
+// and one implicit transaction (a failing statement rolls back the rest).
+// It retries on deadlock or serialization failure.
+func (s *Store) batch(ctx context.Context, fill func(b *pgx.Batch)) error {
+	for attempt := 0; ; attempt++ {
+		b := &pgx.Batch{}
+		fill(b)
+		err := s.Pool.SendBatch(ctx, b).Close()
+		if err == nil || !isRetryable(err) || attempt >= 5 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 5 * time.Millisecond):
+		}
+	}
+}
+
 func joinIDs(ids []int64) string {
 	var b strings.Builder
 	for i, id := range ids {

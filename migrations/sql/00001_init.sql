@@ -70,7 +70,7 @@ CREATE TABLE outbox (
     failed_at        timestamptz
 ) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.02);
 
-CREATE INDEX outbox_group_idx ON outbox (sink_id, group_key, id) WHERE failed_at IS NULL;
+CREATE INDEX outbox_group_idx ON outbox (sink_id, group_key, id) INCLUDE (deliver_count) WHERE failed_at IS NULL;
 CREATE INDEX outbox_retrying_idx ON outbox (sink_id) WHERE deliver_count > 0 AND failed_at IS NULL;
 CREATE INDEX outbox_failed_idx ON outbox (sink_id, id) WHERE failed_at IS NOT NULL;
 CREATE UNIQUE INDEX outbox_dedupe_idx ON outbox (sink_id, dedupe_key) WHERE dedupe_key IS NOT NULL;
