@@ -156,12 +156,14 @@ func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker st
 // groups lose n pending messages and this worker's claim; a group left
 // empty and unclaimed is deleted, others are updated (disjoint rows, so
 // one statement does both). readyAt is when the group may be claimed
-// again. $1 is the sink, $4 the worker.
+// again. $1 is the sink, $3 the groups, $4 the worker. (The explicit
+// group_key = ANY($3) gives the planner the index; c's size is unknown
+// to it.)
 func settleGroupsSQL(n, readyAt string) string {
 	empty := `og.pending - c.` + n + ` <= 0 AND (og.claimed_by = $4 OR og.claimed_until IS NULL)`
 	return `, del AS (
 				DELETE FROM outbox_groups og USING c
-				WHERE og.sink_id = $1 AND og.group_key = c.group_key AND ` + empty + `
+				WHERE og.sink_id = $1 AND og.group_key = ANY($3) AND og.group_key = c.group_key AND ` + empty + `
 			), upd AS (
 				UPDATE outbox_groups og SET pending = og.pending - c.` + n + `,
 					claimed_until = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_until END,
@@ -169,7 +171,7 @@ func settleGroupsSQL(n, readyAt string) string {
 					claimed_max_id = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_max_id END,
 					ready_at = CASE WHEN og.claimed_by = $4 THEN ` + readyAt + ` ELSE og.ready_at END,
 					claimed_by = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_by END
-				FROM c WHERE og.sink_id = $1 AND og.group_key = c.group_key AND NOT (` + empty + `)
+				FROM c WHERE og.sink_id = $1 AND og.group_key = ANY($3) AND og.group_key = c.group_key AND NOT (` + empty + `)
 			)`
 }
 
