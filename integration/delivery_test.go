@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -235,5 +236,28 @@ func TestMaxAgeFailsThenRedeliver(t *testing.T) {
 	msgs = b.recv.waitCount(t, 2, 20*time.Second)
 	if msgs[1].Record["id"] != float64(1) {
 		t.Fatalf("redelivered %v", msgs[1].Record)
+	}
+}
+
+// Endpoint headers and decrypted encrypted headers reach the receiver;
+// the stored value is sealed.
+func TestEndpointHeaders(t *testing.T) {
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`, "public.t")
+	b.cfg.EncryptionKey = base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
+	b.cfg.HTTPEndpoints[0].Headers = map[string]string{"X-Env": "test"}
+	b.cfg.HTTPEndpoints[0].EncryptedHeaders = map[string]string{"Authorization": "Bearer s3cret-token"}
+	b.start(t)
+	b.exec(t, `INSERT INTO t VALUES (1, 0)`)
+	b.recv.waitCount(t, 1, 20*time.Second)
+	h := b.recv.ackedRequests()[0].Header
+	if h.Get("X-Env") != "test" || h.Get("Authorization") != "Bearer s3cret-token" || h.Get("Content-Type") != "application/json" || h.Get("User-Agent") == "" {
+		t.Fatalf("headers: %v", h)
+	}
+	var sealed []byte
+	if err := b.db.QueryRow(context.Background(), `SELECT encrypted_headers FROM walhook.http_endpoints`).Scan(&sealed); err != nil {
+		t.Fatal(err)
+	}
+	if len(sealed) == 0 || bytes.Contains(sealed, []byte("s3cret")) {
+		t.Fatalf("encrypted headers stored in clear: %q", sealed)
 	}
 }
