@@ -239,3 +239,18 @@ func TestFiltersActionsAndRowShape(t *testing.T) {
 		t.Errorf("row sink got %+v", rows)
 	}
 }
+
+// Changes of a partitioned table arrive under the root's name.
+func TestPartitionedTable(t *testing.T) {
+	b := setup(t, `CREATE TABLE events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+		CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+		CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')`, "public.events")
+	b.start(t)
+	b.exec(t, `INSERT INTO events VALUES (1, '2024-05-01'), (2, '2025-05-01')`)
+	msgs := b.recv.waitCount(t, 2, 20*time.Second)
+	for _, m := range msgs {
+		if m.Metadata.TableName != "events" {
+			t.Errorf("table_name = %s, want the root events", m.Metadata.TableName)
+		}
+	}
+}
