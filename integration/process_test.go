@@ -22,7 +22,7 @@ var (
 
 // walhookBin builds cmd/walhook once per test binary, for tests that need
 // a real process to kill.
-func walhookBin(t *testing.T) string {
+func walhookBin(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "walhook-bin-")
@@ -48,10 +48,21 @@ type proc struct {
 	log *os.File
 }
 
-// writeConfig writes the bundle's config as YAML for a child process.
-func (b *testBundle) writeConfig(t *testing.T, endpointURL string, extraSink string) string {
+// writeConfig writes a config for a child process: one sink on public.t
+// at batch_size 10.
+func (b *testBundle) writeConfig(t testing.TB, endpointURL string) string {
+	return b.writeConfigFor(t, endpointURL, "public.t", 10)
+}
+
+// writeConfigFor writes a config with one sink "s" on table.
+func (b *testBundle) writeConfigFor(t testing.TB, endpointURL, table string, batch int) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "walhook.yaml")
+	dir, err := os.MkdirTemp("", "walhook-cfg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "walhook.yaml")
 	yaml := fmt.Sprintf(`
 database: {url: %q}
 server: {listen: "127.0.0.1:0"}
@@ -62,19 +73,19 @@ sinks:
   - name: s
     endpoint: recv
     path: /hook
-    tables: [public.t]
-    batch_size: 10
+    tables: [%s]
+    batch_size: %d
     concurrency: 4
     request_timeout: 2s
     retry: {initial_backoff: 50ms, max_backoff: 200ms}
-%s`, b.url, endpointURL, extraSink)
+`, b.url, endpointURL, table, batch)
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
 }
 
-func startProc(t *testing.T, cfgPath, name string) *proc {
+func startProc(t testing.TB, cfgPath, name string) *proc {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
 	if err != nil {
@@ -120,7 +131,7 @@ func (b *testBundle) slotActive() bool {
 // loses no change and writes none twice into the outbox.
 func TestKill9CaptureExactlyOnce(t *testing.T) {
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
-	cfg := b.writeConfig(t, "http://127.0.0.1:1", "") // unreachable: everything stays in the outbox
+	cfg := b.writeConfig(t, "http://127.0.0.1:1") // unreachable: everything stays in the outbox
 	ctx := context.Background()
 	const txs, perTx = 60, 50
 	p := startProc(t, cfg, "walhook-1")
@@ -167,7 +178,7 @@ func TestKill9CaptureExactlyOnce(t *testing.T) {
 func TestKill9DeliversEverything(t *testing.T) {
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
 	b.recv.setRespond(func(*request) int { time.Sleep(2 * time.Millisecond); return 200 })
-	cfg := b.writeConfig(t, b.recv.URL(), "")
+	cfg := b.writeConfig(t, b.recv.URL())
 	ctx := context.Background()
 	const rows = 2000
 	p := startProc(t, cfg, "walhook-1")
@@ -201,7 +212,7 @@ func TestKill9DeliversEverything(t *testing.T) {
 // when the streaming one dies the other takes over the slot.
 func TestTwoProcessesAndFailover(t *testing.T) {
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`)
-	cfg := b.writeConfig(t, b.recv.URL(), "")
+	cfg := b.writeConfig(t, b.recv.URL())
 	ctx := context.Background()
 	a := startProc(t, cfg, "walhook-a")
 	waitFor(t, 20*time.Second, "a streaming", b.slotActive)
@@ -244,7 +255,7 @@ func TestMillionRowTransactionBoundedMemory(t *testing.T) {
 		t.Skip("large transaction")
 	}
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int, pad text)`)
-	cfg := b.writeConfig(t, "http://127.0.0.1:1", "")
+	cfg := b.writeConfig(t, "http://127.0.0.1:1")
 	ctx := context.Background()
 	p := startProc(t, cfg, "walhook")
 	waitFor(t, 20*time.Second, "streaming", b.slotActive)
@@ -266,7 +277,7 @@ func TestMillionRowTransactionBoundedMemory(t *testing.T) {
 }
 
 // peakRSS reads VmHWM of a process, in bytes.
-func peakRSS(t *testing.T, pid int) int64 {
+func peakRSS(t testing.TB, pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Skipf("no /proc: %v", err)

@@ -168,7 +168,7 @@ func TestGracefulShutdown(t *testing.T) {
 		<-release
 		return 200
 	})
-	p := startProc(t, b.writeConfig(t, b.recv.URL(), ""), "walhook")
+	p := startProc(t, b.writeConfig(t, b.recv.URL()), "walhook")
 	waitFor(t, 20*time.Second, "streaming", b.slotActive)
 	b.exec(t, `INSERT INTO t VALUES (1, 0)`)
 	select {

@@ -124,6 +124,14 @@ func groupsOf(msgs []Message) ([]string, []int64) {
 // uses too, so the two never deadlock.
 const lockGroupsSQL = `SELECT 1 FROM outbox_groups WHERE sink_id = $1 AND group_key = ANY($2) ORDER BY group_key FOR UPDATE`
 
+// queueLockGroups queues lockGroupsSQL when it matters: a statement that
+// locks a single row cannot be part of a deadlock.
+func queueLockGroups(b *pgx.Batch, sinkID int64, groups []string) {
+	if len(groups) > 1 {
+		b.Queue(lockGroupsSQL, sinkID, groups)
+	}
+}
+
 // Ack removes delivered messages (keeping them in the recent history),
 // releases their groups and puts them at the back of the queue, so one hot
 // group cannot starve the others; a group left empty is deleted. One round
@@ -131,7 +139,7 @@ const lockGroupsSQL = `SELECT 1 FROM outbox_groups WHERE sink_id = $1 AND group_
 func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker string, status int) error {
 	groups, ids := groupsOf(msgs)
 	err := s.batch(ctx, func(b *pgx.Batch) {
-		b.Queue(lockGroupsSQL, sinkID, groups)
+		queueLockGroups(b, sinkID, groups)
 		b.Queue(`
 			WITH d AS (
 				DELETE FROM outbox WHERE id = ANY($2)
@@ -196,7 +204,7 @@ func (s *Store) Nack(ctx context.Context, sinkID int64, msgs []Message, worker s
 		status = &f.Status
 	}
 	err = s.batch(ctx, func(b *pgx.Batch) {
-		b.Queue(lockGroupsSQL, sinkID, groups)
+		queueLockGroups(b, sinkID, groups)
 		b.Queue(`
 			WITH o AS (
 				UPDATE outbox SET deliver_count = deliver_count + 1,
