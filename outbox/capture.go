@@ -36,6 +36,15 @@ type Capture struct {
 	// messages (for metrics).
 	OnCommit func(counts map[int64]int)
 
+	// Backfills and retention (backfill_hook.go, retention.go): open
+	// watermark windows, the current transaction's commit time (for read
+	// messages), backfill positions to persist with the next flush, and
+	// the retained changes not yet copied.
+	wm      watermarks
+	txTime  time.Time
+	persist []persistStmt
+	ret     retentionState
+
 	tx         pgx.Tx // open while a flush is in progress or a chunk spilled
 	routerSeen *sink.Router
 	routes     map[*sink.Relation][]*sink.Route
@@ -93,6 +102,8 @@ func (c *Capture) reset(ctx context.Context) {
 	}
 	c.rows, c.arena, c.buffered = c.rows[:0], c.arena[:0], 0
 	c.groups, c.touched, c.trunc = map[groupRef]int32{}, map[int64]int{}, map[string]int{}
+	c.persist = nil
+	c.ret.reset()
 }
 
 // Begin starts a source transaction.
@@ -101,6 +112,7 @@ func (c *Capture) Begin(ctx context.Context, commitLSN uint64, commitTime time.T
 		c.routerSeen = r
 		c.routes = map[*sink.Relation][]*sink.Route{}
 	}
+	c.txTime = commitTime
 	return nil
 }
 
@@ -114,21 +126,34 @@ func (c *Capture) Change(ctx context.Context, ch *sink.Change) error {
 		c.routes[ch.Rel] = routes
 	}
 	for _, rt := range routes {
-		if !rt.Match(ch) {
-			continue
-		}
-		start := len(c.arena)
-		c.arena = rt.Render(c.arena, ch)
-		row := outRow{sinkID: rt.Sink.ID, group: rt.GroupKey(ch), lsn: ch.CommitLSN, idx: ch.CommitIdx, payload: c.arena[start:len(c.arena):len(c.arena)]}
-		c.rows = append(c.rows, row)
-		c.groups[groupRef{row.sinkID, row.group}]++
-		c.touched[row.sinkID]++
-		c.buffered++
+		c.add(rt, ch)
 	}
-	if len(c.rows) >= chunkRows {
+	// Backfill windows record the keys of changes; retained tables keep
+	// every change (backfill_hook.go, retention.go).
+	if c.wm.recording.Load() > 0 {
+		c.wm.observe(ch)
+	}
+	c.retainChange(ch)
+	if len(c.rows) >= chunkRows || len(c.ret.rows) >= chunkRows {
 		return c.spill(ctx)
 	}
 	return nil
+}
+
+// add buffers the message of one route for a change, if the route
+// matches it. Backfill pages come through here too.
+func (c *Capture) add(rt *sink.Route, ch *sink.Change) bool {
+	if !rt.Match(ch) {
+		return false
+	}
+	start := len(c.arena)
+	c.arena = rt.Render(c.arena, ch)
+	row := outRow{sinkID: rt.Sink.ID, group: rt.GroupKey(ch), lsn: ch.CommitLSN, idx: ch.CommitIdx, payload: c.arena[start:len(c.arena):len(c.arena)]}
+	c.rows = append(c.rows, row)
+	c.groups[groupRef{row.sinkID, row.group}]++
+	c.touched[row.sinkID]++
+	c.buffered++
+	return true
 }
 
 // Truncate counts truncated tables; a TRUNCATE is not delivered.
@@ -140,8 +165,12 @@ func (c *Capture) Truncate(ctx context.Context, rels []*sink.Relation) error {
 	return nil
 }
 
-// Message passes logical decoding messages on to OnMessage.
+// Message handles backfill watermarks (backfill_hook.go) and passes other
+// logical decoding messages on to OnMessage.
 func (c *Capture) Message(ctx context.Context, lsn uint64, transactional bool, prefix string, content []byte) error {
+	if prefix == WatermarkPrefix && transactional {
+		return c.watermark(ctx, lsn, content)
+	}
 	if c.OnMessage != nil {
 		return c.OnMessage(ctx, lsn, transactional, prefix, content)
 	}
@@ -172,6 +201,9 @@ func (c *Capture) spill(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("copy into outbox: %w", err)
 		}
+	}
+	if err := c.spillRetained(ctx); err != nil {
+		return err
 	}
 	if len(c.groups) > 0 {
 		sinks := make([]int64, 0, len(c.groups))
@@ -210,6 +242,9 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	b.Queue(`INSERT INTO replication_state (slot, commit_lsn, end_lsn, updated_at) VALUES ($1, $2, $3, now())
 		ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn, updated_at = now()`,
 		c.slot, int64(c.lastCommit), int64(c.lastEnd))
+	for _, p := range c.persist { // backfill positions, with their pages' rows
+		b.Queue(p.sql, p.args...)
+	}
 	for table, n := range c.trunc {
 		b.Queue(`INSERT INTO truncates (table_name, count) VALUES ($1, $2)
 			ON CONFLICT (table_name) DO UPDATE SET count = truncates.count + EXCLUDED.count, last_at = now()`, table, n)
@@ -236,6 +271,7 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	}
 	c.durableEnd = c.lastEnd
 	c.buffered = 0
+	c.persist = nil
 	c.touched, c.trunc = map[int64]int{}, map[string]int{}
 	return c.durableEnd, nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/api"
+	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/delivery"
 	"github.com/walhook/walhook/leader"
@@ -39,6 +42,8 @@ type Service struct {
 	Stream   *replication.Stream
 	Delivery *delivery.Manager
 	Capture  *outbox.Capture
+	// Backfills runs backfills and prunes retained changes on the leader.
+	Backfills *backfill.Runner
 	// Router is the current routing table; capture and webhook ingest
 	// read it, Refresh replaces it.
 	Router atomic.Pointer[sink.Router]
@@ -96,6 +101,11 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	}, source)
 	s.Capture = outbox.NewCapture(store, cfg.Database.Slot, &s.Router, log)
 	s.Capture.OnCommit = s.countCaptured
+	s.Capture.SetRetention(cfg.Retention.Tables)
+	s.Backfills = backfill.NewRunner(backfill.Config{
+		Store: store, Capture: s.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
+		RetentionKeep: cfg.Retention.Keep.D(), Log: log,
+	})
 	s.Delivery = delivery.NewManager(delivery.Config{Store: store, Box: box, Log: log, Worker: s.Worker})
 	return s, nil
 }
@@ -150,7 +160,12 @@ func (s *Service) Refresh(ctx context.Context) error {
 	if fp == s.refreshFp && s.Router.Load() != nil {
 		return nil
 	}
-	tables, err := replication.ResolveTables(ctx, s.Source, sinks, s.Cfg.State.Schema)
+	// Retained tables are published too, whether a sink names them or not.
+	published := sinks
+	if rt := s.Cfg.Retention.Tables; len(rt) > 0 {
+		published = append(slices.Clip(sinks), &sink.Sink{Name: "retention", Config: config.Sink{Name: "retention", Tables: rt}})
+	}
+	tables, err := replication.ResolveTables(ctx, s.Source, published, s.Cfg.State.Schema)
 	if err != nil {
 		return err
 	}
@@ -246,6 +261,10 @@ func (s *Service) lead(ctx context.Context) error {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Stream.Run(streamCtx, s.Capture) }()
+	// Backfills meet the stream, so they run for this term only.
+	var bg sync.WaitGroup
+	bg.Go(func() { s.Backfills.Run(streamCtx) })
+	defer func() { cancel(); bg.Wait() }()
 	for {
 		select {
 		case err := <-done:
@@ -278,16 +297,34 @@ func NewLogger(cfg config.Log, out *os.File) zerolog.Logger {
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
-// Main is `walhook run`: it builds the service, runs it until ctx ends and
-// releases everything.
+// Main is `walhook run`: it binds server.listen first (so a taken port
+// fails at once), builds the service, serves the HTTP API and runs the
+// service until ctx ends, then releases everything.
 func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
-	s, err := New(ctx, cfg, log)
+	ln, err := api.Listen(cfg.Server.Listen)
 	if err != nil {
 		return err
 	}
+	s, err := New(ctx, cfg, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	defer s.Close()
-	log.Info().Str("worker", s.Worker).Msg("walhook started")
-	err = s.Run(ctx)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var serveErr error
+	wg.Go(func() {
+		if serveErr = s.API().Serve(runCtx, ln); serveErr != nil {
+			log.Error().Err(serveErr).Msg("HTTP server stopped; stopping walhook")
+			cancel()
+		}
+	})
+	log.Info().Str("worker", s.Worker).Str("listen", ln.Addr().String()).Msg("walhook started")
+	err = s.Run(runCtx)
+	cancel()
+	wg.Wait()
 	log.Info().Msg("walhook stopped")
-	return err
+	return errors.Join(err, serveErr)
 }

@@ -1,0 +1,340 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/outbox"
+)
+
+// Observe tuning.
+const (
+	observePage      = 1000
+	observePoll      = time.Second            // without notifications
+	observeMinGap    = 50 * time.Millisecond  // between looks, however busy
+	observeKeepalive = 15 * time.Second       // SSE comment so proxies keep the stream
+	observeBuffer    = 1024                   // events a slow client may lag behind
+	observeMaxSeen   = 200000                 // bound on remembered ids
+	observeHeadRetry = 500 * time.Millisecond // before retrying a failed look
+)
+
+// observedEvent is the data of one SSE event.
+type observedEvent struct {
+	ID        int64           `json:"id"`
+	Sink      string          `json:"sink"`
+	Group     string          `json:"group"`
+	CommitLSN int64           `json:"commit_lsn"`
+	CommitIdx int32           `json:"commit_idx"`
+	Message   json.RawMessage `json:"message"`
+}
+
+// observe streams, as Server-Sent Events, every message that enters the
+// outbox from now on (of one sink with ?sink=).
+func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	for k := range q {
+		if k != "sink" {
+			s.fail(w, r, invalid(k, "unknown query parameter (use sink)"))
+			return
+		}
+	}
+	var sinkID int64
+	if name := q.Get("sink"); name != "" {
+		sk, err := s.d.Store.Sink(ctx, name)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		sinkID = sk.ID
+	}
+	sub, err := s.hub.subscribe(ctx, sinkID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer s.hub.unsubscribe(sub)
+
+	rc := http.NewResponseController(w)
+	// The stream outlives the server's read timeout.
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if _, err := fmt.Fprint(w, ": observing\n\n"); err != nil {
+		return
+	}
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	keep := time.NewTicker(observeKeepalive)
+	defer keep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stop:
+			_, _ = fmt.Fprint(w, "event: end\ndata: {\"reason\":\"server shutting down\"}\n\n")
+			_ = rc.Flush()
+			return
+		case <-sub.dropped:
+			_, _ = fmt.Fprint(w, "event: error\ndata: {\"error\":{\"code\":\"too_slow\",\"message\":\"the client fell too far behind; reconnect\"}}\n\n")
+			_ = rc.Flush()
+			return
+		case <-keep.C:
+			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
+				return
+			}
+		case m := <-sub.ch:
+			data, err := json.Marshal(observedEvent{ID: m.ID, Sink: m.Sink, Group: m.Group, CommitLSN: m.CommitLSN, CommitIdx: m.CommitIdx, Message: validJSON(m.Payload)})
+			if err != nil {
+				continue
+			}
+			// json.Marshal compacts the message, so data is one line.
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: message\ndata: %s\n\n", m.ID, data); err != nil {
+				return
+			}
+		}
+		// Batch what is already queued into one flush.
+		if len(sub.ch) == 0 {
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func validJSON(b []byte) json.RawMessage {
+	if json.Valid(b) {
+		return b
+	}
+	q, _ := json.Marshal(string(b))
+	return q
+}
+
+// hub runs one outbox tail for every observer, only while there are
+// observers: one LISTEN connection and one query per look however many
+// clients watch.
+type hub struct {
+	store *outbox.Store
+	log   zerolog.Logger
+
+	mu     sync.Mutex
+	subs   map[*subscriber]struct{}
+	run    *tailRun // the running tail, nil when none runs
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// tailRun is one run of the tail, from the first observer to the last.
+type tailRun struct {
+	cancel context.CancelFunc
+	ready  chan struct{} // closed once the tail follows the outbox (or failed)
+	err    error         // why it failed to start; read after ready
+}
+
+type subscriber struct {
+	sinkID  int64 // 0: every sink
+	ch      chan outbox.Observed
+	dropped chan struct{} // closed when the subscriber fell behind
+}
+
+func newHub(store *outbox.Store, log zerolog.Logger) *hub {
+	return &hub{store: store, log: log, subs: map[*subscriber]struct{}{}}
+}
+
+var errShuttingDown = errors.New("server is shutting down")
+
+// subscribe adds an observer. It returns once the tail runs, so every
+// message committed after it returns reaches the observer.
+func (h *hub) subscribe(ctx context.Context, sinkID int64) (*subscriber, error) {
+	sub := &subscriber{sinkID: sinkID, ch: make(chan outbox.Observed, observeBuffer), dropped: make(chan struct{})}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil, errShuttingDown
+	}
+	if h.run == nil {
+		tailCtx, cancel := context.WithCancel(context.Background())
+		run := &tailRun{cancel: cancel, ready: make(chan struct{})}
+		h.run = run
+		h.wg.Go(func() { h.tail(tailCtx, run) })
+	}
+	run := h.run
+	h.subs[sub] = struct{}{}
+	h.mu.Unlock()
+	select {
+	case <-run.ready:
+		if run.err != nil {
+			h.unsubscribe(sub)
+			return nil, run.err
+		}
+	case <-ctx.Done():
+		h.unsubscribe(sub)
+		return nil, ctx.Err()
+	}
+	return sub, nil
+}
+
+// unsubscribe removes an observer; the last one stops the tail.
+func (h *hub) unsubscribe(sub *subscriber) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.subs, sub)
+	if len(h.subs) == 0 && h.run != nil {
+		h.run.cancel()
+		h.run = nil
+	}
+}
+
+func (h *hub) close() {
+	h.mu.Lock()
+	h.closed = true
+	if h.run != nil {
+		h.run.cancel()
+		h.run = nil
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+}
+
+func (h *hub) broadcast(ctx context.Context, m outbox.Observed) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ctx.Err() != nil {
+		return // a newer tail serves the current subscribers
+	}
+	for sub := range h.subs {
+		if sub.sinkID != 0 && sub.sinkID != m.SinkID {
+			continue
+		}
+		select {
+		case sub.ch <- m:
+		default:
+			close(sub.dropped)
+			delete(h.subs, sub)
+		}
+	}
+}
+
+type checkpoint struct {
+	highest int64  // highest id seen by a look
+	xmax    uint64 // that look's snapshot xmax
+}
+
+// tail follows the outbox. Ids are taken before commit, so a message can
+// become visible below ids seen already; the tail therefore re-reads from
+// a floor below which nothing can still appear, and remembers the ids it
+// sent above it. The floor rises to a look's highest id once a later
+// look's snapshot shows every transaction of that time has ended.
+func (h *hub) tail(ctx context.Context, run *tailRun) {
+	started := func(err error) {
+		run.err = err
+		close(run.ready)
+	}
+	l, err := h.store.Listen(ctx)
+	if err != nil {
+		started(err)
+		return
+	}
+	notify := make(chan struct{}, 1)
+	waitDone := make(chan struct{})
+	go func() {
+		defer close(waitDone)
+		for {
+			if _, err := l.Wait(ctx); err != nil {
+				if ctx.Err() == nil {
+					h.log.Warn().Err(err).Msg("observe: notifications stopped; polling")
+				}
+				return
+			}
+			select {
+			case notify <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	defer func() {
+		<-waitDone
+		l.Close()
+	}()
+	head, err := h.store.ObserveHead(ctx)
+	if err != nil {
+		started(err)
+		return
+	}
+	started(nil)
+
+	floor, highest := head, head
+	seen := map[int64]struct{}{}
+	var checkpoints []checkpoint
+	poll := time.NewTicker(observePoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-notify:
+		case <-poll.C:
+		}
+		page, err := h.store.ObserveSince(ctx, floor, observePage)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			h.log.Warn().Err(err).Msg("observe: read outbox")
+			sleepCtx(ctx, observeHeadRetry)
+			continue
+		}
+		for _, m := range page.Messages {
+			if _, ok := seen[m.ID]; ok {
+				continue
+			}
+			seen[m.ID] = struct{}{}
+			highest = max(highest, m.ID)
+			h.broadcast(ctx, m)
+		}
+		if len(checkpoints) == 0 || checkpoints[len(checkpoints)-1].highest < highest {
+			checkpoints = append(checkpoints, checkpoint{highest: highest, xmax: page.Xmax})
+		}
+		i := 0
+		for i < len(checkpoints) && (checkpoints[i].xmax <= page.Xmin || len(seen) > observeMaxSeen) {
+			floor = max(floor, checkpoints[i].highest)
+			i++
+		}
+		checkpoints = checkpoints[i:]
+		if i > 0 {
+			for id := range seen {
+				if id <= floor {
+					delete(seen, id)
+				}
+			}
+		}
+		if len(page.Messages) == observePage {
+			select {
+			case notify <- struct{}{}:
+			default:
+			}
+		}
+		sleepCtx(ctx, observeMinGap)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/walhook/walhook/backfill"
+)
+
+// backfillPoll is how often `backfill --wait` asks for progress.
+const backfillPoll = 500 * time.Millisecond
+
+func backfillCmd() *cobra.Command {
+	var tables []string
+	var column, from string
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "backfill SINK",
+		Short: "Start a backfill: copy a sink's tables to it as read messages",
+		Long: `Start a backfill: copy the rows of a sink's tables to it as "read" messages,
+in primary-key order, consistent with the live changes around them.
+
+All of the sink's tables by default; --table (repeatable) picks some.
+--column and --from copy only the rows where column >= from (a partial
+backfill). --wait shows a progress bar until the backfill ends, and fails
+unless it is done.`,
+		Example: `  walhook backfill orders_webhook
+  walhook backfill orders_webhook --table public.orders --column created_at --from 2024-01-01 --wait`,
+		Args: cobra.ExactArgs(1),
+	}
+	opts := addClientFlags(cmd)
+	f := cmd.Flags()
+	f.StringArrayVar(&tables, "table", nil, "a table to copy (schema.table; repeatable; default: all of the sink's)")
+	f.StringVar(&column, "column", "", "copy only rows where this column >= --from")
+	f.StringVar(&from, "from", "", "the lower bound for --column, cast to the column's type")
+	f.BoolVar(&wait, "wait", false, "show progress until the backfill ends")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if (column == "") != (from == "") {
+			return fmt.Errorf("--column and --from go together: a partial backfill copies the rows where column >= from")
+		}
+		c, err := opts.client()
+		if err != nil {
+			return err
+		}
+		req := backfill.Request{Tables: tables, Column: column}
+		if from != "" {
+			req.From, _ = json.Marshal(from) // a string always marshals
+		}
+		var b backfill.Backfill
+		if err := c.post(cmd.Context(), pathOf("sinks", args[0], "backfills"), req, &b); err != nil {
+			return err
+		}
+		out := cmd.OutOrStdout()
+		if !wait {
+			if opts.JSON {
+				return printJSON(out, b)
+			}
+			_, err := fmt.Fprintf(out, "backfill %d of sink %s started (%s); its progress: GET /api/sinks/%s/backfills/%d\n",
+				b.ID, b.Sink, tablesOf(&b), b.Sink, b.ID)
+			return err
+		}
+		bar := newProgress(out, opts.JSON)
+		for b.State == backfill.Running {
+			bar.show(&b)
+			select {
+			case <-cmd.Context().Done():
+				bar.done()
+				return fmt.Errorf("stopped waiting; backfill %d goes on (cancel it with DELETE /api/sinks/%s/backfills/%d)", b.ID, b.Sink, b.ID)
+			case <-time.After(backfillPoll):
+			}
+			if err := c.get(cmd.Context(), pathOf("sinks", args[0], "backfills", fmt.Sprint(b.ID)), nil, &b); err != nil {
+				bar.done()
+				return err
+			}
+		}
+		bar.show(&b)
+		bar.done()
+		if opts.JSON {
+			if err := printJSON(out, b); err != nil {
+				return err
+			}
+		}
+		switch b.State {
+		case backfill.Done:
+			if !opts.JSON {
+				_, err := fmt.Fprintf(out, "backfill %d done: %d rows\n", b.ID, b.RowsProcessed)
+				return err
+			}
+			return nil
+		case backfill.Failed:
+			return fmt.Errorf("backfill %d failed: %s", b.ID, b.Error)
+		default:
+			return fmt.Errorf("backfill %d %s after %d rows", b.ID, b.State, b.RowsProcessed)
+		}
+	}
+	return cmd
+}
+
+func tablesOf(b *backfill.Backfill) string {
+	if len(b.Tables) == 0 {
+		return "all of its tables"
+	}
+	return strings.Join(b.Tables, ", ")
+}
+
+// progress draws a backfill's progress: a bar redrawn in place on a
+// terminal, a line every few seconds elsewhere (logs, pipes), nothing
+// with --json.
+type progress struct {
+	w        io.Writer
+	tty      bool
+	quiet    bool
+	drawn    bool
+	lastLine time.Time
+}
+
+func newProgress(w io.Writer, quiet bool) *progress {
+	tty := false
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		tty = true
+	}
+	return &progress{w: w, tty: tty, quiet: quiet}
+}
+
+// barWidth is the bar's width in characters.
+const barWidth = 30
+
+func (p *progress) show(b *backfill.Backfill) {
+	if p.quiet {
+		return
+	}
+	total := max(b.RowsTotal, b.RowsProcessed)
+	frac := 0.0
+	if total > 0 {
+		frac = float64(b.RowsProcessed) / float64(total)
+	}
+	if b.State == backfill.Done {
+		frac = 1
+	}
+	where := b.Table
+	if where == "" {
+		where = b.State
+	}
+	if p.tty {
+		n := int(frac * barWidth)
+		fmt.Fprintf(p.w, "\r\x1b[K[%s%s] %3.0f%%  %d/~%d rows  %s", strings.Repeat("#", n), strings.Repeat(".", barWidth-n), frac*100, b.RowsProcessed, total, where)
+		p.drawn = true
+		return
+	}
+	if time.Since(p.lastLine) >= 5*time.Second || b.State != backfill.Running {
+		p.lastLine = time.Now()
+		fmt.Fprintf(p.w, "backfill %d: %3.0f%%  %d/~%d rows  %s\n", b.ID, frac*100, b.RowsProcessed, total, where)
+	}
+}
+
+// done ends the bar's line.
+func (p *progress) done() {
+	if p.drawn {
+		fmt.Fprintln(p.w)
+		p.drawn = false
+	}
+}
+
+func replayCmd() *cobra.Command {
+	var from, to string
+	cmd := &cobra.Command{
+		Use:   "replay SINK --from TIME [--to TIME]",
+		Short: "Deliver retained changes of a time window again",
+		Long: `Deliver again, to one sink, the retained changes (see retention in the config)
+committed in [--from, --to): in their original commit order, with their
+original idempotency keys. Without --to, up to now.
+
+TIME is RFC 3339 (2024-03-20T15:30:00Z) or a duration ago (90m, 2h).`,
+		Example: `  walhook replay orders_webhook --from 2h
+  walhook replay orders_webhook --from 2024-03-20T15:00:00Z --to 2024-03-20T16:00:00Z`,
+		Args: cobra.ExactArgs(1),
+	}
+	opts := addClientFlags(cmd)
+	cmd.Flags().StringVar(&from, "from", "", "start of the window (required)")
+	cmd.Flags().StringVar(&to, "to", "", "end of the window, excluded (default: now)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if from == "" {
+			return fmt.Errorf("--from is required: the start of the window (RFC 3339, or a duration ago such as 2h)")
+		}
+		now := time.Now()
+		var req backfill.ReplayRequest
+		var err error
+		if req.From, err = backfill.ParseTime(from, now); err != nil {
+			return fmt.Errorf("--from %q: %w", from, err)
+		}
+		if to != "" {
+			t, err := backfill.ParseTime(to, now)
+			if err != nil {
+				return fmt.Errorf("--to %q: %w", to, err)
+			}
+			req.To = &t
+		}
+		c, err := opts.client()
+		if err != nil {
+			return err
+		}
+		var res backfill.ReplayResult
+		if err := c.post(cmd.Context(), pathOf("sinks", args[0], "replays"), req, &res); err != nil {
+			return err
+		}
+		out := cmd.OutOrStdout()
+		if opts.JSON {
+			return printJSON(out, res)
+		}
+		_, err = fmt.Fprintf(out, "replayed %d messages to sink %s (%d retained changes in the window)\n", res.Messages, res.Sink, res.Changes)
+		return err
+	}
+	return cmd
+}

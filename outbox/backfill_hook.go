@@ -1,0 +1,322 @@
+package outbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/walhook/walhook/sink"
+)
+
+// This file is capture's side of backfills (SPEC §6), after DBLog: a
+// backfill reads a page of rows between two watermarks it writes into the
+// source's WAL with pg_logical_emit_message, and the page meets the stream
+// here. Between the low and the high watermark the keys of every change
+// to the table are recorded; at the high watermark the rows whose key
+// changed are dropped from the page (the stream carries their newer
+// state) and the others are written as `read` messages, into the same
+// state transaction as the surrounding stream and the backfill's new
+// position. So a `read` is never queued behind a newer change of its row,
+// and a page is written exactly once.
+//
+// One refinement over DBLog: a page's drop set starts at the low
+// watermark of the page before it (the runner writes an extra low
+// watermark before a window's first page), not at its own. Commit order in
+// the WAL and visibility order differ by a hair: a transaction whose
+// commit record precedes the low watermark may still be invisible to the
+// page's snapshot while its backend finishes committing. Its change would
+// come before the low watermark and the page would hold the row's older
+// state. Widening the window to the previous page makes that race need a
+// committing backend stalled for a whole page cycle instead of one round
+// trip. Dropping more is always safe: a dropped row's state comes with its
+// change.
+
+// WatermarkPrefix is the logical decoding message prefix of backfill
+// watermarks.
+const WatermarkPrefix = "walhook.backfill"
+
+// maxWindowKeys bounds the keys one window records. A window that
+// overflows (a table changing faster than pages are read) retries its
+// page rather than grow without bound.
+const maxWindowKeys = 1_000_000
+
+// Watermark is the content of a watermark message.
+type Watermark struct {
+	Window string `json:"w"`
+	Page   uint64 `json:"p"`
+	High   bool   `json:"h,omitempty"`
+}
+
+// ErrPageRetry means the page could not be checked against the stream
+// (its window overflowed, a change's key was unknown, or its low
+// watermark was not seen) and nothing was written: read it again.
+var ErrPageRetry = errors.New("backfill page must be read again")
+
+// ErrSinkNotRouted means the capture's router has no route for the page's
+// sink (just created, or deleted): nothing was written.
+var ErrSinkNotRouted = errors.New("sink not routed by capture yet")
+
+// Page is one keyset page of a backfill, read between the low and the
+// high watermark of its sequence number.
+type Page struct {
+	Seq    uint64
+	SinkID int64
+	Rel    *sink.Relation
+	// Rows are the page's rows, values rendered as JSON and indexed like
+	// Rel.Columns; Keys the window key of each row (see Window).
+	Rows [][][]byte
+	Keys []string
+	// PersistSQL and PersistArgs record the backfill's new position; they
+	// run in the state transaction that writes the page's rows.
+	PersistSQL  string
+	PersistArgs []any
+	// Done receives the outcome once the high watermark is handled. It
+	// must have room for one value.
+	Done chan PageResult
+}
+
+// PageResult is what became of a page.
+type PageResult struct {
+	Written, Dropped, Filtered int
+	Err                        error
+}
+
+// Window records the changes of one table for a running backfill. Its
+// key of a row is the JSON of its primary-key columns joined by commas,
+// as the backfill renders them.
+type Window struct {
+	hook    *watermarks
+	token   string
+	schema  string
+	table   string
+	keyCols []string
+
+	// Stream side, under hook.mu.
+	recording bool
+	epoch     uint64 // incremented at each low watermark
+	low       uint64 // epoch of the latest low watermark
+	keys      map[string]uint64
+	wild      uint64 // epoch of the latest change whose key was unknown
+	overflow  bool
+	cols      map[*sink.Relation][]int
+	page      *Page
+}
+
+// Token is the window's identity in watermark messages.
+func (w *Window) Token() string { return w.token }
+
+// Watermark returns the message content of a low or high watermark.
+func (w *Window) Watermark(page uint64, high bool) []byte {
+	b, _ := json.Marshal(Watermark{Window: w.token, Page: page, High: high}) // cannot fail
+	return b
+}
+
+// Submit hands a page over before its high watermark is written.
+func (w *Window) Submit(p *Page) {
+	w.hook.mu.Lock()
+	defer w.hook.mu.Unlock()
+	w.page = p
+}
+
+// Close stops recording. Watermarks of the window seen later are ignored.
+func (w *Window) Close() {
+	h := w.hook
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.windows[w.token]; !ok {
+		return
+	}
+	delete(h.windows, w.token)
+	if w.recording {
+		h.recording.Add(-1)
+	}
+	w.recording, w.keys, w.page = false, nil, nil
+}
+
+// watermarks is the Capture's registry of open windows. The runner opens
+// and closes windows and submits pages; the stream goroutine records and
+// resolves. recording counts windows past their first low watermark, so
+// Change pays nothing when no backfill runs.
+type watermarks struct {
+	mu        sync.Mutex
+	windows   map[string]*Window
+	recording atomic.Int32
+}
+
+// OpenWindow starts a window on a table for a backfill. keyCols are the
+// columns whose values identify a row (the primary key). Recording starts
+// when the stream reaches the window's first low watermark.
+func (c *Capture) OpenWindow(schema, table string, keyCols []string) *Window {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:]) // never fails
+	w := &Window{hook: &c.wm, token: hex.EncodeToString(rnd[:]), schema: schema, table: table, keyCols: keyCols}
+	c.wm.mu.Lock()
+	defer c.wm.mu.Unlock()
+	if c.wm.windows == nil {
+		c.wm.windows = map[string]*Window{}
+	}
+	c.wm.windows[w.token] = w
+	return w
+}
+
+// observe records a change's key in every recording window of its table.
+// It runs on the stream goroutine for every change while a window records.
+func (h *watermarks) observe(ch *sink.Change) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range h.windows {
+		if !w.recording || w.table != ch.Rel.Table || w.schema != ch.Rel.Schema {
+			continue
+		}
+		cols, ok := w.cols[ch.Rel]
+		if !ok {
+			cols = make([]int, len(w.keyCols))
+			for i, name := range w.keyCols {
+				cols[i] = ch.Rel.ColumnIndex(name)
+			}
+			if len(w.cols) > 100 { // relations are replaced on ALTER TABLE
+				clear(w.cols)
+			}
+			w.cols[ch.Rel] = cols
+		}
+		w.record(cols, ch.New)
+		w.record(cols, ch.Old)
+		if ch.New == nil && ch.Old == nil {
+			w.wild = w.epoch
+		}
+	}
+}
+
+// record adds the key of one tuple. A tuple without its key values (an
+// old tuple of a table whose replica identity is not the primary key)
+// makes the whole window suspect.
+func (w *Window) record(cols []int, vals [][]byte) {
+	if vals == nil {
+		return
+	}
+	var b strings.Builder
+	for i, c := range cols {
+		if c < 0 || c >= len(vals) || vals[c] == nil || string(vals[c]) == string(sink.UnchangedToast) {
+			w.wild = w.epoch
+			return
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(vals[c])
+	}
+	if len(w.keys) >= maxWindowKeys {
+		w.overflow = true
+		clear(w.keys)
+	}
+	w.keys[b.String()] = w.epoch
+}
+
+// watermark handles a watermark message on the stream goroutine: a low
+// one starts (or continues) recording, a high one resolves the window's
+// submitted page into the buffered outbox rows.
+func (c *Capture) watermark(ctx context.Context, lsn uint64, content []byte) error {
+	var m Watermark
+	if err := json.Unmarshal(content, &m); err != nil {
+		c.log.Warn().Err(err).Msg("ignoring a malformed backfill watermark")
+		return nil
+	}
+	h := &c.wm
+	h.mu.Lock()
+	w, ok := h.windows[m.Window]
+	if !ok { // another term's window, or closed
+		h.mu.Unlock()
+		return nil
+	}
+	if !m.High {
+		if !w.recording {
+			w.recording = true
+			w.keys = map[string]uint64{}
+			w.cols = map[*sink.Relation][]int{}
+			h.recording.Add(1)
+		}
+		w.epoch++
+		w.low = w.epoch
+		for k, e := range w.keys {
+			if e+1 < w.low {
+				delete(w.keys, k)
+			}
+		}
+		h.mu.Unlock()
+		return nil
+	}
+	p := w.page
+	if p == nil || p.Seq != m.Page {
+		h.mu.Unlock()
+		return nil
+	}
+	w.page = nil
+	since := w.low - 1 // the previous page's low watermark: see the top of the file
+	suspect := !w.recording || w.overflow || (w.wild != 0 && w.wild >= since)
+	w.overflow = false
+	var keep []int
+	if !suspect {
+		keep = make([]int, 0, len(p.Rows))
+		for i, k := range p.Keys {
+			if e, changed := w.keys[k]; !changed || e < since {
+				keep = append(keep, i)
+			}
+		}
+	}
+	h.mu.Unlock()
+	if suspect {
+		p.Done <- PageResult{Err: ErrPageRetry}
+		return nil
+	}
+	res, err := c.writePage(ctx, lsn, p, keep)
+	p.Done <- res
+	return err
+}
+
+// writePage buffers the kept rows of a page as `read` messages for the
+// page's sink, at the high watermark's position: commit_lsn is the
+// watermark message's LSN (no commit record has that LSN, so idempotency
+// keys stay unique) and commit_idx the row's position among those kept.
+func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int) (PageResult, error) {
+	var rt *sink.Route
+	if c.routerSeen != nil {
+		for _, r := range c.routerSeen.Routes() {
+			if r.Sink.ID == p.SinkID {
+				rt = r
+			}
+		}
+	}
+	if rt == nil {
+		return PageResult{Err: ErrSinkNotRouted}, nil
+	}
+	res := PageResult{Dropped: len(p.Rows) - len(keep)}
+	ch := sink.Change{Rel: p.Rel, Action: sink.Read, CommitLSN: lsn, CommitTime: c.txTime}
+	for i, row := range keep {
+		ch.New, ch.CommitIdx = p.Rows[row], i
+		if c.add(rt, &ch) {
+			res.Written++
+		} else {
+			res.Filtered++
+		}
+	}
+	if p.PersistSQL != "" {
+		c.persist = append(c.persist, persistStmt{sql: p.PersistSQL, args: p.PersistArgs})
+	}
+	if len(c.rows) >= chunkRows {
+		if err := c.spill(ctx); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// persistStmt is a statement run in the next flush's state transaction.
+type persistStmt struct {
+	sql  string
+	args []any
+}

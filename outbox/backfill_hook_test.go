@@ -1,0 +1,199 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/sink"
+)
+
+// hookFixture is a Capture with one sink on public.t, driven by hand the
+// way the stream drives it, without a database (nothing is flushed).
+type hookFixture struct {
+	t   *testing.T
+	c   *Capture
+	rel *sink.Relation
+	lsn uint64
+}
+
+func newHookFixture(t *testing.T) *hookFixture {
+	var router atomic.Pointer[sink.Router]
+	router.Store(sink.NewRouter([]*sink.Sink{{ID: 7, UUID: "u", Name: "s", Config: config.Sink{Name: "s", Tables: []string{"public.t"}}}}))
+	c := NewCapture(&Store{}, "slot", &router, zerolog.Nop())
+	c.reset(context.Background())
+	rel := &sink.Relation{Schema: "public", Table: "t", Columns: []sink.Column{{Name: "id", TypeOID: 23, Key: true}, {Name: "v", TypeOID: 25}}}
+	return &hookFixture{t: t, c: c, rel: rel, lsn: 100}
+}
+
+// tx runs fn inside one source transaction.
+func (f *hookFixture) tx(fn func(ctx context.Context)) {
+	ctx := context.Background()
+	f.lsn += 100
+	if err := f.c.Begin(ctx, f.lsn, time.Unix(1700000000, 0)); err != nil {
+		f.t.Fatal(err)
+	}
+	fn(ctx)
+	if err := f.c.Commit(ctx, f.lsn, f.lsn+1); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *hookFixture) update(id string) {
+	f.tx(func(ctx context.Context) {
+		ch := &sink.Change{Rel: f.rel, Action: sink.Update, New: [][]byte{[]byte(id), []byte(`"x"`)}, CommitLSN: f.lsn}
+		if err := f.c.Change(ctx, ch); err != nil {
+			f.t.Fatal(err)
+		}
+	})
+}
+
+func (f *hookFixture) mark(w *Window, page uint64, high bool) {
+	f.tx(func(ctx context.Context) {
+		if err := f.c.Message(ctx, f.lsn-10, true, WatermarkPrefix, w.Watermark(page, high)); err != nil {
+			f.t.Fatal(err)
+		}
+	})
+}
+
+func (f *hookFixture) page(seq uint64, ids ...string) *Page {
+	p := &Page{Seq: seq, SinkID: 7, Rel: f.rel, Done: make(chan PageResult, 1)}
+	for _, id := range ids {
+		p.Rows = append(p.Rows, [][]byte{[]byte(id), []byte(`"v"`)})
+		p.Keys = append(p.Keys, id)
+	}
+	return p
+}
+
+func result(t *testing.T, p *Page) PageResult {
+	t.Helper()
+	select {
+	case r := <-p.Done:
+		return r
+	default:
+		t.Fatal("page not resolved")
+		return PageResult{}
+	}
+}
+
+// Rows changed since the previous page's low watermark are dropped; the
+// rest become read messages at the high watermark's position.
+func TestWindowDropsChangedRows(t *testing.T) {
+	f := newHookFixture(t)
+	w := f.c.OpenWindow("public", "t", []string{"id"})
+	defer w.Close()
+	f.update("1") // before the window: not recorded
+	f.mark(w, 0, false)
+	f.update("2") // between the opening low and page 1's low
+	f.mark(w, 1, false)
+	f.update("3")
+	p1 := f.page(1, "1", "2", "3", "4")
+	w.Submit(p1)
+	before := len(f.c.rows)
+	f.mark(w, 1, true)
+	if r := result(t, p1); r.Err != nil || r.Written != 2 || r.Dropped != 2 {
+		t.Fatalf("page 1: %+v, want 2 written (1, 4), 2 dropped", r)
+	}
+	reads := f.c.rows[before:]
+	for i, want := range []string{`"id":1`, `"id":4`} {
+		p := string(reads[i].payload)
+		if !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) || reads[i].lsn != f.lsn-10 || reads[i].idx != i {
+			t.Errorf("read %d: lsn %d idx %d %s", i, reads[i].lsn, reads[i].idx, p)
+		}
+	}
+	if len(f.c.persist) != 0 {
+		t.Errorf("persist without SQL: %v", f.c.persist)
+	}
+
+	// Page 2: row 3 changed in page 1's window (still dropped), row 2
+	// only before it (kept now).
+	f.mark(w, 2, false)
+	p2 := f.page(2, "2", "3", "5")
+	p2.PersistSQL, p2.PersistArgs = "UPDATE x", []any{1}
+	w.Submit(p2)
+	f.mark(w, 2, true)
+	if r := result(t, p2); r.Err != nil || r.Written != 2 || r.Dropped != 1 {
+		t.Fatalf("page 2: %+v, want 2 written, 1 dropped", r)
+	}
+	if len(f.c.persist) != 1 || f.c.persist[0].sql != "UPDATE x" {
+		t.Errorf("persist: %v", f.c.persist)
+	}
+}
+
+// Watermarks of unknown or closed windows are ignored; a page whose low
+// watermark was never seen, or whose window saw a change without its key,
+// is read again; a sink capture does not route yet writes nothing.
+func TestWindowInconclusive(t *testing.T) {
+	f := newHookFixture(t)
+	stale := f.c.OpenWindow("public", "t", []string{"id"})
+	stale.Close()
+	f.mark(stale, 0, false)
+	if f.c.wm.recording.Load() != 0 {
+		t.Fatal("a closed window records")
+	}
+
+	w := f.c.OpenWindow("public", "t", []string{"id"})
+	defer w.Close()
+	p := f.page(1, "1")
+	w.Submit(p)
+	f.mark(w, 1, true)
+	if r := result(t, p); !errors.Is(r.Err, ErrPageRetry) {
+		t.Fatalf("high without low: %+v", r)
+	}
+
+	f.mark(w, 0, false)
+	f.mark(w, 2, false)
+	f.tx(func(ctx context.Context) { // an old tuple without the key column
+		ch := &sink.Change{Rel: f.rel, Action: sink.Delete, Old: [][]byte{nil, []byte(`"x"`)}}
+		if err := f.c.Change(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	})
+	p = f.page(2, "9")
+	w.Submit(p)
+	f.mark(w, 2, true)
+	if r := result(t, p); !errors.Is(r.Err, ErrPageRetry) {
+		t.Fatalf("unknown key in the window: %+v", r)
+	}
+
+	f.mark(w, 3, false)
+	f.mark(w, 4, false) // the unknown key is two lows back now
+	p = f.page(4, "9")
+	p.SinkID = 8
+	w.Submit(p)
+	f.mark(w, 4, true)
+	if r := result(t, p); !errors.Is(r.Err, ErrSinkNotRouted) {
+		t.Fatalf("unrouted sink: %+v", r)
+	}
+	p = f.page(5, "9")
+	f.mark(w, 5, false)
+	w.Submit(p)
+	f.mark(w, 5, true)
+	if r := result(t, p); r.Err != nil || r.Written != 1 {
+		t.Fatalf("after the window moved on: %+v", r)
+	}
+}
+
+// Values survive the retention encoding byte for byte, absent columns
+// and SQL NULL kept apart.
+func TestValuesJSONRoundTrip(t *testing.T) {
+	vals := [][]byte{[]byte(`1`), nil, []byte(`null`), []byte(`"a \"q\" <b> é"`), []byte(`{"k": [1, 2.50]}`), sink.UnchangedToast}
+	got, err := ParseValuesJSON(AppendValuesJSON(nil, vals))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(vals) {
+		t.Fatalf("got %d values", len(got))
+	}
+	for i := range vals {
+		if (got[i] == nil) != (vals[i] == nil) || string(got[i]) != string(vals[i]) {
+			t.Errorf("value %d: %q, want %q", i, got[i], vals[i])
+		}
+	}
+}

@@ -1,0 +1,125 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Listener receives the outbox notifications (NOTIFY on Channel) on a
+// connection of its own, so live views wake when messages arrive instead
+// of polling hard.
+type Listener struct {
+	conn *pgxpool.Conn
+}
+
+// Listen takes a connection from the pool and LISTENs on Channel. Close
+// gives the connection back.
+func (s *Store) Listen(ctx context.Context) (*Listener, error) {
+	conn, err := s.Pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listen for outbox notifications: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{s.Channel()}.Sanitize()); err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("listen for outbox notifications: %w", err)
+	}
+	return &Listener{conn: conn}, nil
+}
+
+// Wait blocks until a notification arrives (returning its payload, the
+// ids of the sinks that got messages) or ctx ends.
+func (l *Listener) Wait(ctx context.Context) (string, error) {
+	n, err := l.conn.Conn().WaitForNotification(ctx)
+	if err != nil {
+		return "", err
+	}
+	return n.Payload, nil
+}
+
+// Close stops listening and returns the connection. A connection that
+// cannot UNLISTEN (it broke) is closed rather than pooled.
+func (l *Listener) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := l.conn.Exec(ctx, `UNLISTEN *`); err != nil {
+		_ = l.conn.Conn().Close(ctx)
+	}
+	l.conn.Release()
+}
+
+// Observed is a message seen entering the outbox.
+type Observed struct {
+	ID        int64
+	SinkID    int64
+	Sink      string
+	Group     string
+	CommitLSN int64
+	CommitIdx int32
+	Payload   []byte
+}
+
+// ObservePage is one look at the outbox for a live tail.
+type ObservePage struct {
+	Messages []Observed
+	// Xmin and Xmax are the look's snapshot bounds (xid8): once a later
+	// look's Xmin reaches this Xmax, every transaction in progress during
+	// this look has ended, so no message with an id up to this look's
+	// highest can still appear.
+	Xmin, Xmax uint64
+}
+
+// ObserveHead is the highest message id so far, where a live tail starts.
+func (s *Store) ObserveHead(ctx context.Context) (int64, error) {
+	var id int64
+	err := s.Pool.QueryRow(ctx, `SELECT GREATEST(COALESCE((SELECT max(id) FROM outbox), 0), COALESCE((SELECT max(id) FROM delivered), 0))`).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("observe: read head: %w", err)
+	}
+	return id, nil
+}
+
+// ObserveSince returns messages with an id above after, from the outbox
+// and, for those delivered already, the history, in id order. Ids are
+// assigned before commit, so a message can appear below ids seen before;
+// callers use the snapshot bounds to know when that can no longer happen.
+func (s *Store) ObserveSince(ctx context.Context, after int64, limit int) (ObservePage, error) {
+	var page ObservePage
+	err := pgx.BeginTxFunc(ctx, s.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var xmin, xmax string
+		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&xmin, &xmax); err != nil {
+			return err
+		}
+		var err error
+		if page.Xmin, err = strconv.ParseUint(xmin, 10, 64); err != nil {
+			return err
+		}
+		if page.Xmax, err = strconv.ParseUint(xmax, 10, 64); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT m.id, m.sink_id, COALESCE(s.name, ''), m.group_key, m.commit_lsn, m.commit_idx, m.payload FROM (
+				(SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload FROM outbox WHERE id > $1 ORDER BY id LIMIT $2)
+				UNION ALL
+				(SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload FROM delivered WHERE id > $1 ORDER BY id LIMIT $2)
+			) m LEFT JOIN sinks s ON s.id = m.sink_id
+			ORDER BY m.id LIMIT $2`, after, limit)
+		if err != nil {
+			return err
+		}
+		page.Messages, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observed, error) {
+			var o Observed
+			err := r.Scan(&o.ID, &o.SinkID, &o.Sink, &o.Group, &o.CommitLSN, &o.CommitIdx, &o.Payload)
+			return o, err
+		})
+		return err
+	})
+	if err != nil {
+		return ObservePage{}, fmt.Errorf("observe outbox: %w", err)
+	}
+	return page, nil
+}
