@@ -79,4 +79,3 @@ func configCmd() *cobra.Command {
 	cmd.AddCommand(check)
 	return cmd
 }
-
