@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/replication"
@@ -20,7 +19,7 @@ import (
 type tableInfo struct {
 	schema, name string
 	rel          *sink.Relation
-	render       []typeRender
+	render       []replication.TypeRender
 	// pk are the primary-key columns in key order: their positions in
 	// rel.Columns (-1 for a key column pgoutput does not send) and their
 	// names and types (format_type, no typmod) for the keyset condition.
@@ -30,21 +29,6 @@ type tableInfo struct {
 	// types are the column types (format_type) by name, for a partial
 	// backfill's `from` cast.
 	types map[string]string
-}
-
-// typeRender says how to turn a column's text into JSON, as the
-// replication decoder does: domains render as their base type, arrays of
-// types pgtype does not know by their element type.
-type typeRender struct {
-	oid     uint32
-	arrayOf uint32
-}
-
-func (r typeRender) append(dst, text []byte) []byte {
-	if r.arrayOf != 0 {
-		return replication.AppendArray(dst, r.arrayOf, text)
-	}
-	return replication.AppendValue(dst, r.oid, text)
 }
 
 // errNoPrimaryKey is a table a backfill cannot page through.
@@ -128,77 +112,10 @@ func describe(ctx context.Context, pool *pgxpool.Pool, schema, table string) (*t
 		info.pkTypes[k.pos-1] = k.typ
 		info.pk[k.pos-1] = info.rel.ColumnIndex(k.name)
 	}
-	if info.render, err = renderTypes(ctx, pool, oids); err != nil {
+	if info.render, err = replication.ResolveTypes(ctx, pool, oids); err != nil {
 		return nil, fmt.Errorf("describe %s: %w", qualified, err)
 	}
 	return info, nil
-}
-
-// knownTypes are the OIDs pgtype registers by default; AppendValue renders
-// them directly (as in the replication decoder).
-var knownTypes = func() map[uint32]bool {
-	m := pgtype.NewMap()
-	known := map[uint32]bool{}
-	for oid := uint32(1); oid < 10000; oid++ {
-		if _, ok := m.TypeForOID(oid); ok {
-			known[oid] = true
-		}
-	}
-	return known
-}()
-
-// renderTypes mirrors the replication catalog's type resolution (domains
-// to their base type, arrays of unknown element types by element), so a
-// read renders byte for byte like a live change of the same row.
-func renderTypes(ctx context.Context, pool *pgxpool.Pool, oids []uint32) ([]typeRender, error) {
-	var missing []uint32
-	for _, oid := range oids {
-		if !knownTypes[oid] {
-			missing = append(missing, oid)
-		}
-	}
-	found := map[uint32]typeRender{}
-	if len(missing) > 0 {
-		rows, err := pool.Query(ctx, `
-			SELECT t.oid, t.typtype::text, t.typcategory::text, t.typelem,
-			       COALESCE(b.oid, 0), COALESCE(b.typelem, 0), COALESCE(b.typcategory::text, '')
-			FROM pg_type t LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype
-			WHERE t.oid = ANY($1)`, missing)
-		if err != nil {
-			return nil, fmt.Errorf("query pg_type: %w", err)
-		}
-		for rows.Next() {
-			var oid, elem, base, baseElem uint32
-			var typtype, cat, baseCat string
-			if err := rows.Scan(&oid, &typtype, &cat, &elem, &base, &baseElem, &baseCat); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("scan pg_type: %w", err)
-			}
-			r := typeRender{oid: oid}
-			switch {
-			case typtype == "d" && baseCat == "A":
-				r = typeRender{arrayOf: baseElem}
-			case typtype == "d":
-				r = typeRender{oid: base}
-			case cat == "A" && elem != 0:
-				r = typeRender{arrayOf: elem}
-			}
-			found[oid] = r
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("query pg_type: %w", err)
-		}
-	}
-	out := make([]typeRender, len(oids))
-	for i, oid := range oids {
-		if r, ok := found[oid]; ok {
-			out[i] = r
-		} else {
-			out[i] = typeRender{oid: oid}
-		}
-	}
-	return out, nil
 }
 
 // splitTable splits "schema.table".

@@ -690,7 +690,7 @@ func (q *pageQuery) read(ctx context.Context, pool *pgxpool.Pool, cursor []strin
 			if raw[i] == nil {
 				arena = append(arena, "null"...)
 			} else {
-				arena = q.info.render[i].append(arena, raw[i])
+				arena = q.info.render[i].Append(arena, raw[i])
 			}
 			ends = append(ends, [2]int{start, len(arena)})
 		}

@@ -15,18 +15,12 @@ import (
 // to render types pgtype does not know.
 type catalog interface {
 	primaryKey(ctx context.Context, relID uint32) ([]string, error)
-	renderTypes(ctx context.Context, oids []uint32) ([]typeRender, error)
-}
-
-// typeRender says how to turn a column's text into JSON.
-type typeRender struct {
-	oid     uint32 // the OID AppendValue knows (a domain's base type)
-	arrayOf uint32 // non-zero: an array of this element type
+	renderTypes(ctx context.Context, oids []uint32) ([]TypeRender, error)
 }
 
 type relInfo struct {
 	rel    *sink.Relation
-	render []typeRender
+	render []TypeRender
 }
 
 // decoder turns pgoutput messages into Handler calls. It owns the
@@ -203,12 +197,7 @@ func (d *decoder) appendTuple(ri *relInfo, t *pglogrepl.TupleData, old [][2]int,
 			ends[i] = [2]int{toastMark, toastMark}
 			continue
 		case pglogrepl.TupleDataTypeText:
-			r := ri.render[i]
-			if r.arrayOf != 0 {
-				d.arena = AppendArray(d.arena, r.arrayOf, col.Data)
-			} else {
-				d.arena = AppendValue(d.arena, r.oid, col.Data)
-			}
+			d.arena = ri.render[i].Append(d.arena, col.Data)
 		default: // binary format is never requested
 			d.arena = sink.AppendJSONString(d.arena, col.Data)
 		}
