@@ -147,7 +147,6 @@ func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker st
 			), h AS (
 				INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status)
 				SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count + 1, $5 FROM d
-				ON CONFLICT (id) DO NOTHING
 			), c AS (
 				SELECT g.group_key, count(d.id) AS n FROM unnest($3::text[]) AS g(group_key)
 				LEFT JOIN d ON d.group_key = g.group_key GROUP BY g.group_key

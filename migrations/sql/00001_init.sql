@@ -100,8 +100,10 @@ CREATE INDEX outbox_groups_claimed_idx ON outbox_groups (sink_id, claimed_until)
 
 -- A bounded recent history of delivered messages, for the API. Unlogged:
 -- it is a debugging aid, not part of the delivery guarantee.
+-- No primary key: an outbox row is deleted once, so it enters the history
+-- once, and one index less is one write less per delivered message.
 CREATE UNLOGGED TABLE delivered (
-    id            bigint PRIMARY KEY,
+    id            bigint NOT NULL,
     sink_id       bigint NOT NULL,
     group_key     text NOT NULL,
     commit_lsn    bigint NOT NULL,
