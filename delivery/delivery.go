@@ -229,7 +229,7 @@ func (m *Manager) housekeep(ctx context.Context) {
 		} else if freed > 0 {
 			m.cfg.Log.Warn().Int64("groups", freed).Msg("released claims of a worker that stopped answering; their messages will be delivered again")
 		}
-		if n++; n%15 == 0 {
+		if n++; n%5 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, 1000); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
 			}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/outbox"
 )
 
 // checkGroupOrder fails unless, for every row id, the delivered updates
@@ -259,5 +260,35 @@ func TestEndpointHeaders(t *testing.T) {
 	}
 	if len(sealed) == 0 || bytes.Contains(sealed, []byte("s3cret")) {
 		t.Fatalf("encrypted headers stored in clear: %q", sealed)
+	}
+}
+
+// The delivered history keeps the newest messages per sink.
+func TestPruneDeliveredHistory(t *testing.T) {
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`, "public.t")
+	b.start(t)
+	b.exec(t, `INSERT INTO t SELECT g, 0 FROM generate_series(1, 30) g`)
+	b.recv.waitCount(t, 30, 20*time.Second)
+	ctx := context.Background()
+	store, err := outbox.Open(ctx, b.url, "walhook", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var before int
+	waitFor(t, 10*time.Second, "30 in history", func() bool {
+		_ = b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.delivered`).Scan(&before)
+		return before == 30
+	})
+	n, err := store.PruneDelivered(ctx, 10)
+	if err != nil || n != 20 {
+		t.Fatalf("pruned %d, %v; want 20", n, err)
+	}
+	var minID, left int
+	_ = b.db.QueryRow(ctx, `SELECT count(*), min(id) FROM walhook.delivered`).Scan(&left, &minID)
+	var maxOutbox int
+	_ = b.db.QueryRow(ctx, `SELECT max(id) FROM walhook.delivered`).Scan(&maxOutbox)
+	if left != 10 || maxOutbox-minID != 9 {
+		t.Fatalf("history keeps %d rows, ids %d..%d; want the newest 10", left, minID, maxOutbox)
 	}
 }

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -260,16 +261,39 @@ func (s *Store) Hold(ctx context.Context, sinkID int64, until time.Time) error {
 	return nil
 }
 
-// PruneDelivered keeps the newest keep delivered messages per sink.
+// PruneDelivered keeps the newest keep delivered messages per sink. It
+// deletes in short statements: a long one would hold back the xmin
+// horizon, and every queue table here depends on vacuum keeping up.
 func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
-	tag, err := s.Pool.Exec(ctx, `
-		DELETE FROM delivered d USING (
-			SELECT s.id AS sink_id, (SELECT id FROM delivered WHERE sink_id = s.id ORDER BY id DESC OFFSET $1 LIMIT 1) AS cut
-			FROM sinks s
-		) c
-		WHERE d.sink_id = c.sink_id AND d.id <= c.cut`, keep)
+	rows, err := s.Pool.Query(ctx, `SELECT id FROM sinks`)
 	if err != nil {
 		return 0, fmt.Errorf("prune delivered history: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	sinkIDs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("prune delivered history: %w", err)
+	}
+	var total int64
+	for _, id := range sinkIDs {
+		var cut int64
+		err := s.Pool.QueryRow(ctx, `SELECT id FROM delivered WHERE sink_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1`, id, keep).Scan(&cut)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return total, fmt.Errorf("prune delivered history of sink %d: %w", id, err)
+		}
+		for {
+			tag, err := s.Pool.Exec(ctx, `DELETE FROM delivered WHERE ctid = ANY (ARRAY(
+				SELECT ctid FROM delivered WHERE sink_id = $1 AND id <= $2 LIMIT 10000))`, id, cut)
+			if err != nil {
+				return total, fmt.Errorf("prune delivered history of sink %d: %w", id, err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < 10000 {
+				break
+			}
+		}
+	}
+	return total, nil
 }
