@@ -77,7 +77,8 @@ func (r *backfillReceiver) latency(path string) (n int, p50, p99, maxLat time.Du
 
 // startBench runs the service with a log level of its own ("" = error),
 // since a benchmark is best watched with the backfill's debug log. A
-// positive maxBacklog replaces the backfill runner's backlog bound.
+// positive maxBacklog replaces the backfill runner's backlog bound, and
+// WALHOOK_BENCH_MAXPAGE its page-size cap.
 func startBench(tb testing.TB, cfg *config.Config, level string, maxBacklog int) (stop func()) {
 	tb.Helper()
 	lvl, err := zerolog.ParseLevel(level)
@@ -91,10 +92,10 @@ func startBench(tb testing.TB, cfg *config.Config, level string, maxBacklog int)
 		cancel()
 		tb.Fatalf("service.New: %v", err)
 	}
-	if maxBacklog > 0 {
+	if maxBacklog > 0 || benchMaxPage() > 0 {
 		svc.Backfills = backfill.NewRunner(backfill.Config{
 			Store: svc.Store, Capture: svc.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
-			Log: log, MaxBacklog: maxBacklog,
+			RetentionKeep: cfg.Retention.Keep.D(), Log: log, MaxBacklog: maxBacklog, MaxPage: benchMaxPage(),
 		})
 	}
 	done := make(chan struct{})
@@ -111,7 +112,8 @@ func startBench(tb testing.TB, cfg *config.Config, level string, maxBacklog int)
 }
 
 // BenchmarkBackfill backfills a 1,000,000-row table (WALHOOK_BENCH_ROWS
-// for another size) at batch_size 100 while a live table gets an insert
+// for another size; WALHOOK_BENCH_LOG=trace shows every page) at
+// batch_size 100 while a live table gets an insert
 // every 20 ms, and prints a table. Sub-benchmarks:
 //
 //   - delivered: to a receiver that answers 200; rows/s from the
@@ -164,7 +166,7 @@ func benchBackfill(b *testing.B, rows int, outboxOnly bool) {
 		cfg.ApplyDefaults()
 		maxBacklog := 0
 		if outboxOnly {
-			maxBacklog = rows + 1
+			maxBacklog = 2*rows + 100_000 // never pause
 		}
 		stop := startBench(b, cfg, os.Getenv("WALHOOK_BENCH_LOG"), maxBacklog)
 		st := stateStore(b, url)
@@ -250,4 +252,11 @@ func benchBackfill(b *testing.B, rows int, outboxOnly bool) {
 			ln, l50.Round(time.Millisecond), l99.Round(time.Millisecond), lmax.Round(time.Millisecond),
 			sn, s50.Round(time.Millisecond), s99.Round(time.Millisecond), smax.Round(time.Millisecond))
 	}
+}
+
+// benchMaxPage is WALHOOK_BENCH_MAXPAGE, a page-size cap to compare
+// against the default (0: the default).
+func benchMaxPage() int {
+	n, _ := strconv.Atoi(os.Getenv("WALHOOK_BENCH_MAXPAGE"))
+	return n
 }

@@ -243,7 +243,7 @@ func TestBackfillResumesAfterRestart(t *testing.T) {
 	const rows = 30000
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v text);
 		INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 30000) i;`, "public.t")
-	b.cfg.Sinks[0].BatchSize = 100 // backlog bound 20,000
+	b.cfg.Sinks[0].BatchSize = 100 // backlog bound 10,000
 	stop := b.start(t)
 	st := stateStore(t, b.url)
 	ctx := context.Background()

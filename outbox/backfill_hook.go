@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walhook/walhook/sink"
 )
 
@@ -78,6 +80,10 @@ type Page struct {
 	// Done receives the outcome once the high watermark is handled. It
 	// must have room for one value.
 	Done chan PageResult
+	// Flushed, when not nil, is closed once the page's rows and position
+	// are committed (a failed flush never closes it; the stream, and the
+	// backfill with it, start over then).
+	Flushed chan struct{}
 }
 
 // PageResult is what became of a page.
@@ -304,9 +310,7 @@ func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int
 			res.Filtered++
 		}
 	}
-	if p.PersistSQL != "" {
-		c.persist = append(c.persist, persistStmt{sql: p.PersistSQL, args: p.PersistArgs})
-	}
+	c.persist = append(c.persist, persistStmt{sql: p.PersistSQL, args: p.PersistArgs, flushed: p.Flushed})
 	if len(c.rows) >= chunkRows {
 		if err := c.spill(ctx); err != nil {
 			return res, err
@@ -315,8 +319,29 @@ func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int
 	return res, nil
 }
 
-// persistStmt is a statement run in the next flush's state transaction.
+// persistStmt is a page's position, recorded in the next flush's state
+// transaction.
 type persistStmt struct {
-	sql  string
-	args []any
+	sql     string
+	args    []any
+	flushed chan struct{}
+}
+
+// queuePersist adds the pages' positions to the flush's batch.
+func (c *Capture) queuePersist(b *pgx.Batch) {
+	for _, p := range c.persist {
+		if p.sql != "" {
+			b.Queue(p.sql, p.args...)
+		}
+	}
+}
+
+// persisted tells the backfills that their pages are committed.
+func (c *Capture) persisted() {
+	for _, p := range c.persist {
+		if p.flushed != nil {
+			close(p.flushed)
+		}
+	}
+	c.persist = nil
 }

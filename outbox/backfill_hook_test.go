@@ -107,22 +107,27 @@ func TestWindowDropsChangedRows(t *testing.T) {
 			t.Errorf("read %d: lsn %d idx %d %s", i, reads[i].lsn, reads[i].idx, p)
 		}
 	}
-	if len(f.c.persist) != 0 {
-		t.Errorf("persist without SQL: %v", f.c.persist)
-	}
 
 	// Page 2: row 3 changed in page 1's window (still dropped), row 2
 	// only before it (kept now).
 	f.mark(w, 2, false)
 	p2 := f.page(2, "2", "3", "5")
 	p2.PersistSQL, p2.PersistArgs = "UPDATE x", []any{1}
+	p2.Flushed = make(chan struct{})
 	w.Submit(p2)
 	f.mark(w, 2, true)
 	if r := result(t, p2); r.Err != nil || r.Written != 2 || r.Dropped != 1 {
 		t.Fatalf("page 2: %+v, want 2 written, 1 dropped", r)
 	}
-	if len(f.c.persist) != 1 || f.c.persist[0].sql != "UPDATE x" {
+	if len(f.c.persist) != 2 || f.c.persist[1].sql != "UPDATE x" {
 		t.Errorf("persist: %v", f.c.persist)
+	}
+	// A committed flush tells the backfill.
+	f.c.persisted()
+	select {
+	case <-p2.Flushed:
+	default:
+		t.Error("page 2 not announced as flushed")
 	}
 }
 

@@ -242,9 +242,7 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	b.Queue(`INSERT INTO replication_state (slot, commit_lsn, end_lsn, updated_at) VALUES ($1, $2, $3, now())
 		ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn, updated_at = now()`,
 		c.slot, int64(c.lastCommit), int64(c.lastEnd))
-	for _, p := range c.persist { // backfill positions, with their pages' rows
-		b.Queue(p.sql, p.args...)
-	}
+	c.queuePersist(b) // backfill positions, with their pages' rows
 	for table, n := range c.trunc {
 		b.Queue(`INSERT INTO truncates (table_name, count) VALUES ($1, $2)
 			ON CONFLICT (table_name) DO UPDATE SET count = truncates.count + EXCLUDED.count, last_at = now()`, table, n)
@@ -271,7 +269,7 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	}
 	c.durableEnd = c.lastEnd
 	c.buffered = 0
-	c.persist = nil
+	c.persisted()
 	c.touched, c.trunc = map[int64]int{}, map[string]int{}
 	return c.durableEnd, nil
 }

@@ -122,16 +122,13 @@ func groupsOf(msgs []Message) ([]string, []int64) {
 }
 
 // lockGroupsSQL locks a batch's group rows in key order, the order capture
-// uses too, so the two never deadlock.
+// uses too, so the two never deadlock. It must be its own statement, even
+// for one group: the statement after it then starts with a snapshot that
+// sees every capture committed before the lock was granted, so its
+// "is the group now empty?" test reads the current pending count. (In one
+// statement, a row judged on an older snapshot is skipped by both the
+// delete and the update, and the group is stuck until its lease ends.)
 const lockGroupsSQL = `SELECT 1 FROM outbox_groups WHERE sink_id = $1 AND group_key = ANY($2) ORDER BY group_key FOR UPDATE`
-
-// queueLockGroups queues lockGroupsSQL when it matters: a statement that
-// locks a single row cannot be part of a deadlock.
-func queueLockGroups(b *pgx.Batch, sinkID int64, groups []string) {
-	if len(groups) > 1 {
-		b.Queue(lockGroupsSQL, sinkID, groups)
-	}
-}
 
 // Ack removes delivered messages (keeping them in the recent history),
 // releases their groups and puts them at the back of the queue, so one hot
@@ -140,7 +137,7 @@ func queueLockGroups(b *pgx.Batch, sinkID int64, groups []string) {
 func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker string, status int) error {
 	groups, ids := groupsOf(msgs)
 	err := s.batch(ctx, func(b *pgx.Batch) {
-		queueLockGroups(b, sinkID, groups)
+		b.Queue(lockGroupsSQL, sinkID, groups)
 		b.Queue(`
 			WITH d AS (
 				DELETE FROM outbox WHERE id = ANY($2)
@@ -204,7 +201,7 @@ func (s *Store) Nack(ctx context.Context, sinkID int64, msgs []Message, worker s
 		status = &f.Status
 	}
 	err = s.batch(ctx, func(b *pgx.Batch) {
-		queueLockGroups(b, sinkID, groups)
+		b.Queue(lockGroupsSQL, sinkID, groups)
 		b.Queue(`
 			WITH o AS (
 				UPDATE outbox SET deliver_count = deliver_count + 1,
