@@ -228,6 +228,27 @@ func pathOf(segments ...string) string {
 // Output helpers shared by the client commands.
 
 // printJSON writes v as one line of JSON, for --json (JSON lines).
+// list fetches a list route's items ({"data": [...]}).
+func (c *apiClient) list(ctx context.Context, path string, q url.Values) ([]json.RawMessage, error) {
+	var list struct {
+		Data []json.RawMessage `json:"data"`
+	}
+	if err := c.get(ctx, path, q, &list); err != nil {
+		return nil, err
+	}
+	return list.Data, nil
+}
+
+// printJSONLines writes one item a line, the --json form of a list.
+func printJSONLines(w io.Writer, items []json.RawMessage) error {
+	for _, raw := range items {
+		if err := printJSON(w, raw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func printJSON(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {

@@ -56,23 +56,16 @@ Without --state, every message still in the outbox is listed, oldest first;
 		if limit != 0 {
 			q.Set("limit", strconv.Itoa(limit))
 		}
-		var list struct {
-			Data []json.RawMessage `json:"data"`
-		}
-		if err := c.get(cmd.Context(), pathOf("sinks", args[0], "messages"), q, &list); err != nil {
+		items, err := c.list(cmd.Context(), pathOf("sinks", args[0], "messages"), q)
+		if err != nil {
 			return err
 		}
 		out := cmd.OutOrStdout()
 		if opts.JSON {
-			for _, raw := range list.Data {
-				if err := printJSON(out, raw); err != nil {
-					return err
-				}
-			}
-			return nil
+			return printJSONLines(out, items)
 		}
 		t := newTable(out, "ID", "STATE", "GROUP", "TRIES", "STATUS", "NOT BEFORE", "LAST ERROR")
-		for _, raw := range list.Data {
+		for _, raw := range items {
 			var m messageInfo
 			if err := json.Unmarshal(raw, &m); err != nil {
 				return fmt.Errorf("unexpected answer: %w", err)

@@ -61,23 +61,16 @@ func sinkListCmd(opts *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var list struct {
-				Data []json.RawMessage `json:"data"`
-			}
-			if err := c.get(cmd.Context(), pathOf("sinks"), nil, &list); err != nil {
+			items, err := c.list(cmd.Context(), pathOf("sinks"), nil)
+			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
 			if opts.JSON {
-				for _, raw := range list.Data {
-					if err := printJSON(out, raw); err != nil {
-						return err
-					}
-				}
-				return nil
+				return printJSONLines(out, items)
 			}
 			t := newTable(out, sinkHeader...)
-			for _, raw := range list.Data {
+			for _, raw := range items {
 				var s sinkInfo
 				if err := json.Unmarshal(raw, &s); err != nil {
 					return fmt.Errorf("unexpected answer: %w", err)

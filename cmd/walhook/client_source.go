@@ -155,23 +155,16 @@ func sourceListCmd(opts *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var list struct {
-				Data []json.RawMessage `json:"data"`
-			}
-			if err := c.get(cmd.Context(), pathOf("webhook_sources"), nil, &list); err != nil {
+			items, err := c.list(cmd.Context(), pathOf("webhook_sources"), nil)
+			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
 			if opts.JSON {
-				for _, raw := range list.Data {
-					if err := printJSON(out, raw); err != nil {
-						return err
-					}
-				}
-				return nil
+				return printJSONLines(out, items)
 			}
 			t := newTable(out, "NAME", "SINKS", "MAX BODY", "URL")
-			for _, raw := range list.Data {
+			for _, raw := range items {
 				var src sourceInfo
 				if err := json.Unmarshal(raw, &src); err != nil {
 					return fmt.Errorf("unexpected answer: %w", err)
