@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -107,18 +106,8 @@ func (s *Server) patchEndpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	view := newEndpointView(cur)
-	curJSON, err := json.Marshal(config.HTTPEndpoint{Name: view.Name, URL: view.URL, Headers: view.Headers, EncryptedHeaders: view.EncryptedHeaders})
-	if err != nil {
-		s.fail(w, r, fmt.Errorf("encode endpoint %s: %w", name, err))
-		return
-	}
-	merged, err := mergePatch(curJSON, body)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var e config.HTTPEndpoint
-	if err := decodeStrict(merged, &e); err != nil {
+	if _, err := patched(config.HTTPEndpoint{Name: view.Name, URL: view.URL, Headers: view.Headers, EncryptedHeaders: view.EncryptedHeaders}, body, &e); err != nil {
 		s.fail(w, r, err)
 		return
 	}

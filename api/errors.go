@@ -331,6 +331,24 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
+// patched applies a merge patch to the current object and decodes the
+// result strictly into out, so PATCH validates like POST. It returns the
+// merged JSON, which tells which fields ended up set.
+func patched(cur any, patch []byte, out any) (json.RawMessage, error) {
+	curJSON, err := json.Marshal(cur)
+	if err != nil {
+		return nil, fmt.Errorf("encode current object: %w", err)
+	}
+	merged, err := mergePatch(curJSON, patch)
+	if err != nil {
+		return nil, err
+	}
+	if err := decodeStrict(merged, out); err != nil {
+		return nil, err
+	}
+	return merged, nil
+}
+
 // mergePatch applies an RFC 7386 JSON merge patch: objects merge key by
 // key, null removes a key, anything else replaces. PATCH bodies use it so
 // a client can change one retry setting or one header without resending

@@ -165,18 +165,9 @@ func (s *Server) patchSink(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	curJSON, err := json.Marshal(normalizeSink(cur.Config))
-	if err != nil {
-		s.fail(w, r, fmt.Errorf("encode sink %s: %w", name, err))
-		return
-	}
-	merged, err := mergePatch(curJSON, body)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var cfg config.Sink
-	if err := decodeStrict(merged, &cfg); err != nil {
+	merged, err := patched(normalizeSink(cur.Config), body, &cfg)
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
