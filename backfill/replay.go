@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/sink"
 )
@@ -85,7 +83,7 @@ func Replay(ctx context.Context, store *outbox.Store, sinkName string, from, to 
 			return res, nil
 		}
 		res.Changes += int64(n)
-		if err := enqueue(ctx, store, s.ID, chunk); err != nil {
+		if err := store.Enqueue(ctx, chunk); err != nil {
 			return nil, fmt.Errorf("replay for sink %s: %w", s.Name, err)
 		}
 		res.Messages += int64(len(chunk))
@@ -96,18 +94,10 @@ func Replay(ctx context.Context, store *outbox.Store, sinkName string, from, to 
 	}
 }
 
-// replayRow is one message a replay enqueues.
-type replayRow struct {
-	group   string
-	lsn     int64
-	idx     int32
-	payload []byte
-}
-
 // readRetained reads the next chunk of the window after id last and
 // renders the sink's messages for it.
 func readRetained(ctx context.Context, store *outbox.Store, router *sink.Router, rels map[string]*sink.Relation,
-	last, hi int64, from time.Time, to *time.Time) ([]replayRow, int64, int, error) {
+	last, hi int64, from time.Time, to *time.Time) ([]outbox.NewMessage, int64, int, error) {
 	rows, err := store.Pool.Query(ctx, `
 		SELECT id, table_schema, table_name, commit_lsn, commit_idx, commit_timestamp, action, columns, new_values, old_values, full_identity
 		FROM retained_changes
@@ -117,7 +107,7 @@ func readRetained(ctx context.Context, store *outbox.Store, router *sink.Router,
 		return nil, 0, 0, err
 	}
 	defer rows.Close()
-	var out []replayRow
+	var out []outbox.NewMessage
 	n := 0
 	var arena []byte
 	for rows.Next() {
@@ -152,7 +142,7 @@ func readRetained(ctx context.Context, store *outbox.Store, router *sink.Router,
 				continue
 			}
 			arena = rt.Render(arena[:0], &ch)
-			out = append(out, replayRow{group: rt.GroupKey(&ch), lsn: lsn, idx: idx, payload: slices.Clone(arena)})
+			out = append(out, outbox.NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(&ch), CommitLSN: uint64(lsn), CommitIdx: int(idx), Payload: slices.Clone(arena)})
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -178,46 +168,6 @@ func relationOf(rels map[string]*sink.Relation, schema, table string, full bool,
 	}
 	rels[key] = r
 	return r, nil
-}
-
-// enqueue writes one chunk of replayed messages with their groups, the
-// way capture does (groups upserted in key order, so acks, which lock in
-// that order too, cannot deadlock with it), and wakes delivery.
-func enqueue(ctx context.Context, store *outbox.Store, sinkID int64, chunk []replayRow) error {
-	if len(chunk) == 0 {
-		return nil
-	}
-	counts := map[string]int32{}
-	rows := make([][]any, len(chunk))
-	for i, r := range chunk {
-		rows[i] = []any{sinkID, r.group, r.lsn, r.idx, r.payload}
-		counts[r.group]++
-	}
-	groups := make([]string, 0, len(counts))
-	for g := range counts {
-		groups = append(groups, g)
-	}
-	slices.Sort(groups)
-	ns := make([]int32, len(groups))
-	for i, g := range groups {
-		ns[i] = counts[g]
-	}
-	return pgx.BeginFunc(ctx, store.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload"}, pgx.CopyFromRows(rows)); err != nil {
-			return fmt.Errorf("copy into outbox: %w", err)
-		}
-		_, err := tx.Exec(ctx, `
-			INSERT INTO outbox_groups (sink_id, group_key, pending)
-			SELECT $1, g, n FROM unnest($2::text[], $3::int[]) AS u(g, n) ORDER BY g
-			ON CONFLICT (sink_id, group_key) DO UPDATE SET pending = outbox_groups.pending + EXCLUDED.pending`, sinkID, groups, ns)
-		if err != nil {
-			return fmt.Errorf("upsert outbox groups: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, store.Channel(), fmt.Sprint(sinkID)); err != nil {
-			return fmt.Errorf("notify delivery: %w", err)
-		}
-		return nil
-	})
 }
 
 // pruneBatch is how many retained changes one DELETE removes: small

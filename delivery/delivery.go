@@ -227,7 +227,7 @@ func (m *Manager) housekeep(ctx context.Context) {
 		if freed, err := m.cfg.Store.ReleaseExpired(ctx); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("release expired claims")
 		} else if freed > 0 {
-			m.cfg.Log.Warn().Int64("groups", freed).Msg("released claims of a worker that stopped answering; their messages will be delivered again")
+			m.cfg.Log.Warn().Int64("batches", freed).Msg("dropped expired claims of a worker that stopped answering; their messages are delivered again")
 		}
 		if n++; n%5 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, 1000); err != nil && ctx.Err() == nil {
@@ -319,7 +319,7 @@ func (r *runner) work(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		wake := r.wake.wait()
-		msgs, err := r.m.cfg.Store.Claim(ctx, req)
+		b, err := r.m.cfg.Store.Claim(ctx, req)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Error().Err(err).Msg("claim")
@@ -327,11 +327,11 @@ func (r *runner) work(ctx context.Context) {
 			}
 			continue
 		}
-		if len(msgs) == 0 {
+		if b == nil {
 			sleep(ctx, r.m.cfg.Poll, wake)
 			continue
 		}
-		r.deliver(ctx, msgs)
+		r.deliver(ctx, b)
 	}
 }
 
@@ -347,15 +347,16 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) {
 
 // deliver POSTs one batch and records the outcome. It finishes even when
 // ctx is cancelled (shutdown): the request has its own timeout.
-func (r *runner) deliver(ctx context.Context, msgs []outbox.Message) {
+func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	bg := context.WithoutCancel(ctx)
+	msgs := b.Messages
 	cfg := r.sink.Config
 	start := time.Now()
 	status, snippet, retryAfter, err := r.post(bg, msgs)
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
-		if err := r.m.cfg.Store.Ack(bg, r.sink.ID, msgs, r.m.cfg.Worker, status); err != nil {
+		if err := r.m.cfg.Store.Ack(bg, b, status); err != nil {
 			r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
 			return
 		}
@@ -381,7 +382,7 @@ func (r *runner) deliver(ctx context.Context, msgs []outbox.Message) {
 	if err != nil {
 		msg = err.Error()
 	}
-	failed, nerr := r.m.cfg.Store.Nack(bg, r.sink.ID, msgs, r.m.cfg.Worker, outbox.Failure{
+	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
 	})
 	if nerr != nil {

@@ -517,7 +517,7 @@ func TestAPIObjects(t *testing.T) {
 	e.must(t, 204, "DELETE", "/api/sinks/s2", nil)
 	var left int
 	if err := b.db.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM walhook.outbox WHERE sink_id NOT IN (SELECT id FROM walhook.sinks))
-		+ (SELECT count(*) FROM walhook.outbox_groups WHERE sink_id NOT IN (SELECT id FROM walhook.sinks))
+		+ (SELECT count(*) FROM walhook.claims WHERE sink_id NOT IN (SELECT id FROM walhook.sinks))
 		+ (SELECT count(*) FROM walhook.delivered WHERE sink_id NOT IN (SELECT id FROM walhook.sinks))`).Scan(&left); err != nil || left != 0 {
 		t.Errorf("rows of the deleted sink left: %d (%v)", left, err)
 	}

@@ -252,15 +252,23 @@ func (r *latencyReceiver) reset() {
 // latency at batch_size 1 and 100, then p99 latency at a paced 1,000
 // rows/s, next to a raw decode of the same WAL.
 func BenchmarkEndToEnd(b *testing.B) {
-	for _, batch := range []int{1, 100} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+	for _, c := range []struct {
+		batch   int
+		stateDB bool
+	}{{1, true}, {100, true}, {100, false}} {
+		batch := c.batch
+		where := "source_db"
+		if c.stateDB {
+			where = "own_db"
+		}
+		b.Run(fmt.Sprintf("batch=%d/state=%s", batch, where), func(b *testing.B) {
 			rows := 100_000
 			if batch == 1 {
 				rows = 20_000
 			}
 			ctx := context.Background()
 			for i := 0; i < b.N; i++ {
-				tb := setupBench(b, batch)
+				tb := setupBench(b, batch, c.stateDB)
 				defer tb.stop()
 				tb.recv.reset()
 				start := time.Now()
@@ -291,8 +299,8 @@ func BenchmarkEndToEnd(b *testing.B) {
 				b.ReportMetric(rate/raw, "e2e/raw")
 				b.ReportMetric(float64(p99.Milliseconds()), "p99_ms")
 				b.ReportMetric(float64(pp99.Milliseconds()), "paced_p99_ms")
-				fmt.Printf("\n| end to end, batch_size %d, %d rows | value |\n|---|---|\n| raw pglogrepl decode rows/s | %.0f |\n| walhook delivered rows/s | %.0f |\n| ratio | %.2f |\n| commit-to-receipt p50 / p99 (saturated) | %s / %s |\n| commit-to-receipt p50 / p99 at 1,000 rows/s | %s / %s |\n",
-					batch, rows, raw, rate, rate/raw, p50.Round(time.Millisecond), p99.Round(time.Millisecond), pp50.Round(time.Millisecond), pp99.Round(time.Millisecond))
+				fmt.Printf("\n| end to end, batch_size %d, %d rows, state in %s | value |\n|---|---|\n| raw pglogrepl decode rows/s | %.0f |\n| walhook delivered rows/s | %.0f |\n| ratio | %.2f |\n| commit-to-receipt p50 / p99 (saturated) | %s / %s |\n| commit-to-receipt p50 / p99 at 1,000 rows/s | %s / %s |\n",
+					batch, rows, where, raw, rate, rate/raw, p50.Round(time.Millisecond), p99.Round(time.Millisecond), pp50.Round(time.Millisecond), pp99.Round(time.Millisecond))
 			}
 		})
 	}
@@ -306,10 +314,16 @@ type benchBundle struct {
 }
 
 // setupBench starts the whole service against a fresh database, with a
-// raw slot created first so the baseline decodes the same WAL.
-func setupBench(b *testing.B, batch int) *benchBundle {
+// raw slot created first so the baseline decodes the same WAL. With
+// stateDB the state schema lives in a second database of the same server
+// (the recommended setup: the slot then skips walhook's own writes).
+func setupBench(b *testing.B, batch int, stateDB bool) *benchBundle {
 	ctx := context.Background()
 	url := pgtest.NewDB(b)
+	stateURL := url
+	if stateDB {
+		stateURL = pgtest.NewDB(b)
+	}
 	db, err := pgxpool.New(ctx, url)
 	if err != nil {
 		b.Fatal(err)
@@ -325,6 +339,7 @@ func setupBench(b *testing.B, batch int) *benchBundle {
 	tb := &testBundle{url: url, db: db}
 	tb.cfg = &config.Config{
 		Database:      config.Database{URL: url},
+		State:         config.State{URL: stateURL},
 		HTTPEndpoints: []config.HTTPEndpoint{{Name: "recv", URL: recv.srv.URL}},
 		Sinks:         []config.Sink{{Name: "s", Endpoint: "recv", Tables: []string{"public.orders"}, BatchSize: batch, Concurrency: 4}},
 		Log:           config.Log{Level: "error"},
@@ -335,8 +350,9 @@ func setupBench(b *testing.B, batch int) *benchBundle {
 }
 
 // BenchmarkClaim measures one claim plus ack of a 100-message batch with
-// very different backlogs: the claim reads per-group rows, so its cost
-// should not grow with the number of pending groups or with one hot group.
+// very different backlogs: the claim reads only the messages heading
+// their groups, so its cost should not grow with the number of pending
+// groups or with one hot group.
 func BenchmarkClaim(b *testing.B) {
 	cases := []struct {
 		name           string
@@ -353,17 +369,12 @@ func BenchmarkClaim(b *testing.B) {
 			store, _ := benchStore(ctx, b, url, "http://127.0.0.1:1", 100)
 			n := tc.groups * tc.perGrp
 			if _, err := store.Pool.Exec(ctx, `
-				INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload)
-				SELECT s.id, 'g' || (i % $1), i, 0, '{"record":{"id":' || i || '}}'
+				INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, head)
+				SELECT s.id, 'g' || (i % $1), i, 0, '{"record":{"id":' || i || '}}', i <= $1
 				FROM generate_series(1, $2::int) i, sinks s`, tc.groups, n); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := store.Pool.Exec(ctx, `
-				INSERT INTO outbox_groups (sink_id, group_key, pending)
-				SELECT sink_id, group_key, count(*) FROM outbox GROUP BY 1, 2`); err != nil {
-				b.Fatal(err)
-			}
-			for _, q := range []string{`VACUUM ANALYZE outbox`, `VACUUM ANALYZE outbox_groups`} {
+			for _, q := range []string{`VACUUM ANALYZE outbox`} {
 				if _, err := store.Pool.Exec(ctx, q); err != nil {
 					b.Fatal(err)
 				}
@@ -377,15 +388,15 @@ func BenchmarkClaim(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				for k := 0; k < cycles; k++ {
 					t0 := time.Now()
-					msgs, err := store.Claim(ctx, req)
+					batch, err := store.Claim(ctx, req)
 					if err != nil {
 						b.Fatal(err)
 					}
 					t1 := time.Now()
-					if len(msgs) != 100 {
-						b.Fatalf("claimed %d messages, want 100", len(msgs))
+					if batch == nil || len(batch.Messages) != 100 {
+						b.Fatalf("claimed %v, want 100 messages", batch)
 					}
-					if err := store.Ack(ctx, sinkID, msgs, "bench", 200); err != nil {
+					if err := store.Ack(ctx, batch, 200); err != nil {
 						b.Fatal(err)
 					}
 					claimT += t1.Sub(t0)
@@ -433,7 +444,7 @@ func BenchmarkBacklog(b *testing.B) {
 		captured := time.Since(start)
 		rssBacklog := peakRSS(b, p.cmd.Process.Pid)
 		var sizeFull int64
-		_ = db.QueryRow(ctx, `SELECT pg_total_relation_size('walhook.outbox') + pg_total_relation_size('walhook.outbox_groups')`).Scan(&sizeFull)
+		_ = db.QueryRow(ctx, `SELECT pg_total_relation_size('walhook.outbox') + pg_total_relation_size('walhook.claims')`).Scan(&sizeFull)
 		start = time.Now()
 		if _, err := db.Exec(ctx, `UPDATE walhook.sinks SET status = 'active'`); err != nil {
 			b.Fatal(err)
@@ -446,10 +457,10 @@ func BenchmarkBacklog(b *testing.B) {
 		writeWorkload(ctx, b, db, rows+1, 100_000)
 		waitFor(b, 5*time.Minute, "the second round", func() bool { return recv.n.Load() >= rows+100_000 })
 		var sizeAfter int64
-		_ = db.QueryRow(ctx, `SELECT pg_total_relation_size('walhook.outbox') + pg_total_relation_size('walhook.outbox_groups')`).Scan(&sizeAfter)
+		_ = db.QueryRow(ctx, `SELECT pg_total_relation_size('walhook.outbox') + pg_total_relation_size('walhook.claims')`).Scan(&sizeAfter)
 		b.ReportMetric(float64(rssPeak>>20), "peak_rss_MB")
 		b.ReportMetric(float64(rows)/delivered.Seconds(), "drain_rows/s")
-		fmt.Printf("\n| backlog of %d messages | value |\n|---|---|\n| capture into the paused sink | %s (%.0f rows/s) |\n| RSS with the backlog / peak while draining | %d MB / %d MB |\n| drain at batch_size 100 | %s (%.0f rows/s) |\n| outbox+groups size full / after draining and 100k more | %d MB / %d MB |\n",
+		fmt.Printf("\n| backlog of %d messages | value |\n|---|---|\n| capture into the paused sink | %s (%.0f rows/s) |\n| RSS with the backlog / peak while draining | %d MB / %d MB |\n| drain at batch_size 100 | %s (%.0f rows/s) |\n| outbox+claims size full / after draining and 100k more | %d MB / %d MB |\n",
 			rows, captured.Round(time.Second), float64(rows)/captured.Seconds(), rssBacklog>>20, rssPeak>>20, delivered.Round(time.Second), float64(rows)/delivered.Seconds(), sizeFull>>20, sizeAfter>>20)
 		db.Close()
 	}

@@ -292,3 +292,37 @@ func TestPruneDeliveredHistory(t *testing.T) {
 		t.Fatalf("history keeps %d rows, ids %d..%d; want the newest 10", left, minID, maxOutbox)
 	}
 }
+
+// Rows changed again and again while their earlier versions are in
+// flight: every version arrives, in order, one request per group at a
+// time, and nothing is left in the outbox (a group whose next message was
+// queued during an ack must not be stranded).
+func TestHotGroupsWhileDelivering(t *testing.T) {
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`, "public.t")
+	b.cfg.Sinks[0].BatchSize = 10
+	b.cfg.Sinks[0].Concurrency = 4
+	b.start(t)
+	const rows, versions = 20, 100
+	b.exec(t, `INSERT INTO t SELECT g, 0 FROM generate_series(1, $1) g`, rows)
+	for v := 1; v < versions; v++ {
+		// One row per transaction: capture commits often, so appends race
+		// with the acks of the same groups.
+		b.exec(t, `UPDATE t SET v = $1 WHERE id = $2`, v, 1+v%rows)
+		b.exec(t, `UPDATE t SET v = $1 WHERE id <> $2`, v, 1+v%rows)
+	}
+	msgs := b.recv.waitCount(t, rows*versions, 60*time.Second)
+	seen := checkGroupOrder(t, msgs)
+	for id := 1; id <= rows; id++ {
+		if vs := seen[float64(id)]; len(vs) != versions || vs[len(vs)-1] != versions-1 {
+			t.Errorf("row %d: got versions %v", id, vs)
+		}
+	}
+	if o := b.recv.overlaps(); len(o) > 0 {
+		t.Errorf("groups delivered concurrently: %v", o[:min(len(o), 5)])
+	}
+	waitFor(t, 10*time.Second, "an empty outbox", func() bool {
+		var n int
+		_ = b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`).Scan(&n)
+		return n == 0
+	})
+}

@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/service"
 )
 
@@ -256,14 +258,29 @@ func (r *receiver) waitCount(t testing.TB, n int, d time.Duration) []message {
 
 func itoa(n int) string { return strings.TrimSpace(jsonString(n)) }
 
-// redeliverFailed revives failed messages the way the API does.
-// TODO(lead): switch to the API once it lands.
+// redeliverFailed revives the failed messages of every sink with the
+// store call the API's redeliver uses.
 func (b *testBundle) redeliverFailed(ctx context.Context) (int64, error) {
-	tag, err := b.db.Exec(ctx, `
-		WITH r AS (UPDATE walhook.outbox SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL
-			WHERE failed_at IS NOT NULL RETURNING sink_id, group_key)
-		INSERT INTO walhook.outbox_groups (sink_id, group_key, pending)
-		SELECT sink_id, group_key, count(*) FROM r GROUP BY 1, 2 ORDER BY 1, 2
-		ON CONFLICT (sink_id, group_key) DO UPDATE SET pending = walhook.outbox_groups.pending + EXCLUDED.pending, ready_at = now()`)
-	return tag.RowsAffected(), err
+	store, err := outbox.Open(ctx, b.url, "walhook", 2)
+	if err != nil {
+		return 0, err
+	}
+	defer store.Close()
+	rows, err := store.Pool.Query(ctx, `SELECT id FROM sinks`)
+	if err != nil {
+		return 0, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, id := range ids {
+		k, err := store.Redeliver(ctx, id, nil)
+		if err != nil {
+			return n, err
+		}
+		n += int64(k)
+	}
+	return n, nil
 }

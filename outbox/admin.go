@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -14,7 +13,7 @@ import (
 )
 
 // The states of an outbox message as the API shows them. They are derived,
-// not stored: the claim protocol keeps them implicit in outbox_groups.
+// not stored: in flight means named by a live claims row.
 const (
 	StatePending    = "pending"     // never attempted, waiting its turn
 	StateInFlight   = "in_flight"   // part of a claimed batch
@@ -72,7 +71,7 @@ func sinkSettings(cfg config.Sink) ([]byte, []string, error) {
 }
 
 // DeleteSink removes a sink with everything queued for it: its outbox,
-// its groups and its delivered history go in the same transaction, so no
+// its claims and its delivered history go in the same transaction, so no
 // worker can claim a message of a sink that no longer exists. It returns
 // the sink's id for PurgeSink.
 func (s *Store) DeleteSink(ctx context.Context, name string) (int64, error) {
@@ -94,9 +93,7 @@ func (s *Store) DeleteSink(ctx context.Context, name string) (int64, error) {
 
 func purgeSink(ctx context.Context, tx pgx.Tx, id int64, andSink bool) error {
 	b := &pgx.Batch{}
-	// Groups first, in key order like every other writer of them.
-	b.Queue(`SELECT 1 FROM outbox_groups WHERE sink_id = $1 ORDER BY group_key FOR UPDATE`, id)
-	b.Queue(`DELETE FROM outbox_groups WHERE sink_id = $1`, id)
+	b.Queue(`DELETE FROM claims WHERE sink_id = $1`, id)
 	b.Queue(`DELETE FROM outbox WHERE sink_id = $1`, id)
 	b.Queue(`DELETE FROM delivered WHERE sink_id = $1`, id)
 	if andSink {
@@ -172,11 +169,11 @@ LEFT JOIN (
 	FROM outbox WHERE $1::bigint IS NULL OR sink_id = $1 GROUP BY sink_id
 ) o ON o.sink_id = s.id
 LEFT JOIN (
-	SELECT g.sink_id, count(*) AS in_flight, count(*) FILTER (WHERE o.deliver_count > 0) AS in_flight_retrying
-	FROM outbox_groups g
-	JOIN outbox o ON o.sink_id = g.sink_id AND o.group_key = g.group_key AND o.id <= g.claimed_max_id AND o.failed_at IS NULL
-	WHERE g.claimed_until IS NOT NULL AND ($1::bigint IS NULL OR g.sink_id = $1)
-	GROUP BY g.sink_id
+	SELECT c.sink_id, count(*) AS in_flight, count(*) FILTER (WHERE o.deliver_count > 0) AS in_flight_retrying
+	FROM claims c CROSS JOIN LATERAL unnest(c.ids) AS i(id)
+	JOIN outbox o ON o.id = i.id AND o.failed_at IS NULL
+	WHERE c.until > now() AND ($1::bigint IS NULL OR c.sink_id = $1)
+	GROUP BY c.sink_id
 ) f ON f.sink_id = s.id
 LEFT JOIN (
 	SELECT sink_id, count(*) AS delivered FROM delivered WHERE $1::bigint IS NULL OR sink_id = $1 GROUP BY sink_id
@@ -512,18 +509,20 @@ type MessageQuery struct {
 	Limit int
 }
 
-// messageStateSQL is the derived state of an outbox row o whose group row
-// (if any) is g.
+// inFlightSQL: a live claim names outbox row o.
+const inFlightSQL = `EXISTS (SELECT 1 FROM claims c WHERE c.sink_id = o.sink_id AND c.until > now() AND o.id = ANY(c.ids))`
+
+// messageStateSQL is the derived state of an outbox row o.
 const messageStateSQL = `CASE
 	WHEN o.failed_at IS NOT NULL THEN 'failed'
-	WHEN g.claimed_until IS NOT NULL AND o.id <= g.claimed_max_id THEN 'in_flight'
+	WHEN ` + inFlightSQL + ` THEN 'in_flight'
 	WHEN o.deliver_count > 0 THEN 'backing_off'
 	ELSE 'pending' END`
 
 const outboxMessageSelect = `
 	SELECT o.id, o.group_key, ` + messageStateSQL + `, o.deliver_count, o.last_error, o.last_status, o.not_before,
 		o.commit_lsn, o.commit_idx, o.payload, o.created_at, o.first_attempt_at, o.last_attempt_at, o.failed_at, NULL::timestamptz
-	FROM outbox o LEFT JOIN outbox_groups g ON g.sink_id = o.sink_id AND g.group_key = o.group_key`
+	FROM outbox o`
 
 const deliveredMessageSelect = `
 	SELECT d.id, d.group_key, 'delivered', d.deliver_count, NULL::text, d.last_status, NULL::timestamptz,
@@ -555,7 +554,7 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 		// state decides.
 		pre := map[string]string{
 			StatePending:    `o.deliver_count = 0 AND o.failed_at IS NULL`,
-			StateInFlight:   `o.failed_at IS NULL AND g.claimed_until IS NOT NULL`,
+			StateInFlight:   `o.id IN (SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > now())`,
 			StateBackingOff: `o.deliver_count > 0 AND o.failed_at IS NULL`,
 			StateFailed:     `o.failed_at IS NOT NULL`,
 		}[q.State]
@@ -607,53 +606,25 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 	var n int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		n = 0
-		// Lock the groups concerned in key order, the order capture and
-		// acks use, before touching their messages.
-		if _, err := tx.Exec(ctx, `
-			SELECT 1 FROM outbox_groups WHERE sink_id = $1 AND group_key IN (
-				SELECT group_key FROM outbox WHERE sink_id = $1 AND (deliver_count > 0 OR failed_at IS NOT NULL)
-					AND ($2::bigint[] IS NULL OR id = ANY($2)))
-			ORDER BY group_key FOR UPDATE`, sinkID, ids); err != nil {
-			return fmt.Errorf("lock groups: %w", err)
-		}
-		// Backing-off first: revived messages would match it too.
-		hurried, err := groupKeys(tx.Query(ctx, `
-			UPDATE outbox o SET not_before = NULL
+		// Backing-off first: revived messages would match it too. A
+		// batch in flight keeps its backoff; its outcome decides.
+		hurried, err := tx.Exec(ctx, `
+			UPDATE outbox o SET not_before = NULL, ready_at = LEAST(o.ready_at, now())
 			WHERE o.sink_id = $1 AND o.failed_at IS NULL AND o.deliver_count > 0 AND ($2::bigint[] IS NULL OR o.id = ANY($2))
-				AND NOT EXISTS (SELECT 1 FROM outbox_groups g WHERE g.sink_id = o.sink_id AND g.group_key = o.group_key
-					AND g.claimed_until IS NOT NULL AND o.id <= g.claimed_max_id)
-			RETURNING o.group_key`, sinkID, ids))
+				AND NOT `+inFlightSQL, sinkID, ids)
 		if err != nil {
 			return fmt.Errorf("clear backoff: %w", err)
 		}
-		revived, err := groupKeys(tx.Query(ctx, `
-			UPDATE outbox SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL
-			WHERE sink_id = $1 AND failed_at IS NOT NULL AND ($2::bigint[] IS NULL OR id = ANY($2))
-			RETURNING group_key`, sinkID, ids))
+		// A revived message may be older than its group's head: flagged
+		// too, it goes first (claims take a head only when nothing older
+		// waits).
+		revived, err := tx.Exec(ctx, `
+			UPDATE outbox SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL, ready_at = now(), head = true
+			WHERE sink_id = $1 AND failed_at IS NOT NULL AND ($2::bigint[] IS NULL OR id = ANY($2))`, sinkID, ids)
 		if err != nil {
 			return fmt.Errorf("revive failed messages: %w", err)
 		}
-		n = len(revived) + len(hurried)
-		if len(revived) > 0 {
-			keys, counts := countKeys(revived)
-			// Failed messages left their group's count; they come back.
-			if _, err := tx.Exec(ctx, `
-				INSERT INTO outbox_groups (sink_id, group_key, pending, ready_at)
-				SELECT $1, k, c, now() FROM unnest($2::text[], $3::int[]) AS u(k, c) ORDER BY k
-				ON CONFLICT (sink_id, group_key) DO UPDATE SET pending = outbox_groups.pending + EXCLUDED.pending,
-					ready_at = CASE WHEN outbox_groups.claimed_until IS NULL THEN LEAST(outbox_groups.ready_at, now()) ELSE outbox_groups.ready_at END`,
-				sinkID, keys, counts); err != nil {
-				return fmt.Errorf("requeue groups: %w", err)
-			}
-		}
-		if len(hurried) > 0 {
-			keys, _ := countKeys(hurried)
-			if _, err := tx.Exec(ctx, `
-				UPDATE outbox_groups SET ready_at = now()
-				WHERE sink_id = $1 AND group_key = ANY($2) AND claimed_until IS NULL AND ready_at > now()`, sinkID, keys); err != nil {
-				return fmt.Errorf("hurry groups: %w", err)
-			}
-		}
+		n = int(revived.RowsAffected() + hurried.RowsAffected())
 		if n > 0 {
 			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(sinkID)); err != nil {
 				return fmt.Errorf("notify: %w", err)
@@ -665,28 +636,4 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 		return 0, fmt.Errorf("redeliver messages of sink %d: %w", sinkID, err)
 	}
 	return n, nil
-}
-
-func groupKeys(rows pgx.Rows, err error) ([]string, error) {
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
-// countKeys turns a list of group keys into sorted distinct keys with
-// their multiplicity.
-func countKeys(keys []string) ([]string, []int32) {
-	slices.Sort(keys)
-	var out []string
-	var counts []int32
-	for _, k := range keys {
-		if len(out) > 0 && out[len(out)-1] == k {
-			counts[len(counts)-1]++
-			continue
-		}
-		out = append(out, k)
-		counts = append(counts, 1)
-	}
-	return out, counts
 }

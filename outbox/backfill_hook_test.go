@@ -102,9 +102,9 @@ func TestWindowDropsChangedRows(t *testing.T) {
 	}
 	reads := f.c.rows[before:]
 	for i, want := range []string{`"id":1`, `"id":4`} {
-		p := string(reads[i].payload)
-		if !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) || reads[i].lsn != f.lsn-10 || reads[i].idx != i {
-			t.Errorf("read %d: lsn %d idx %d %s", i, reads[i].lsn, reads[i].idx, p)
+		p := string(reads[i].Payload)
+		if !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) || reads[i].CommitLSN != f.lsn-10 || reads[i].CommitIdx != i {
+			t.Errorf("read %d: lsn %d idx %d %s", i, reads[i].CommitLSN, reads[i].CommitIdx, p)
 		}
 	}
 

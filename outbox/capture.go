@@ -49,9 +49,8 @@ type Capture struct {
 	routerSeen *sink.Router
 	routes     map[*sink.Relation][]*sink.Route
 
-	rows    []outRow
+	rows    []NewMessage
 	arena   []byte
-	groups  map[groupRef]int32
 	touched map[int64]int
 	trunc   map[string]int
 
@@ -59,19 +58,6 @@ type Capture struct {
 	lastCommit uint64
 	lastEnd    uint64
 	durableEnd uint64
-}
-
-type outRow struct {
-	sinkID  int64
-	group   string
-	lsn     uint64
-	idx     int
-	payload []byte
-}
-
-type groupRef struct {
-	sinkID int64
-	group  string
 }
 
 // NewCapture writes for slot, routing with whatever router is current.
@@ -101,7 +87,7 @@ func (c *Capture) reset(ctx context.Context) {
 		c.tx = nil
 	}
 	c.rows, c.arena, c.buffered = c.rows[:0], c.arena[:0], 0
-	c.groups, c.touched, c.trunc = map[groupRef]int32{}, map[int64]int{}, map[string]int{}
+	c.touched, c.trunc = map[int64]int{}, map[string]int{}
 	c.persist = nil
 	c.ret.reset()
 }
@@ -148,10 +134,9 @@ func (c *Capture) add(rt *sink.Route, ch *sink.Change) bool {
 	}
 	start := len(c.arena)
 	c.arena = rt.Render(c.arena, ch)
-	row := outRow{sinkID: rt.Sink.ID, group: rt.GroupKey(ch), lsn: ch.CommitLSN, idx: ch.CommitIdx, payload: c.arena[start:len(c.arena):len(c.arena)]}
-	c.rows = append(c.rows, row)
-	c.groups[groupRef{row.sinkID, row.group}]++
-	c.touched[row.sinkID]++
+	c.rows = append(c.rows, NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(ch), CommitLSN: ch.CommitLSN, CommitIdx: ch.CommitIdx,
+		Payload: c.arena[start:len(c.arena):len(c.arena)]})
+	c.touched[rt.Sink.ID]++
 	c.buffered++
 	return true
 }
@@ -196,35 +181,13 @@ func (c *Capture) spill(ctx context.Context) error {
 		}
 		c.tx = tx
 	}
-	if len(c.rows) > 0 {
-		_, err := c.tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload"}, &rowSource{rows: c.rows, i: -1})
-		if err != nil {
-			return fmt.Errorf("copy into outbox: %w", err)
-		}
+	if err := queueRows(ctx, c.tx, c.rows); err != nil {
+		return err
 	}
 	if err := c.spillRetained(ctx); err != nil {
 		return err
 	}
-	if len(c.groups) > 0 {
-		sinks := make([]int64, 0, len(c.groups))
-		keys := make([]string, 0, len(c.groups))
-		counts := make([]int32, 0, len(c.groups))
-		for g, n := range c.groups {
-			sinks, keys, counts = append(sinks, g.sinkID), append(keys, g.group), append(counts, n)
-		}
-		// Sorted, so concurrent acks (which lock in the same order) cannot
-		// deadlock with capture.
-		_, err := c.tx.Exec(ctx, `
-			INSERT INTO outbox_groups (sink_id, group_key, pending)
-			SELECT s, g, n FROM unnest($1::bigint[], $2::text[], $3::int[]) AS u(s, g, n) ORDER BY s, g
-			ON CONFLICT (sink_id, group_key) DO UPDATE SET pending = outbox_groups.pending + EXCLUDED.pending`,
-			sinks, keys, counts)
-		if err != nil {
-			return fmt.Errorf("upsert outbox groups: %w", err)
-		}
-	}
 	c.rows, c.arena = c.rows[:0], c.arena[:0]
-	clear(c.groups)
 	return nil
 }
 
@@ -273,18 +236,3 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	c.touched, c.trunc = map[int64]int{}, map[string]int{}
 	return c.durableEnd, nil
 }
-
-// rowSource feeds buffered rows to COPY without building [][]any.
-type rowSource struct {
-	rows []outRow
-	i    int
-	vals [5]any
-}
-
-func (r *rowSource) Next() bool { r.i++; return r.i < len(r.rows) }
-func (r *rowSource) Values() ([]any, error) {
-	row := &r.rows[r.i]
-	r.vals = [5]any{row.sinkID, row.group, int64(row.lsn), int32(row.idx), row.payload}
-	return r.vals[:], nil
-}
-func (r *rowSource) Err() error { return nil }

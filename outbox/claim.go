@@ -32,71 +32,93 @@ type ClaimRequest struct {
 	Worker string
 }
 
-// claimSQL picks the groups ready longest (nothing in flight, backoff
-// over), skipping groups other workers hold, then takes each group's
-// messages in order. Messages already attempted (backing off) count
-// against max_ack_pending already, so only fresh ones are limited by the
-// room left. The result is a prefix of each group, in group order. A
-// paused or holding sink (Retry-After) gets nothing.
+// Batch is a claimed set of messages: its groups are the worker's until
+// it acks or nacks the batch, or until the lease ends.
+type Batch struct {
+	ClaimID  int64
+	SinkID   int64
+	Worker   string
+	Messages []Message
+}
+
+// claimSQL takes the heads ready longest (backoff over, their group in no
+// live claim, no older message of their group waiting), skipping rows
+// other transactions hold, then each head's group from it on, in order.
+// Messages already attempted (backing off) count against max_ack_pending
+// already, so only fresh ones are limited by the room left. The result is
+// a prefix of each group, groups one after the other, recorded as one
+// claims row. A paused or holding sink (Retry-After) gets nothing.
 const claimSQL = `
-WITH st AS (
+WITH live AS MATERIALIZED (
+	SELECT fresh, groups FROM claims WHERE sink_id = $1 AND until > now()
+), st AS (
 	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()) AS active,
 		$3::int
-		- (SELECT COALESCE(sum(claimed_count), 0) FROM outbox_groups WHERE sink_id = $1 AND claimed_until IS NOT NULL)
+		- (SELECT COALESCE(sum(fresh), 0) FROM live)
 		- (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL) AS room
 	FROM sinks s WHERE s.id = $1
-), g AS (
-	SELECT group_key, ready_at FROM outbox_groups
-	WHERE sink_id = $1 AND claimed_until IS NULL AND ready_at <= now() AND COALESCE((SELECT active FROM st), false)
-	ORDER BY ready_at
+), h AS (
+	SELECT o.id, o.group_key, o.ready_at FROM outbox o
+	WHERE o.sink_id = $1 AND o.head AND o.failed_at IS NULL AND o.ready_at <= now()
+		AND COALESCE((SELECT active FROM st), false)
+		AND o.group_key NOT IN (SELECT unnest(groups) FROM live) -- a hashed lookup
+		AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink_id = $1 AND p.group_key = o.group_key AND p.failed_at IS NULL AND p.id < o.id)
+	ORDER BY o.ready_at, o.id
 	LIMIT $2
-	FOR UPDATE SKIP LOCKED
+	FOR NO KEY UPDATE OF o SKIP LOCKED
 ), m AS (
-	SELECT o.id, o.group_key, o.deliver_count, g.ready_at
-	FROM g CROSS JOIN LATERAL (
+	SELECT x.id, x.group_key, x.deliver_count, h.ready_at, h.id AS head_id
+	FROM h CROSS JOIN LATERAL (
 		SELECT id, group_key, deliver_count
 		FROM outbox
-		WHERE sink_id = $1 AND group_key = g.group_key AND failed_at IS NULL
+		WHERE sink_id = $1 AND group_key = h.group_key AND failed_at IS NULL AND id >= h.id
 		ORDER BY id
 		-- A fair share of the batch per group (twice it, for slack), so
 		-- many deep groups do not make the claim read batch² rows.
-		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM g))::int)
-	) o
+		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM h))::int)
+	) x
 ), r AS (
-	SELECT m.*, sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, id) AS fresh FROM m
+	SELECT m.*, sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, head_id, id) AS fresh FROM m
 ), pick AS (
-	SELECT * FROM r WHERE deliver_count > 0 OR fresh <= (SELECT room FROM st) ORDER BY ready_at, id LIMIT $2
-), u AS (
-	UPDATE outbox_groups og
-	SET claimed_until = now() + make_interval(secs => $4::float8), claimed_by = $5, claimed_count = c.fresh_n, claimed_max_id = c.max_id
-	FROM (SELECT group_key, sum((deliver_count = 0)::int) AS fresh_n, max(id) AS max_id FROM pick GROUP BY group_key) c
-	WHERE og.sink_id = $1 AND og.group_key = c.group_key
+	SELECT * FROM r WHERE deliver_count > 0 OR fresh <= (SELECT room FROM st) ORDER BY ready_at, head_id, id LIMIT $2
+), c AS (
+	INSERT INTO claims (sink_id, worker, until, fresh, ids, groups)
+	SELECT $1, $5, now() + make_interval(secs => $4::float8), count(*) FILTER (WHERE deliver_count = 0),
+		array_agg(id), array_agg(DISTINCT group_key)
+	FROM pick HAVING count(*) > 0
+	RETURNING id
 )
 -- Payloads are read last, for the picked messages only.
-SELECT o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+SELECT (SELECT id FROM c), o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 FROM pick JOIN outbox o ON o.id = pick.id
-ORDER BY pick.ready_at, pick.id`
+ORDER BY pick.ready_at, pick.head_id, pick.id`
 
-// claimLockSQL serializes the claims of one sink, so max_ack_pending holds
-// across workers and processes. It is its own statement because a
-// statement's snapshot is taken when it starts: the claim that follows
-// must see the claims committed while this one waited.
+// claimLockSQL serializes the claims of one sink, so max_ack_pending and
+// the one-claim-per-group rule hold across workers and processes. It is
+// its own statement because a statement's snapshot is taken when it
+// starts: the claim that follows must see the claims committed while this
+// one waited.
 const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`
 
 // Claim takes a batch for one worker: the lock and the claim go in one
-// round trip, as one implicit transaction.
-func (s *Store) Claim(ctx context.Context, req ClaimRequest) ([]Message, error) {
-	var msgs []Message
-	err := s.batch(ctx, func(b *pgx.Batch) {
-		b.Queue(claimLockSQL, req.SinkID)
-		b.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker).Query(func(rows pgx.Rows) error {
-			msgs = msgs[:0]
+// round trip, as one implicit transaction. It returns nil when there is
+// nothing to take.
+func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
+	var b *Batch
+	err := s.batch(ctx, func(pb *pgx.Batch) {
+		pb.Queue(claimLockSQL, req.SinkID)
+		pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker).Query(func(rows pgx.Rows) error {
+			b = nil
 			for rows.Next() {
 				var m Message
-				if err := rows.Scan(&m.ID, &m.Group, &m.CommitLSN, &m.CommitIdx, &m.Payload, &m.DeliverCount, &m.FirstAttemptAt, &m.CreatedAt); err != nil {
+				var claim int64
+				if err := rows.Scan(&claim, &m.ID, &m.Group, &m.CommitLSN, &m.CommitIdx, &m.Payload, &m.DeliverCount, &m.FirstAttemptAt, &m.CreatedAt); err != nil {
 					return err
 				}
-				msgs = append(msgs, m)
+				if b == nil {
+					b = &Batch{ClaimID: claim, SinkID: req.SinkID, Worker: req.Worker}
+				}
+				b.Messages = append(b.Messages, m)
 			}
 			return rows.Err()
 		})
@@ -104,80 +126,63 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) ([]Message, error) 
 	if err != nil {
 		return nil, fmt.Errorf("claim batch for sink %d: %w", req.SinkID, err)
 	}
-	return msgs, nil
+	return b, nil
 }
 
-func groupsOf(msgs []Message) ([]string, []int64) {
+func (b *Batch) idsAndGroups() ([]int64, []string) {
 	seen := map[string]bool{}
 	var groups []string
-	ids := make([]int64, len(msgs))
-	for i, m := range msgs {
+	ids := make([]int64, len(b.Messages))
+	for i, m := range b.Messages {
 		ids[i] = m.ID
 		if !seen[m.Group] {
 			seen[m.Group] = true
 			groups = append(groups, m.Group)
 		}
 	}
-	return groups, ids
+	return ids, groups
 }
 
-// lockGroupsSQL locks a batch's group rows in key order, the order capture
-// uses too, so the two never deadlock. It must be its own statement, even
-// for one group: the statement after it then starts with a snapshot that
-// sees every capture committed before the lock was granted, so its
-// "is the group now empty?" test reads the current pending count. (In one
-// statement, a row judged on an older snapshot is skipped by both the
-// delete and the update, and the group is stuck until its lease ends.)
-const lockGroupsSQL = `SELECT 1 FROM outbox_groups WHERE sink_id = $1 AND group_key = ANY($2) ORDER BY group_key FOR UPDATE`
+// lockSQL locks a batch's messages before an ack or a nack changes them.
+// It must be its own statement: it waits for a capture that relies on
+// one of them (olderSQL) to commit, and the statements after it then
+// start with a snapshot that shows what that capture queued behind them.
+const lockSQL = `SELECT 1 FROM outbox WHERE id = ANY($1) ORDER BY id FOR UPDATE`
+
+// promoteSQL flags the oldest waiting message of each of the groups $2 of
+// sink $1 as head, once the messages before it are gone or failed. (An
+// id list, so the update is index lookups whatever the planner thinks.)
+const promoteSQL = `
+UPDATE outbox SET head = true
+WHERE id = ANY (ARRAY(
+	SELECT t.id FROM unnest($2::text[]) AS g(k)
+	CROSS JOIN LATERAL (
+		SELECT x.id FROM outbox x WHERE x.sink_id = $1 AND x.group_key = g.k AND x.failed_at IS NULL
+		ORDER BY x.id LIMIT 1) t))
+AND NOT head`
 
 // Ack removes delivered messages (keeping them in the recent history),
-// releases their groups and puts them at the back of the queue, so one hot
-// group cannot starve the others; a group left empty is deleted. One round
+// ends the claim and hands each group on to its next message. One round
 // trip, one implicit transaction.
-func (s *Store) Ack(ctx context.Context, sinkID int64, msgs []Message, worker string, status int) error {
-	groups, ids := groupsOf(msgs)
-	err := s.batch(ctx, func(b *pgx.Batch) {
-		b.Queue(lockGroupsSQL, sinkID, groups)
-		b.Queue(`
+func (s *Store) Ack(ctx context.Context, b *Batch, status int) error {
+	ids, groups := b.idsAndGroups()
+	err := s.batch(ctx, func(pb *pgx.Batch) {
+		pb.Queue(lockSQL, ids)
+		pb.Queue(`
 			WITH d AS (
-				DELETE FROM outbox WHERE id = ANY($2)
+				DELETE FROM outbox WHERE id = ANY($1)
 				RETURNING id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count
 			), h AS (
 				INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status)
-				SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count + 1, $5 FROM d
-			), c AS (
-				SELECT g.group_key, count(d.id) AS n FROM unnest($3::text[]) AS g(group_key)
-				LEFT JOIN d ON d.group_key = g.group_key GROUP BY g.group_key
-			)`+settleGroupsSQL("n", "now()")+`
-			SELECT count(*) FROM c`, sinkID, ids, groups, worker, status)
+				SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count + 1, $3 FROM d
+			)
+			DELETE FROM claims WHERE id = $2`, ids, b.ClaimID, status)
+		pb.Queue(promoteSQL, b.SinkID, groups)
 	})
 	if err != nil {
-		return fmt.Errorf("ack %d messages of sink %d: %w", len(msgs), sinkID, err)
+		return fmt.Errorf("ack %d messages of sink %d: %w", len(b.Messages), b.SinkID, err)
 	}
 	return nil
-}
-
-// settleGroupsSQL ends a statement whose CTE c has (group_key, <n>): the
-// groups lose n pending messages and this worker's claim; a group left
-// empty and unclaimed is deleted, others are updated (disjoint rows, so
-// one statement does both). readyAt is when the group may be claimed
-// again. $1 is the sink, $3 the groups, $4 the worker. (The explicit
-// group_key = ANY($3) gives the planner the index; c's size is unknown
-// to it.)
-func settleGroupsSQL(n, readyAt string) string {
-	empty := `og.pending - c.` + n + ` <= 0 AND (og.claimed_by = $4 OR og.claimed_until IS NULL)`
-	return `, del AS (
-				DELETE FROM outbox_groups og USING c
-				WHERE og.sink_id = $1 AND og.group_key = ANY($3) AND og.group_key = c.group_key AND ` + empty + `
-			), upd AS (
-				UPDATE outbox_groups og SET pending = og.pending - c.` + n + `,
-					claimed_until = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_until END,
-					claimed_count = CASE WHEN og.claimed_by = $4 THEN 0 ELSE og.claimed_count END,
-					claimed_max_id = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_max_id END,
-					ready_at = CASE WHEN og.claimed_by = $4 THEN ` + readyAt + ` ELSE og.ready_at END,
-					claimed_by = CASE WHEN og.claimed_by = $4 THEN NULL ELSE og.claimed_by END
-				FROM c WHERE og.sink_id = $1 AND og.group_key = ANY($3) AND og.group_key = c.group_key AND NOT (` + empty + `)
-			)`
 }
 
 // Failure describes a failed delivery attempt.
@@ -190,59 +195,46 @@ type Failure struct {
 	MaxAge time.Duration
 }
 
-// Nack records a failed attempt: the messages back off until NotBefore
-// (their groups with them), or become failed once MaxAge has passed since
-// their first attempt, leaving their group's queue. It returns how many
-// became failed.
-func (s *Store) Nack(ctx context.Context, sinkID int64, msgs []Message, worker string, f Failure) (failed int, err error) {
-	groups, ids := groupsOf(msgs)
+// Nack records a failed attempt and ends the claim: the messages back off
+// until NotBefore (their groups with them), or become failed once MaxAge
+// has passed since their first attempt, leaving their group's queue to
+// the messages behind them. It returns how many became failed.
+func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err error) {
+	ids, groups := b.idsAndGroups()
 	var status *int
 	if f.Status != 0 {
 		status = &f.Status
 	}
-	err = s.batch(ctx, func(b *pgx.Batch) {
-		b.Queue(lockGroupsSQL, sinkID, groups)
-		b.Queue(`
+	err = s.batch(ctx, func(pb *pgx.Batch) {
+		pb.Queue(lockSQL, ids)
+		pb.Queue(`
 			WITH o AS (
 				UPDATE outbox SET deliver_count = deliver_count + 1,
-					first_attempt_at = COALESCE(first_attempt_at, $5),
-					last_attempt_at = $5, last_status = $6, last_error = $7, not_before = $8,
-					failed_at = CASE WHEN $9::bigint > 0 AND COALESCE(first_attempt_at, $5) + make_interval(secs => $9::bigint / 1e6::float8) <= now() THEN now() END
-				WHERE id = ANY($2) AND failed_at IS NULL
-				RETURNING group_key, failed_at IS NOT NULL AS failed
+					first_attempt_at = COALESCE(first_attempt_at, $3),
+					last_attempt_at = $3, last_status = $4, last_error = $5, not_before = $6, ready_at = $6,
+					failed_at = CASE WHEN $7::bigint > 0 AND COALESCE(first_attempt_at, $3) + make_interval(secs => $7::bigint / 1e6::float8) <= now() THEN now() END
+				WHERE id = ANY($1) AND failed_at IS NULL
+				RETURNING failed_at IS NOT NULL AS failed
 			), c AS (
-				SELECT g.group_key, count(o.group_key) FILTER (WHERE o.failed) AS nf FROM unnest($3::text[]) AS g(group_key)
-				LEFT JOIN o ON o.group_key = g.group_key GROUP BY g.group_key
-			)`+settleGroupsSQL("nf", "$8")+`
-			SELECT COALESCE(sum(nf), 0)::int FROM c`,
-			sinkID, ids, groups, worker, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
+				DELETE FROM claims WHERE id = $2
+			)
+			SELECT count(*) FILTER (WHERE failed)::int FROM o`,
+			ids, b.ClaimID, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&failed)
 		})
+		pb.Queue(promoteSQL, b.SinkID, groups)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("record failed delivery of %d messages of sink %d: %w", len(msgs), sinkID, err)
+		return 0, fmt.Errorf("record failed delivery of %d messages of sink %d: %w", len(b.Messages), b.SinkID, err)
 	}
 	return failed, nil
 }
 
-// Release gives claimed groups back untouched (shutdown before sending).
-func (s *Store) Release(ctx context.Context, sinkID int64, msgs []Message, worker string) error {
-	groups, _ := groupsOf(msgs)
-	_, err := s.Pool.Exec(ctx, `UPDATE outbox_groups SET claimed_until = NULL, claimed_by = NULL, claimed_count = 0, claimed_max_id = NULL
-		WHERE sink_id = $1 AND group_key = ANY($2) AND claimed_by = $3`, sinkID, groups, worker)
-	if err != nil {
-		return fmt.Errorf("release claim: %w", err)
-	}
-	return nil
-}
-
-// ReleaseExpired frees groups whose claim lease ran out (their worker
-// died); their messages are delivered again.
+// ReleaseExpired deletes claims whose lease ran out (their worker died).
+// Their groups are claimable again from the moment the lease ended; this
+// only keeps the claims table small.
 func (s *Store) ReleaseExpired(ctx context.Context) (int64, error) {
-	tag, err := s.Pool.Exec(ctx, `
-		UPDATE outbox_groups og SET claimed_until = NULL, claimed_by = NULL, claimed_count = 0, claimed_max_id = NULL
-		FROM (SELECT sink_id, group_key FROM outbox_groups WHERE claimed_until < now() FOR UPDATE SKIP LOCKED) x
-		WHERE og.sink_id = x.sink_id AND og.group_key = x.group_key`)
+	tag, err := s.Pool.Exec(ctx, `DELETE FROM claims WHERE until < now()`)
 	if err != nil {
 		return 0, fmt.Errorf("release expired claims: %w", err)
 	}

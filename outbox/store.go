@@ -1,5 +1,5 @@
 // Package outbox is every query on walhook's state schema: the outbox
-// table and its groups (capture writes, delivery claims and acks), sinks,
+// and its claims (capture writes, delivery claims and acks), sinks,
 // endpoints, webhook sources and subscriptions. One seam for all SQL, so
 // the claim protocol and the capture protocol are read side by side.
 package outbox
@@ -31,6 +31,10 @@ func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, erro
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "walhook"
+	// The queue statements depend on their arguments (a sink, a LIMIT, a
+	// set of groups): a generic plan of the claim is ten times slower
+	// than a custom one, and Postgres may switch to it after five runs.
+	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}

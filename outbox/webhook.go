@@ -19,11 +19,11 @@ type WebhookMessage struct {
 }
 
 // IngestWebhook queues one inbound webhook for its sinks in one
-// transaction, with the same protocol as capture (outbox rows, then their
-// groups in (sink, key) order, then a NOTIFY), so webhook messages get the
-// same delivery guarantees as changes. A message whose key is still in a
-// sink's outbox is not queued twice: the waiting one stands. It returns
-// the ids of the sinks that got a new message.
+// transaction with a NOTIFY, so webhook messages get the same delivery
+// guarantees as changes. A message whose key is still in a sink's outbox
+// is not queued twice: the waiting one stands. The key is the group too,
+// so a group never holds more than one message and each message heads
+// its group. It returns the ids of the sinks that got a new message.
 func (s *Store) IngestWebhook(ctx context.Context, msgs []WebhookMessage) ([]int64, error) {
 	if len(msgs) == 0 {
 		return nil, nil
@@ -42,41 +42,23 @@ func (s *Store) IngestWebhook(ctx context.Context, msgs []WebhookMessage) ([]int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		queued = nil
 		rows, err := tx.Query(ctx, `
-			INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, dedupe_key, payload)
-			SELECT s, k, 0, 0, k, p FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS u(s, k, p, n) ORDER BY n
+			INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, dedupe_key, payload, head)
+			SELECT s, k, 0, 0, k, p, true FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS u(s, k, p, n) ORDER BY n
 			ON CONFLICT (sink_id, dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
-			RETURNING sink_id, group_key`, sinks, keys, payloads)
+			RETURNING sink_id`, sinks, keys, payloads)
 		if err != nil {
 			return fmt.Errorf("insert into outbox: %w", err)
 		}
-		var gs []int64
-		var gk []string
-		for rows.Next() {
-			var id int64
-			var key string
-			if err := rows.Scan(&id, &key); err != nil {
-				rows.Close()
-				return fmt.Errorf("insert into outbox: %w", err)
-			}
-			gs, gk = append(gs, id), append(gk, key)
-		}
-		if err := rows.Err(); err != nil {
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
 			return fmt.Errorf("insert into outbox: %w", err)
 		}
-		if len(gs) == 0 {
+		if len(ids) == 0 {
 			return nil
 		}
-		queued = slices.Compact(slices.Sorted(slices.Values(gs)))
-		// Only newly queued messages count in their group; the upsert
-		// sorts, so locks are taken in (sink, key) order.
-		b := &pgx.Batch{}
-		b.Queue(`
-			INSERT INTO outbox_groups (sink_id, group_key, pending)
-			SELECT s, k, 1 FROM unnest($1::bigint[], $2::text[]) AS u(s, k) ORDER BY s, k
-			ON CONFLICT (sink_id, group_key) DO UPDATE SET pending = outbox_groups.pending + EXCLUDED.pending`, gs, gk)
-		b.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), joinIDs(queued))
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("queue groups: %w", err)
+		queued = slices.Compact(slices.Sorted(slices.Values(ids)))
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.Channel(), joinIDs(queued)); err != nil {
+			return fmt.Errorf("notify delivery: %w", err)
 		}
 		return nil
 	})

@@ -1,0 +1,174 @@
+package outbox
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walhook/walhook/internal/pgtest"
+	"github.com/walhook/walhook/migrations"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+type testBundle struct {
+	store  *Store
+	sinkID int64
+}
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	ctx := t.Context()
+	url := pgtest.NewDB(t)
+	if _, err := migrations.Up(ctx, url, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	store, err := Open(ctx, url, "walhook", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(store.Close)
+	var id int64
+	if err := store.Pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s', '{}') RETURNING id`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return &testBundle{store: store, sinkID: id}
+}
+
+func (b *testBundle) queue(t *testing.T, tx pgx.Tx, group string, n int) {
+	t.Helper()
+	rows := make([]NewMessage, n)
+	for i := range rows {
+		rows[i] = NewMessage{SinkID: b.sinkID, Group: group, CommitLSN: 1, CommitIdx: i, Payload: []byte(`{}`)}
+	}
+	if err := queueRows(t.Context(), tx, rows); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (b *testBundle) claim(t *testing.T, size int) *Batch {
+	t.Helper()
+	batch, err := b.store.Claim(t.Context(), ClaimRequest{SinkID: b.sinkID, BatchSize: size, MaxAckPending: 1000, Lease: time.Minute, Worker: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return batch
+}
+
+// heads lists (id, head) of the sink's waiting messages in id order.
+func (b *testBundle) heads(t *testing.T) [][2]int64 {
+	t.Helper()
+	rows, err := b.store.Pool.Query(t.Context(), `SELECT id, head::int FROM outbox WHERE failed_at IS NULL ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]int64, error) {
+		var v [2]int64
+		err := r.Scan(&v[0], &v[1])
+		return v, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Only a group's first waiting message is flagged; a claim takes the
+// group from it, in order, and the ack hands the group on.
+func TestHeadsFollowTheQueue(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+		b.queue(t, tx, "g", 3)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if h := b.heads(t); len(h) != 3 || h[0][1] != 1 || h[1][1] != 0 || h[2][1] != 0 {
+		t.Fatalf("heads after queueing 3: %v", h)
+	}
+	batch := b.claim(t, 2)
+	if batch == nil || len(batch.Messages) != 2 || batch.Messages[0].ID >= batch.Messages[1].ID {
+		t.Fatalf("claim: %+v", batch)
+	}
+	if again := b.claim(t, 2); again != nil {
+		t.Fatalf("claimed a group in flight: %+v", again)
+	}
+	if err := b.store.Ack(ctx, batch, 200); err != nil {
+		t.Fatal(err)
+	}
+	if h := b.heads(t); len(h) != 1 || h[0][1] != 1 {
+		t.Fatalf("after the ack, the last message should head its group: %v", h)
+	}
+}
+
+// A capture that queues behind a group's youngest message holds it until
+// it commits, so an ack of that message waits and then sees the new
+// messages to hand the group to. Without the lock the group would be left
+// with no head and never delivered.
+func TestAckWaitsForCaptureQueueingBehind(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+		b.queue(t, tx, "g", 1)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	batch := b.claim(t, 10)
+	if batch == nil || len(batch.Messages) != 1 {
+		t.Fatalf("claim: %+v", batch)
+	}
+
+	tx, err := b.store.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	b.queue(t, tx, "g", 1) // behind the message in flight: not a head
+
+	acked := make(chan error, 1)
+	go func() { acked <- b.store.Ack(ctx, batch, 200) }()
+	select {
+	case err := <-acked:
+		t.Fatalf("ack finished (%v) while a capture relying on its message was open", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-acked; err != nil {
+		t.Fatal(err)
+	}
+	if h := b.heads(t); len(h) != 1 || h[0][1] != 1 {
+		t.Fatalf("the message queued during the ack must head its group: %v", h)
+	}
+	if next := b.claim(t, 10); next == nil || len(next.Messages) != 1 {
+		t.Fatalf("the group's next message is not claimable: %+v", next)
+	}
+}
+
+// A message flagged head while an older one of its group waits (a race
+// lost to an ack or a retry) is not claimed before it.
+func TestExtraHeadWaitsForOlder(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+		b.queue(t, tx, "g", 2)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The older message backs off; the younger one is (wrongly) a head.
+	if _, err := b.store.Pool.Exec(ctx, `UPDATE outbox SET head = true`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Pool.Exec(ctx, `UPDATE outbox SET deliver_count = 1, ready_at = now() + interval '1 hour' WHERE id = (SELECT min(id) FROM outbox)`); err != nil {
+		t.Fatal(err)
+	}
+	if batch := b.claim(t, 10); batch != nil {
+		t.Fatalf("claimed %+v past an older message backing off", batch.Messages)
+	}
+}
