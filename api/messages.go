@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strconv"
@@ -162,9 +163,17 @@ func (s *Server) redeliverMessage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.log.Info().Str("sink", sk.Name).Int64("message", id).Str("was", m.State).Msg("message redelivered through the API")
-		if m, err = s.d.Store.Message(ctx, sk.ID, id); err != nil {
+		now, err := s.d.Store.Message(ctx, sk.ID, id)
+		switch {
+		case errors.Is(err, outbox.ErrNotFound):
+			// Delivered already, and not yet in the history (written a
+			// moment after the ack): it was deliverable, as asked.
+			m.State, m.NotBefore = outbox.StatePending, nil
+		case err != nil:
 			s.fail(w, r, err)
 			return
+		default:
+			m = now
 		}
 	}
 	writeJSON(w, http.StatusOK, newMessageView(m))

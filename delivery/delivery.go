@@ -57,6 +57,7 @@ type Manager struct {
 	mu      sync.Mutex
 	runners map[int64]*runner
 	reload  chan struct{}
+	history *history
 }
 
 // NewManager prepares a manager; Run starts it.
@@ -72,7 +73,7 @@ func NewManager(cfg Config) *Manager {
 		tr.IdleConnTimeout = 90 * time.Second
 		client = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
-	return &Manager{cfg: cfg, client: client, runners: map[int64]*runner{}, reload: make(chan struct{}, 1)}
+	return &Manager{cfg: cfg, client: client, runners: map[int64]*runner{}, reload: make(chan struct{}, 1), history: newHistory()}
 }
 
 // Reload asks the manager to re-read sinks and endpoints now.
@@ -103,6 +104,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			m.mu.Unlock()
 			wg.Wait()
+			if err := m.history.flush(context.WithoutCancel(ctx), m.cfg.Store); err != nil {
+				m.cfg.Log.Warn().Err(err).Msg("record delivery history")
+			}
 			return nil
 		case <-tick.C:
 		case <-m.reload:
@@ -170,7 +174,7 @@ func (m *Manager) Wake(sinkID int64) {
 	r := m.runners[sinkID]
 	m.mu.Unlock()
 	if r != nil {
-		r.wake.broadcast()
+		r.wake.ring()
 	}
 }
 
@@ -213,9 +217,10 @@ func (m *Manager) listenOnce(ctx context.Context) error {
 	}
 }
 
-// housekeep frees claims of dead workers and trims the delivered history.
+// housekeep writes the delivery history, drops the claims of dead
+// workers and trims the history.
 func (m *Manager) housekeep(ctx context.Context) {
-	tick := time.NewTicker(2 * time.Second)
+	tick := time.NewTicker(historyEvery)
 	defer tick.Stop()
 	n := 0
 	for {
@@ -224,38 +229,37 @@ func (m *Manager) housekeep(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		if err := m.history.flush(ctx, m.cfg.Store); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn().Err(err).Msg("record delivery history")
+		}
+		if n++; n%8 != 0 {
+			continue
+		}
 		if freed, err := m.cfg.Store.ReleaseExpired(ctx); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("release expired claims")
 		} else if freed > 0 {
 			m.cfg.Log.Warn().Int64("batches", freed).Msg("dropped expired claims of a worker that stopped answering; their messages are delivered again")
 		}
-		if n++; n%5 == 0 {
-			if _, err := m.cfg.Store.PruneDelivered(ctx, 1000); err != nil && ctx.Err() == nil {
+		if n%40 == 0 {
+			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
 			}
 		}
 	}
 }
 
-// broadcaster wakes every waiting worker at once.
-type broadcaster struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
+// doorbell wakes idle workers of a sink, one at a time: a notification
+// rings it, one idle worker claims, and a worker that found a full batch
+// rings again for the next one. (Waking them all made most claims come
+// back empty.) One token: a ring while nobody waits is kept for the next
+// worker to sleep, so no notification is lost.
+type doorbell chan struct{}
 
-func newBroadcaster() *broadcaster { return &broadcaster{ch: make(chan struct{})} }
-
-func (b *broadcaster) wait() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.ch
-}
-
-func (b *broadcaster) broadcast() {
-	b.mu.Lock()
-	close(b.ch)
-	b.ch = make(chan struct{})
-	b.mu.Unlock()
+func (d doorbell) ring() {
+	select {
+	case d <- struct{}{}:
+	default:
+	}
 }
 
 // runner delivers one sink.
@@ -266,7 +270,7 @@ type runner struct {
 	headers http.Header
 	signer  *Signer
 	fp      string
-	wake    *broadcaster
+	wake    doorbell
 	log     zerolog.Logger
 
 	cancel context.CancelFunc
@@ -293,7 +297,7 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 	}
 	return &runner{
 		m: m, sink: s, url: strings.TrimRight(ep.URL, "/") + s.Config.Path, headers: h, signer: signer,
-		fp: fp, wake: newBroadcaster(), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
+		fp: fp, wake: make(doorbell, 1), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
 	}, nil
 }
 
@@ -318,7 +322,6 @@ func (r *runner) work(ctx context.Context) {
 		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
 	}
 	for ctx.Err() == nil {
-		wake := r.wake.wait()
 		b, err := r.m.cfg.Store.Claim(ctx, req)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -328,8 +331,11 @@ func (r *runner) work(ctx context.Context) {
 			continue
 		}
 		if b == nil {
-			sleep(ctx, r.m.cfg.Poll, wake)
+			sleep(ctx, r.m.cfg.Poll, r.wake)
 			continue
+		}
+		if len(b.Messages) == req.BatchSize {
+			r.wake.ring() // there may be more: let an idle worker look
 		}
 		r.deliver(ctx, b)
 	}
@@ -356,12 +362,13 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
-		if err := r.m.cfg.Store.Ack(bg, b, status); err != nil {
+		if err := r.m.cfg.Store.Ack(bg, b); err != nil {
 			r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
 			return
 		}
 		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(len(msgs)))
 		now := time.Now()
+		r.m.history.add(b, status, now)
 		for _, m := range msgs {
 			metrics.Latency.WithLabelValues(r.sink.Name).Observe(now.Sub(m.CreatedAt).Seconds())
 		}

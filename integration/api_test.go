@@ -507,9 +507,9 @@ func TestAPIObjects(t *testing.T) {
 	})
 	e.must(t, 200, "POST", "/api/sinks/s2/resume", nil)
 	waitFor(t, 20*time.Second, "delivery after resume", func() bool { return len(e.messages(t, "s2", "")) == 0 })
-	if n := decodeAs[apiSink](t, e.must(t, 200, "GET", "/api/sinks/s2", nil)).RawCounts["delivered"]; n != 2 {
-		t.Errorf("delivered count %d, want 2", n)
-	}
+	waitFor(t, 10*time.Second, "a delivered count of 2", func() bool {
+		return decodeAs[apiSink](t, e.must(t, 200, "GET", "/api/sinks/s2", nil)).RawCounts["delivered"] == 2
+	})
 	// Deleting a sink deletes what it had queued.
 	e.must(t, 200, "POST", "/api/sinks/s2/pause", nil)
 	b.exec(t, `INSERT INTO t2 VALUES (9)`)
@@ -746,9 +746,11 @@ func TestMessagesStatesAndRedeliver(t *testing.T) {
 	healthy.Store(true)
 	e.must(t, 200, "POST", fmt.Sprintf("/api/sinks/s/messages/%d/redeliver", m.ID), nil)
 	b.recv.waitCount(t, 1, 20*time.Second)
+	// The history is written a moment after the ack: until then the
+	// message is in neither place.
 	waitFor(t, 10*time.Second, "the message in the history", func() bool {
-		got := decodeAs[apiMessage](t, e.must(t, 200, "GET", fmt.Sprintf("/api/sinks/s/messages/%d", m.ID), nil))
-		return got.State == "delivered"
+		status, out := e.call(t, "GET", fmt.Sprintf("/api/sinks/s/messages/%d", m.ID), nil, apiToken)
+		return status == 200 && decodeAs[apiMessage](t, out).State == "delivered"
 	})
 	if h := e.messages(t, "s", "?state=delivered"); len(h) != 1 || h[0].ID != m.ID || h[0].DeliverCount < 2 {
 		t.Errorf("history: %+v", h)

@@ -396,7 +396,7 @@ func BenchmarkClaim(b *testing.B) {
 					if batch == nil || len(batch.Messages) != 100 {
 						b.Fatalf("claimed %v, want 100 messages", batch)
 					}
-					if err := store.Ack(ctx, batch, 200); err != nil {
+					if err := store.Ack(ctx, batch); err != nil {
 						b.Fatal(err)
 					}
 					claimT += t1.Sub(t0)

@@ -606,6 +606,11 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 	var n int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		n = 0
+		// Claims of this sink wait: a revived message must not start a
+		// group that a claim is taking right now.
+		if _, err := tx.Exec(ctx, claimLockSQL, sinkID); err != nil {
+			return fmt.Errorf("lock claims: %w", err)
+		}
 		// Backing-off first: revived messages would match it too. A
 		// batch in flight keeps its backoff; its outcome decides.
 		hurried, err := tx.Exec(ctx, `
@@ -615,12 +620,15 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 		if err != nil {
 			return fmt.Errorf("clear backoff: %w", err)
 		}
-		// A revived message may be older than its group's head: flagged
-		// too, it goes first (claims take a head only when nothing older
-		// waits).
+		// A revived message is flagged head (a claim starts its group at
+		// the oldest waiting message, so a spare flag is harmless) unless
+		// its group is in flight: the ack then hands the group on to the
+		// oldest waiting message, which a flag here would jump.
 		revived, err := tx.Exec(ctx, `
-			UPDATE outbox SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL, ready_at = now(), head = true
-			WHERE sink_id = $1 AND failed_at IS NOT NULL AND ($2::bigint[] IS NULL OR id = ANY($2))`, sinkID, ids)
+			UPDATE outbox o SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL, ready_at = now(),
+				head = NOT EXISTS (SELECT 1 FROM outbox x WHERE x.sink_id = $1 AND x.group_key = o.group_key AND x.failed_at IS NULL
+					AND x.id IN (SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > now()))
+			WHERE o.sink_id = $1 AND o.failed_at IS NOT NULL AND ($2::bigint[] IS NULL OR o.id = ANY($2))`, sinkID, ids)
 		if err != nil {
 			return fmt.Errorf("revive failed messages: %w", err)
 		}

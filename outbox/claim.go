@@ -41,16 +41,18 @@ type Batch struct {
 	Messages []Message
 }
 
-// claimSQL takes the heads ready longest (backoff over, their group in no
-// live claim, no older message of their group waiting), skipping rows
-// other transactions hold, then each head's group from it on, in order.
-// Messages already attempted (backing off) count against max_ack_pending
-// already, so only fresh ones are limited by the room left. The result is
-// a prefix of each group, groups one after the other, recorded as one
-// claims row. A paused or holding sink (Retry-After) gets nothing.
+// claimSQL takes the heads ready longest (backoff over, not in a live
+// claim), skipping rows other transactions hold, then each head's group
+// from its oldest waiting message, in order. A head with an older message
+// of its group still waiting (in flight, or a spare head) yields rows that
+// start before it, and its group is left alone. Messages already
+// attempted (backing off) count against max_ack_pending already, so only
+// fresh ones are limited by the room left. The result is a prefix of each
+// group, groups one after the other, recorded as one claims row. A paused
+// or holding sink (Retry-After) gets nothing.
 const claimSQL = `
 WITH live AS MATERIALIZED (
-	SELECT fresh, groups FROM claims WHERE sink_id = $1 AND until > now()
+	SELECT fresh, ids FROM claims WHERE sink_id = $1 AND until > now()
 ), st AS (
 	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()) AS active,
 		$3::int
@@ -61,30 +63,28 @@ WITH live AS MATERIALIZED (
 	SELECT o.id, o.group_key, o.ready_at FROM outbox o
 	WHERE o.sink_id = $1 AND o.head AND o.failed_at IS NULL AND o.ready_at <= now()
 		AND COALESCE((SELECT active FROM st), false)
-		AND o.group_key NOT IN (SELECT unnest(groups) FROM live) -- a hashed lookup
-		AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.sink_id = $1 AND p.group_key = o.group_key AND p.failed_at IS NULL AND p.id < o.id)
+		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
 	ORDER BY o.ready_at, o.id
 	LIMIT $2
 	FOR NO KEY UPDATE OF o SKIP LOCKED
-), m AS (
-	SELECT x.id, x.group_key, x.deliver_count, h.ready_at, h.id AS head_id
+), g AS (
+	SELECT x.id, x.group_key, x.deliver_count, h.ready_at, h.id AS head_id, min(x.id) OVER (PARTITION BY h.id) AS first_id
 	FROM h CROSS JOIN LATERAL (
 		SELECT id, group_key, deliver_count
 		FROM outbox
-		WHERE sink_id = $1 AND group_key = h.group_key AND failed_at IS NULL AND id >= h.id
+		WHERE sink_id = $1 AND group_key = h.group_key AND failed_at IS NULL
 		ORDER BY id
 		-- A fair share of the batch per group (twice it, for slack), so
 		-- many deep groups do not make the claim read batch² rows.
 		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM h))::int)
 	) x
 ), r AS (
-	SELECT m.*, sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, head_id, id) AS fresh FROM m
+	SELECT g.*, sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, head_id, id) AS fresh FROM g WHERE first_id = head_id
 ), pick AS (
 	SELECT * FROM r WHERE deliver_count > 0 OR fresh <= (SELECT room FROM st) ORDER BY ready_at, head_id, id LIMIT $2
 ), c AS (
-	INSERT INTO claims (sink_id, worker, until, fresh, ids, groups)
-	SELECT $1, $5, now() + make_interval(secs => $4::float8), count(*) FILTER (WHERE deliver_count = 0),
-		array_agg(id), array_agg(DISTINCT group_key)
+	INSERT INTO claims (sink_id, worker, until, fresh, ids)
+	SELECT $1, $5, now() + make_interval(secs => $4::float8), count(*) FILTER (WHERE deliver_count = 0), array_agg(id)
 	FROM pick HAVING count(*) > 0
 	RETURNING id
 )
@@ -93,8 +93,9 @@ SELECT (SELECT id FROM c), o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payl
 FROM pick JOIN outbox o ON o.id = pick.id
 ORDER BY pick.ready_at, pick.head_id, pick.id`
 
-// claimLockSQL serializes the claims of one sink, so max_ack_pending and
-// the one-claim-per-group rule hold across workers and processes. It is
+// claimLockSQL serializes the claims of one sink (and redeliveries), so
+// max_ack_pending and the one-claim-per-group rule hold across workers and
+// processes. It is
 // its own statement because a statement's snapshot is taken when it
 // starts: the claim that follows must see the claims committed while this
 // one waited.
@@ -161,26 +162,55 @@ WHERE id = ANY (ARRAY(
 		ORDER BY x.id LIMIT 1) t))
 AND NOT head`
 
-// Ack removes delivered messages (keeping them in the recent history),
-// ends the claim and hands each group on to its next message. One round
-// trip, one implicit transaction.
-func (s *Store) Ack(ctx context.Context, b *Batch, status int) error {
+// Ack removes delivered messages, ends the claim and hands each group on
+// to its next message. One round trip, one implicit transaction. The
+// recent-delivery history is written apart (RecordDelivered), off this
+// path.
+func (s *Store) Ack(ctx context.Context, b *Batch) error {
 	ids, groups := b.idsAndGroups()
 	err := s.batch(ctx, func(pb *pgx.Batch) {
 		pb.Queue(lockSQL, ids)
-		pb.Queue(`
-			WITH d AS (
-				DELETE FROM outbox WHERE id = ANY($1)
-				RETURNING id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count
-			), h AS (
-				INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status)
-				SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count + 1, $3 FROM d
-			)
-			DELETE FROM claims WHERE id = $2`, ids, b.ClaimID, status)
+		pb.Queue(`WITH d AS (DELETE FROM outbox WHERE id = ANY($1)) DELETE FROM claims WHERE id = $2`, ids, b.ClaimID)
 		pb.Queue(promoteSQL, b.SinkID, groups)
 	})
 	if err != nil {
 		return fmt.Errorf("ack %d messages of sink %d: %w", len(b.Messages), b.SinkID, err)
+	}
+	return nil
+}
+
+// Delivered is one acknowledged message for the recent-delivery history.
+type Delivered struct {
+	SinkID       int64
+	Message      Message
+	DeliverCount int32
+	Status       int
+	At           time.Time
+}
+
+// RecordDelivered appends to the recent-delivery history, a debugging aid
+// trimmed by PruneDelivered; it is not part of the delivery guarantee.
+// Rows of sinks deleted meanwhile are dropped.
+func (s *Store) RecordDelivered(ctx context.Context, rows []Delivered) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	n := len(rows)
+	ids, sinks, lsns := make([]int64, n), make([]int64, n), make([]int64, n)
+	idxs, counts, statuses := make([]int32, n), make([]int32, n), make([]int32, n)
+	groups, payloads, ats := make([]string, n), make([]string, n), make([]time.Time, n)
+	for i, r := range rows {
+		ids[i], sinks[i], lsns[i] = r.Message.ID, r.SinkID, r.Message.CommitLSN
+		idxs[i], counts[i], statuses[i] = r.Message.CommitIdx, r.DeliverCount, int32(r.Status)
+		groups[i], payloads[i], ats[i] = r.Message.Group, string(r.Message.Payload), r.At
+	}
+	_, err := s.Pool.Exec(ctx, `
+		INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status, delivered_at)
+		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS u(i, s)
+		WHERE EXISTS (SELECT 1 FROM sinks WHERE id = u.s)`,
+		ids, sinks, groups, lsns, idxs, payloads, counts, statuses, ats)
+	if err != nil {
+		return fmt.Errorf("record %d delivered messages: %w", n, err)
 	}
 	return nil
 }
@@ -250,8 +280,8 @@ func (s *Store) Hold(ctx context.Context, sinkID int64, until time.Time) error {
 	return nil
 }
 
-// PruneDelivered keeps the newest keep delivered messages per sink. It
-// deletes in short statements: a long one would hold back the xmin
+// PruneDelivered keeps the newest keep delivered messages per sink, and
+// none of sinks that no longer exist. It deletes in short statements: a long one would hold back the xmin
 // horizon, and every queue table here depends on vacuum keeping up.
 func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
 	rows, err := s.Pool.Query(ctx, `SELECT id FROM sinks`)
@@ -262,7 +292,11 @@ func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("prune delivered history: %w", err)
 	}
-	var total int64
+	tag, err := s.Pool.Exec(ctx, `DELETE FROM delivered d WHERE NOT EXISTS (SELECT 1 FROM sinks s WHERE s.id = d.sink_id)`)
+	if err != nil {
+		return 0, fmt.Errorf("prune delivered history: %w", err)
+	}
+	total := tag.RowsAffected()
 	for _, id := range sinkIDs {
 		var cut int64
 		err := s.Pool.QueryRow(ctx, `SELECT id FROM delivered WHERE sink_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1`, id, keep).Scan(&cut)

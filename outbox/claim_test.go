@@ -96,7 +96,7 @@ func TestHeadsFollowTheQueue(t *testing.T) {
 	if again := b.claim(t, 2); again != nil {
 		t.Fatalf("claimed a group in flight: %+v", again)
 	}
-	if err := b.store.Ack(ctx, batch, 200); err != nil {
+	if err := b.store.Ack(ctx, batch); err != nil {
 		t.Fatal(err)
 	}
 	if h := b.heads(t); len(h) != 1 || h[0][1] != 1 {
@@ -130,7 +130,7 @@ func TestAckWaitsForCaptureQueueingBehind(t *testing.T) {
 	b.queue(t, tx, "g", 1) // behind the message in flight: not a head
 
 	acked := make(chan error, 1)
-	go func() { acked <- b.store.Ack(ctx, batch, 200) }()
+	go func() { acked <- b.store.Ack(ctx, batch) }()
 	select {
 	case err := <-acked:
 		t.Fatalf("ack finished (%v) while a capture relying on its message was open", err)
@@ -170,5 +170,40 @@ func TestExtraHeadWaitsForOlder(t *testing.T) {
 	}
 	if batch := b.claim(t, 10); batch != nil {
 		t.Fatalf("claimed %+v past an older message backing off", batch.Messages)
+	}
+}
+
+// A failed message revived while the rest of its group is in flight waits
+// for that batch: never two batches of one group at once.
+func TestRedeliverWhileGroupInFlight(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+		b.queue(t, tx, "g", 2)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	first := b.claim(t, 1)
+	failed, err := b.store.Nack(ctx, first, Failure{AttemptStart: time.Now().Add(-time.Hour), Status: 500, Error: "boom",
+		NotBefore: time.Now(), MaxAge: time.Minute})
+	if err != nil || failed != 1 {
+		t.Fatalf("nack: %d failed, %v", failed, err)
+	}
+	second := b.claim(t, 1)
+	if second == nil || second.Messages[0].ID == first.Messages[0].ID {
+		t.Fatalf("the group's next message should go on: %+v", second)
+	}
+	if n, err := b.store.Redeliver(ctx, b.sinkID, nil); err != nil || n != 1 {
+		t.Fatalf("redeliver: %d, %v", n, err)
+	}
+	if again := b.claim(t, 10); again != nil {
+		t.Fatalf("claimed %+v while its group is in flight", again.Messages)
+	}
+	if err := b.store.Ack(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	if again := b.claim(t, 10); again == nil || again.Messages[0].ID != first.Messages[0].ID {
+		t.Fatalf("after the ack the revived message goes: %+v", again)
 	}
 }

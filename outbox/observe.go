@@ -73,10 +73,12 @@ type ObservePage struct {
 	Xmin, Xmax uint64
 }
 
-// ObserveHead is the highest message id so far, where a live tail starts.
+// ObserveHead is the highest message id handed out so far, where a live
+// tail starts. (The outbox's sequence, not its rows: a message acked a
+// moment ago is in neither the outbox nor, yet, the history.)
 func (s *Store) ObserveHead(ctx context.Context) (int64, error) {
 	var id int64
-	err := s.Pool.QueryRow(ctx, `SELECT GREATEST(COALESCE((SELECT max(id) FROM outbox), 0), COALESCE((SELECT max(id) FROM delivered), 0))`).Scan(&id)
+	err := s.Pool.QueryRow(ctx, `SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')), 0)`).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("observe: read head: %w", err)
 	}

@@ -32,9 +32,10 @@ UPDATE outbox o SET ready_at = COALESCE(o.not_before, o.created_at),
 
 CREATE INDEX outbox_ready_idx ON outbox (sink_id, ready_at, id) WHERE head AND failed_at IS NULL;
 
--- One row per batch in flight: its messages, their groups (no other claim
--- may take them while until is ahead), and how many of its messages had
--- never been attempted (for max_ack_pending). An ack deletes the row in
+-- One row per batch in flight: its messages (their groups are taken while
+-- until is ahead: a claim never starts a group whose oldest message is
+-- in flight) and how many of them had never been attempted (for
+-- max_ack_pending). An ack deletes the row in
 -- the transaction that deletes the messages; a crashed worker's row simply
 -- expires, and housekeeping deletes it.
 CREATE TABLE claims (
@@ -43,8 +44,7 @@ CREATE TABLE claims (
     worker  text NOT NULL,
     until   timestamptz NOT NULL,
     fresh   integer NOT NULL,
-    ids     bigint[] NOT NULL,
-    groups  text[] COLLATE "C" NOT NULL
+    ids     bigint[] NOT NULL
 ) WITH (autovacuum_vacuum_scale_factor = 0.01);
 CREATE INDEX claims_sink_idx ON claims (sink_id, until);
 
