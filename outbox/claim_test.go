@@ -48,6 +48,17 @@ func (b *testBundle) queue(t *testing.T, tx pgx.Tx, group string, n int) {
 	}
 }
 
+// queueCommitted queues n messages of group in a transaction of their own.
+func (b *testBundle) queueCommitted(t *testing.T, group string, n int) {
+	t.Helper()
+	if err := pgx.BeginFunc(t.Context(), b.store.Pool, func(tx pgx.Tx) error {
+		b.queue(t, tx, group, n)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (b *testBundle) claim(t *testing.T, size int) *Batch {
 	t.Helper()
 	batch, err := b.store.Claim(t.Context(), ClaimRequest{SinkID: b.sinkID, BatchSize: size, MaxAckPending: 1000, Lease: time.Minute, Worker: "w"})
@@ -80,12 +91,7 @@ func (b *testBundle) heads(t *testing.T) [][2]int64 {
 func TestHeadsFollowTheQueue(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
-	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
-		b.queue(t, tx, "g", 3)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	b.queueCommitted(t, "g", 3)
 	if h := b.heads(t); len(h) != 3 || h[0][1] != 1 || h[1][1] != 0 || h[2][1] != 0 {
 		t.Fatalf("heads after queueing 3: %v", h)
 	}
@@ -111,12 +117,7 @@ func TestHeadsFollowTheQueue(t *testing.T) {
 func TestAckWaitsForCaptureQueueingBehind(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
-	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
-		b.queue(t, tx, "g", 1)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	b.queueCommitted(t, "g", 1)
 	batch := b.claim(t, 10)
 	if batch == nil || len(batch.Messages) != 1 {
 		t.Fatalf("claim: %+v", batch)
@@ -155,12 +156,7 @@ func TestAckWaitsForCaptureQueueingBehind(t *testing.T) {
 func TestExtraHeadWaitsForOlder(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
-	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
-		b.queue(t, tx, "g", 2)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	b.queueCommitted(t, "g", 2)
 	// The older message backs off; the younger one is (wrongly) a head.
 	if _, err := b.store.Pool.Exec(ctx, `UPDATE outbox SET head = true`); err != nil {
 		t.Fatal(err)
@@ -178,12 +174,7 @@ func TestExtraHeadWaitsForOlder(t *testing.T) {
 func TestRedeliverWhileGroupInFlight(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
-	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
-		b.queue(t, tx, "g", 2)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	b.queueCommitted(t, "g", 2)
 	first := b.claim(t, 1)
 	failed, err := b.store.Nack(ctx, first, Failure{AttemptStart: time.Now().Add(-time.Hour), Status: 500, Error: "boom",
 		NotBefore: time.Now(), MaxAge: time.Minute})
