@@ -144,10 +144,12 @@ func (b *Batch) idsAndGroups() ([]int64, []string) {
 	return ids, groups
 }
 
-// lockSQL locks a batch's messages before an ack or a nack changes them.
-// It must be its own statement: it waits for a capture that relies on
-// one of them (olderSQL) to commit, and the statements after it then
-// start with a snapshot that shows what that capture queued behind them.
+// lockSQL locks a batch's messages before a nack changes them. It must be
+// its own statement: it waits for a capture that relies on one of them
+// (olderSQL) to commit, and the statements after it then start with a
+// snapshot that shows what that capture queued behind them. (An ack needs
+// no such statement: its DELETE waits the same way, and its promoteSQL
+// comes after.)
 const lockSQL = `SELECT 1 FROM outbox WHERE id = ANY($1) ORDER BY id FOR UPDATE`
 
 // promoteSQL flags the oldest waiting message of each of the groups $2 of
@@ -169,7 +171,6 @@ AND NOT head`
 func (s *Store) Ack(ctx context.Context, b *Batch) error {
 	ids, groups := b.idsAndGroups()
 	err := s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(lockSQL, ids)
 		pb.Queue(`WITH d AS (DELETE FROM outbox WHERE id = ANY($1)) DELETE FROM claims WHERE id = $2`, ids, b.ClaimID)
 		pb.Queue(promoteSQL, b.SinkID, groups)
 	})
