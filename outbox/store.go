@@ -31,10 +31,10 @@ func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, erro
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "walhook"
-	// The queue statements depend on their arguments (a sink, a LIMIT, a
-	// set of groups): a generic plan of the claim is ten times slower
-	// than a custom one, and Postgres may switch to it after five runs.
-	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	// No JIT: these are short OLTP statements, and a generic plan of the
+	// claim (its LIMIT unknown) looks costly enough to be compiled, which
+	// takes fifty times longer than running it.
+	cfg.ConnConfig.RuntimeParams["jit"] = "off"
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}
