@@ -37,7 +37,6 @@ type ClaimRequest struct {
 type Batch struct {
 	ClaimID  int64
 	SinkID   int64
-	Worker   string
 	Messages []Message
 }
 
@@ -117,7 +116,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 					return err
 				}
 				if b == nil {
-					b = &Batch{ClaimID: claim, SinkID: req.SinkID, Worker: req.Worker}
+					b = &Batch{ClaimID: claim, SinkID: req.SinkID}
 				}
 				b.Messages = append(b.Messages, m)
 			}
