@@ -217,8 +217,13 @@ func (m *Manager) listenOnce(ctx context.Context) error {
 	}
 }
 
+// vacuumAfter is how many dead rows a queue table may gather before
+// housekeeping vacuums it (checked every 4 s): under steady load the
+// outbox then stays the size of a few seconds of traffic.
+const vacuumAfter = 20_000
+
 // housekeep writes the delivery history, drops the claims of dead
-// workers and trims the history.
+// workers, trims the history and vacuums the queue tables.
 func (m *Manager) housekeep(ctx context.Context) {
 	tick := time.NewTicker(historyEvery)
 	defer tick.Stop()
@@ -243,6 +248,11 @@ func (m *Manager) housekeep(ctx context.Context) {
 		if n%40 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
+			}
+		}
+		if n%16 == 0 {
+			if _, err := m.cfg.Store.VacuumQueues(ctx, vacuumAfter); err != nil && ctx.Err() == nil {
+				m.cfg.Log.Warn().Err(err).Msg("vacuum the outbox")
 			}
 		}
 	}

@@ -32,6 +32,16 @@ type ClaimRequest struct {
 	Worker string
 }
 
+// groupOrder: the statements that walk one group's messages in id order
+// name the group as a range (group_key >= k AND group_key <= k) and sort
+// by (group_key, id). With '=' and ORDER BY id, the planner may walk the
+// primary key instead, filtering every row of the outbox for each group:
+// it does so whenever its statistics say the outbox is nearly empty, which
+// for a queue they mostly do (every vacuum sees few live rows). Only
+// outbox_group_idx yields this order, and the pool disables sequential
+// scans (Open), so each lookup is one index descent whatever the
+// statistics.
+
 // Batch is a claimed set of messages: its groups are the worker's until
 // it acks or nacks the batch, or until the lease ends.
 type Batch struct {
@@ -71,8 +81,8 @@ WITH live AS MATERIALIZED (
 	FROM h CROSS JOIN LATERAL (
 		SELECT id, group_key, deliver_count
 		FROM outbox
-		WHERE sink_id = $1 AND group_key = h.group_key AND failed_at IS NULL
-		ORDER BY id
+		WHERE sink_id = $1 AND group_key >= h.group_key AND group_key <= h.group_key AND failed_at IS NULL -- see groupOrder
+		ORDER BY group_key, id
 		-- A fair share of the batch per group (twice it, for slack), so
 		-- many deep groups do not make the claim read batch² rows.
 		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM h))::int)
@@ -159,8 +169,8 @@ UPDATE outbox SET head = true
 WHERE id = ANY (ARRAY(
 	SELECT t.id FROM unnest($2::text[]) AS g(k)
 	CROSS JOIN LATERAL (
-		SELECT x.id FROM outbox x WHERE x.sink_id = $1 AND x.group_key = g.k AND x.failed_at IS NULL
-		ORDER BY x.id LIMIT 1) t))
+		SELECT x.id FROM outbox x WHERE x.sink_id = $1 AND x.group_key >= g.k AND x.group_key <= g.k AND x.failed_at IS NULL
+		ORDER BY x.group_key, x.id LIMIT 1) t)) -- see groupOrder
 AND NOT head`
 
 // Ack removes delivered messages, ends the claim and hands each group on
@@ -269,6 +279,35 @@ func (s *Store) ReleaseExpired(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("release expired claims: %w", err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// queueTables are the tables every delivered message churns: a row in,
+// a row out. Their dead rows must be vacuumed within seconds, not at
+// autovacuum's next visit (autovacuum_naptime, a minute by default),
+// or they grow by everything delivered in between.
+var queueTables = []string{"outbox", "claims", "delivered"}
+
+// VacuumQueues vacuums the queue tables that hold at least minDead dead
+// rows, skipping any another process (or autovacuum) is vacuuming now. It
+// returns the tables it vacuumed.
+func (s *Store) VacuumQueues(ctx context.Context, minDead int64) ([]string, error) {
+	rows, err := s.Pool.Query(ctx, `SELECT relname FROM pg_stat_user_tables
+		WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= $2`, queueTables, minDead)
+	if err != nil {
+		return nil, fmt.Errorf("vacuum queue tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("vacuum queue tables: %w", err)
+	}
+	for _, t := range tables {
+		// VACUUM cannot run in a transaction: the simple protocol sends
+		// it alone. No truncation: see migration 00003.
+		if _, err := s.Pool.Exec(ctx, `VACUUM (SKIP_LOCKED, TRUNCATE false, INDEX_CLEANUP on) `+pgx.Identifier{t}.Sanitize(), pgx.QueryExecModeSimpleProtocol); err != nil {
+			return nil, fmt.Errorf("vacuum %s: %w", t, err)
+		}
+	}
+	return tables, nil
 }
 
 // Hold makes a whole sink wait (a receiver's Retry-After).

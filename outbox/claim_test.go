@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -196,5 +197,39 @@ func TestRedeliverWhileGroupInFlight(t *testing.T) {
 	}
 	if again := b.claim(t, 10); again == nil || again.Messages[0].ID != first.Messages[0].ID {
 		t.Fatalf("after the ack the revived message goes: %+v", again)
+	}
+}
+
+// Delivered rows are vacuumed away by walhook itself once enough are
+// dead, without waiting for autovacuum's next visit.
+func TestVacuumQueues(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	b.queueCommitted(t, "g", 3)
+	batch := b.claim(t, 10)
+	if err := b.store.Ack(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	if tables, err := b.store.VacuumQueues(ctx, 1_000_000); err != nil || len(tables) != 0 {
+		t.Fatalf("vacuumed %v (%v) below the threshold", tables, err)
+	}
+	// Statistics reach pg_stat_user_tables within seconds.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		tables, err := b.store.VacuumQueues(ctx, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(tables, "outbox") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the outbox's 3 dead rows were never vacuumed")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var dead int64
+	if err := b.store.Pool.QueryRow(ctx, `SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = 'outbox'`).Scan(&dead); err != nil || dead != 0 {
+		t.Fatalf("dead rows after vacuum: %d (%v)", dead, err)
 	}
 }

@@ -22,22 +22,22 @@ type groupRef struct {
 }
 
 // olderSQL finds the groups among ($1, $2) that already have a waiting
-// message, and locks the youngest of each FOR KEY SHARE: until this
+// message, and locks one of them per group FOR KEY SHARE: until this
 // transaction commits, that message can be neither acked nor failed (both
 // lock FOR UPDATE first), so its group cannot empty out behind the new
-// messages' backs; they queue behind it, unflagged. SKIP LOCKED: an ack
-// in progress locks a group's messages oldest first, so when every one of
-// them is taken the group is emptying and the new message is flagged
-// head, which is always safe. Capture never waits here, so it cannot
-// deadlock with delivery. (One probe per group: a join here lets the
-// planner scan the whole outbox.)
+// messages' backs; they queue behind it, unflagged. SKIP LOCKED: when
+// every waiting message of a group is taken, an ack is emptying it (or a
+// nack is retrying it, rarely) and the new message is flagged head,
+// which is always safe. Capture never waits here, so it cannot deadlock
+// with delivery. (One probe per group: a join here lets the planner scan
+// the whole outbox.)
 const olderSQL = `
 SELECT t.sink_id, t.group_key
 FROM unnest($1::bigint[], $2::text[]) AS u(s, g)
 CROSS JOIN LATERAL (
 	SELECT x.sink_id, x.group_key FROM outbox x
 	WHERE x.sink_id = u.s AND x.group_key = u.g AND x.failed_at IS NULL
-	ORDER BY x.id DESC LIMIT 1
+	LIMIT 1
 	FOR KEY SHARE SKIP LOCKED) t`
 
 // queueRows writes messages into the outbox in tx, flagging the first

@@ -33,8 +33,12 @@ func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, erro
 	cfg.ConnConfig.RuntimeParams["application_name"] = "walhook"
 	// No JIT: these are short OLTP statements, and a generic plan of the
 	// claim (its LIMIT unknown) looks costly enough to be compiled, which
-	// takes fifty times longer than running it.
+	// takes fifty times longer than running it. No sequential scans where
+	// an index serves: the queue tables look nearly empty to the planner
+	// most of the time, and a scan per group of a full outbox stalls
+	// capture and delivery (see groupOrder in claim.go).
 	cfg.ConnConfig.RuntimeParams["jit"] = "off"
+	cfg.ConnConfig.RuntimeParams["enable_seqscan"] = "off"
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}

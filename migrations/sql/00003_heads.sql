@@ -32,6 +32,13 @@ UPDATE outbox o SET ready_at = COALESCE(o.not_before, o.created_at),
 
 CREATE INDEX outbox_ready_idx ON outbox (sink_id, ready_at, id) WHERE head AND failed_at IS NULL;
 
+-- The queue tables are vacuumed every few seconds (outbox.VacuumQueues);
+-- giving their empty tail pages back to the OS would take an exclusive
+-- lock that stalls capture and delivery, for space the next seconds
+-- reuse anyway.
+ALTER TABLE outbox SET (vacuum_truncate = false);
+ALTER TABLE delivered SET (vacuum_truncate = false);
+
 -- One row per batch in flight: its messages (their groups are taken while
 -- until is ahead: a claim never starts a group whose oldest message is
 -- in flight) and how many of them had never been attempted (for
@@ -45,7 +52,7 @@ CREATE TABLE claims (
     until   timestamptz NOT NULL,
     fresh   integer NOT NULL,
     ids     bigint[] NOT NULL
-) WITH (autovacuum_vacuum_scale_factor = 0.01);
+) WITH (autovacuum_vacuum_scale_factor = 0.01, vacuum_truncate = false);
 CREATE INDEX claims_sink_idx ON claims (sink_id, until);
 
 -- In-flight claims of the old protocol are forgotten: those messages are
@@ -69,6 +76,8 @@ CREATE INDEX outbox_groups_claimed_idx ON outbox_groups (sink_id, claimed_until)
 INSERT INTO outbox_groups (sink_id, group_key, pending)
 SELECT sink_id, group_key, count(*) FROM outbox WHERE failed_at IS NULL GROUP BY sink_id, group_key;
 DROP TABLE claims;
+ALTER TABLE delivered RESET (vacuum_truncate);
+ALTER TABLE outbox RESET (vacuum_truncate);
 DROP INDEX outbox_ready_idx;
 ALTER TABLE outbox DROP COLUMN head, DROP COLUMN ready_at,
     ALTER COLUMN group_key TYPE text COLLATE "default",
