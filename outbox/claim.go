@@ -288,11 +288,13 @@ func (s *Store) ReleaseExpired(ctx context.Context) (int64, error) {
 var queueTables = []string{"outbox", "claims", "delivered"}
 
 // VacuumQueues vacuums the queue tables that hold at least minDead dead
-// rows, skipping any another process (or autovacuum) is vacuuming now. It
+// rows, and at least as many dead rows as live ones (a vacuum reads the
+// whole table: while a backlog drains, once per backlog is enough),
+// skipping any another process (or autovacuum) is vacuuming now. It
 // returns the tables it vacuumed.
 func (s *Store) VacuumQueues(ctx context.Context, minDead int64) ([]string, error) {
 	rows, err := s.Pool.Query(ctx, `SELECT relname FROM pg_stat_user_tables
-		WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= $2`, queueTables, minDead)
+		WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= $2 AND n_dead_tup >= n_live_tup`, queueTables, minDead)
 	if err != nil {
 		return nil, fmt.Errorf("vacuum queue tables: %w", err)
 	}
