@@ -40,11 +40,11 @@ ALTER TABLE outbox SET (vacuum_truncate = false);
 ALTER TABLE delivered SET (vacuum_truncate = false);
 
 -- One row per batch in flight: its messages (their groups are taken while
--- until is ahead: a claim never starts a group whose oldest message is
--- in flight) and how many of them had never been attempted (for
--- max_ack_pending). An ack deletes the row in
--- the transaction that deletes the messages; a crashed worker's row simply
--- expires, and housekeeping deletes it.
+-- until is ahead: a claim never starts a group whose oldest message is in
+-- flight) and how many of them had never been attempted (for
+-- max_ack_pending). An ack deletes the row in the transaction that deletes
+-- the messages; a crashed worker's row simply expires, and housekeeping
+-- deletes it.
 CREATE TABLE claims (
     id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     sink_id bigint NOT NULL,
