@@ -138,13 +138,6 @@ func scanBackfill(row pgx.Row) (*Backfill, error) {
 	return &b, nil
 }
 
-// subscribed reports whether a sink's subscriptions cover a table name
-// (itself or its schema's "schema.*").
-func subscribed(sinkTables []string, name string) bool {
-	schema, _ := splitTable(name)
-	return slices.Contains(sinkTables, name) || slices.Contains(sinkTables, schema+".*")
-}
-
 // Create starts a backfill of a sink. source, when not nil, is the source
 // database: the tables are then resolved and checked now (existence,
 // primary key, the partial column), so mistakes are reported to the
@@ -163,10 +156,11 @@ func Create(ctx context.Context, store *outbox.Store, source *pgxpool.Pool, sink
 		return nil, fmt.Errorf("%w: column and from go together (a partial backfill copies the rows where column >= from)", ErrInvalid)
 	}
 	for _, t := range req.Tables {
-		if _, _, ok := config.SplitTable(t); !ok {
+		schema, table, ok := config.SplitTable(t)
+		if !ok {
 			return nil, fmt.Errorf("%w: table %q: want schema.table", ErrInvalid, t)
 		}
-		if !subscribed(s.Config.Tables, t) {
+		if !slices.ContainsFunc(s.Config.Tables, func(p string) bool { return config.MatchTable(p, schema, table) }) {
 			return nil, fmt.Errorf("%w: table %s is not one of sink %s's tables (%s)", ErrInvalid, t, s.Name, strings.Join(s.Config.Tables, ", "))
 		}
 	}

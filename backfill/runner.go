@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/replication"
 )
 
 // Defaults of the runner's tuning. Pages are capped at 5,000 rows
@@ -95,13 +96,8 @@ func OpenSource(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool,
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
-	p := cfg.ConnConfig.RuntimeParams
-	p["DateStyle"] = "ISO, MDY"
-	p["TimeZone"] = "UTC"
-	p["IntervalStyle"] = "postgres"
-	p["extra_float_digits"] = "3"
-	p["bytea_output"] = "hex"
-	p["application_name"] = "walhook-backfill"
+	replication.SetSessionParams(cfg.ConnConfig.RuntimeParams)
+	cfg.ConnConfig.RuntimeParams["application_name"] = "walhook-backfill"
 	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -729,7 +725,6 @@ func (q *pageQuery) read(ctx context.Context, pool *pgxpool.Pool, cursor []strin
 		return nil, nil, err
 	}
 	page := &outbox.Page{Rows: make([][][]byte, nrows), Keys: make([]string, nrows)}
-	var key strings.Builder
 	for r := 0; r < nrows; r++ {
 		vals := make([][]byte, q.nColumns)
 		for i := range vals {
@@ -737,14 +732,7 @@ func (q *pageQuery) read(ctx context.Context, pool *pgxpool.Pool, cursor []strin
 			vals[i] = arena[e[0]:e[1]:e[1]]
 		}
 		page.Rows[r] = vals
-		key.Reset()
-		for k, c := range q.info.pk {
-			if k > 0 {
-				key.WriteByte(',')
-			}
-			key.Write(vals[c])
-		}
-		page.Keys[r] = key.String()
+		page.Keys[r], _ = outbox.WindowKey(vals, q.info.pk) // key values are never null
 	}
 	return page, last, nil
 }

@@ -379,8 +379,9 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(len(msgs)))
 		now := time.Now()
 		r.m.history.add(b, status, now)
+		latency := metrics.Latency.WithLabelValues(r.sink.Name)
 		for _, m := range msgs {
-			metrics.Latency.WithLabelValues(r.sink.Name).Observe(now.Sub(m.CreatedAt).Seconds())
+			latency.Observe(now.Sub(m.CreatedAt).Seconds())
 		}
 		return
 	}

@@ -2,15 +2,10 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,58 +18,6 @@ import (
 	"github.com/walhook/walhook/service"
 )
 
-// backfillReceiver answers 200, counts read messages and records the
-// commit-to-receipt latency of live inserts, per request path (sink).
-type backfillReceiver struct {
-	srv   *httptest.Server
-	reads atomic.Int64
-	mu    sync.Mutex
-	lats  map[string][]time.Duration
-}
-
-func newBackfillReceiver(tb testing.TB) *backfillReceiver {
-	r := &backfillReceiver{lats: map[string][]time.Duration{}}
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var env struct {
-			Data []struct {
-				Action   string `json:"action"`
-				Metadata struct {
-					CommitTimestamp time.Time `json:"commit_timestamp"`
-				} `json:"metadata"`
-			} `json:"data"`
-		}
-		if err := json.NewDecoder(req.Body).Decode(&env); err != nil {
-			w.WriteHeader(400)
-			return
-		}
-		now := time.Now()
-		var reads int64
-		r.mu.Lock()
-		for _, m := range env.Data {
-			if m.Action == "read" {
-				reads++
-			} else {
-				r.lats[req.URL.Path] = append(r.lats[req.URL.Path], now.Sub(m.Metadata.CommitTimestamp))
-			}
-		}
-		r.mu.Unlock()
-		r.reads.Add(reads)
-	}))
-	tb.Cleanup(r.srv.Close)
-	return r
-}
-
-func (r *backfillReceiver) latency(path string) (n int, p50, p99, maxLat time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	l := slices.Clone(r.lats[path])
-	if len(l) == 0 {
-		return 0, 0, 0, 0
-	}
-	slices.Sort(l)
-	return len(l), l[len(l)/2], l[len(l)*99/100], l[len(l)-1]
-}
-
 // startBench runs the service with a log level of its own ("" = error),
 // since a benchmark is best watched with the backfill's debug log. A
 // positive maxBacklog replaces the backfill runner's backlog bound, and
@@ -85,30 +28,14 @@ func startBench(tb testing.TB, cfg *config.Config, level string, maxBacklog int)
 	if err != nil || level == "" {
 		lvl = zerolog.ErrorLevel
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(lvl).With().Timestamp().Logger()
-	svc, err := service.New(ctx, cfg, log)
-	if err != nil {
-		cancel()
-		tb.Fatalf("service.New: %v", err)
-	}
-	if maxBacklog > 0 || benchMaxPage() > 0 {
-		svc.Backfills = backfill.NewRunner(backfill.Config{
-			Store: svc.Store, Capture: svc.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
-			RetentionKeep: cfg.Retention.Keep.D(), Log: log, MaxBacklog: maxBacklog, MaxPage: benchMaxPage(),
-		})
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = svc.Run(ctx)
-		svc.Close()
-	}()
-	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); <-done }) }
-	tb.Cleanup(stop)
-	waitFor(tb, 20*time.Second, "replication streaming", func() bool { return svc.Stream.Status().Streaming })
-	return stop
+	return startService(tb, cfg, lvl, func(svc *service.Service, log zerolog.Logger) {
+		if maxBacklog > 0 || benchMaxPage() > 0 {
+			svc.Backfills = backfill.NewRunner(backfill.Config{
+				Store: svc.Store, Capture: svc.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
+				RetentionKeep: cfg.Retention.Keep.D(), Log: log, MaxBacklog: maxBacklog, MaxPage: benchMaxPage(),
+			})
+		}
+	})
 }
 
 // BenchmarkBackfill backfills a 1,000,000-row table (WALHOOK_BENCH_ROWS
@@ -153,7 +80,7 @@ func benchBackfill(b *testing.B, rows int, outboxOnly bool) {
 				b.Fatal(err)
 			}
 		}
-		recv := newBackfillReceiver(b)
+		recv := newBenchReceiver(b)
 		cfg := &config.Config{
 			Database:      config.Database{URL: url},
 			HTTPEndpoints: []config.HTTPEndpoint{{Name: "recv", URL: recv.srv.URL}},

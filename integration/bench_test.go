@@ -195,19 +195,23 @@ func BenchmarkCapture(b *testing.B) {
 	}
 }
 
-// latencyReceiver answers 200 and records commit-to-receipt latency.
-type latencyReceiver struct {
-	srv  *httptest.Server
-	mu   sync.Mutex
-	lats []time.Duration
-	n    atomic.Int64
+// benchReceiver answers 200, counts messages and read messages, and
+// records the commit-to-receipt latency of the others per request path
+// (a sink's path).
+type benchReceiver struct {
+	srv   *httptest.Server
+	n     atomic.Int64
+	reads atomic.Int64
+	mu    sync.Mutex
+	lats  map[string][]time.Duration
 }
 
-func newLatencyReceiver(tb testing.TB) *latencyReceiver {
-	r := &latencyReceiver{}
+func newBenchReceiver(tb testing.TB) *benchReceiver {
+	r := &benchReceiver{lats: map[string][]time.Duration{}}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		var env struct {
 			Data []struct {
+				Action   string `json:"action"`
 				Metadata struct {
 					CommitTimestamp time.Time `json:"commit_timestamp"`
 				} `json:"metadata"`
@@ -218,33 +222,57 @@ func newLatencyReceiver(tb testing.TB) *latencyReceiver {
 			return
 		}
 		now := time.Now()
+		var reads int64
 		r.mu.Lock()
 		for _, m := range env.Data {
-			r.lats = append(r.lats, now.Sub(m.Metadata.CommitTimestamp))
+			if m.Action == "read" {
+				reads++
+			} else {
+				r.lats[req.URL.Path] = append(r.lats[req.URL.Path], now.Sub(m.Metadata.CommitTimestamp))
+			}
 		}
 		r.mu.Unlock()
+		r.reads.Add(reads)
 		r.n.Add(int64(len(env.Data)))
 	}))
 	tb.Cleanup(r.srv.Close)
 	return r
 }
 
-func (r *latencyReceiver) percentiles() (p50, p99 time.Duration) {
+// percentiles are over every path.
+func (r *benchReceiver) percentiles() (p50, p99 time.Duration) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.lats) == 0 {
-		return 0, 0
+	var all []time.Duration
+	for _, l := range r.lats {
+		all = append(all, l...)
 	}
-	l := slices.Clone(r.lats)
-	slices.Sort(l)
-	return l[len(l)/2], l[len(l)*99/100]
+	r.mu.Unlock()
+	_, p50, p99, _ = spread(all)
+	return p50, p99
 }
 
-func (r *latencyReceiver) reset() {
+// latency is one path's.
+func (r *benchReceiver) latency(path string) (n int, p50, p99, maxLat time.Duration) {
 	r.mu.Lock()
-	r.lats = nil
+	l := slices.Clone(r.lats[path])
+	r.mu.Unlock()
+	return spread(l)
+}
+
+func spread(l []time.Duration) (n int, p50, p99, maxLat time.Duration) {
+	if len(l) == 0 {
+		return 0, 0, 0, 0
+	}
+	slices.Sort(l)
+	return len(l), l[len(l)/2], l[len(l)*99/100], l[len(l)-1]
+}
+
+func (r *benchReceiver) reset() {
+	r.mu.Lock()
+	clear(r.lats)
 	r.mu.Unlock()
 	r.n.Store(0)
+	r.reads.Store(0)
 }
 
 // BenchmarkEndToEnd commits 100-row transactions while walhook runs and a
@@ -310,7 +338,7 @@ type benchBundle struct {
 	url      string
 	stateURL string
 	db       *pgxpool.Pool
-	recv     *latencyReceiver
+	recv     *benchReceiver
 	stop     func()
 }
 
@@ -336,7 +364,7 @@ func setupBench(b *testing.B, batch int, stateDB bool) *benchBundle {
 			b.Fatal(err)
 		}
 	}
-	recv := newLatencyReceiver(b)
+	recv := newBenchReceiver(b)
 	tb := &testBundle{url: url, db: db}
 	tb.cfg = &config.Config{
 		Database:      config.Database{URL: url},
@@ -479,7 +507,7 @@ func BenchmarkBacklog(b *testing.B) {
 		if _, err := db.Exec(ctx, benchDDL); err != nil {
 			b.Fatal(err)
 		}
-		recv := newLatencyReceiver(b)
+		recv := newBenchReceiver(b)
 		bundle := &testBundle{url: url, db: db}
 		cfgPath := bundle.writeConfigFor(b, recv.srv.URL, "public.orders", 100)
 		p := startProc(b, cfgPath, "walhook")

@@ -65,12 +65,23 @@ func setup(t *testing.T, ddl string, tables ...string) *testBundle {
 // called).
 func (b *testBundle) start(t testing.TB) (stop func()) {
 	t.Helper()
+	return startService(t, b.cfg, zerolog.WarnLevel, nil)
+}
+
+// startService runs the service in-process, logging at level, until the
+// test ends (or stop is called), and waits until it streams. prepare, when
+// set, may replace parts of the service between New and Run.
+func startService(t testing.TB, cfg *config.Config, level zerolog.Level, prepare func(*service.Service, zerolog.Logger)) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	svc, err := service.New(ctx, b.cfg, log)
+	log := zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr}).Level(level).With().Timestamp().Logger()
+	svc, err := service.New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatalf("service.New: %v", err)
+	}
+	if prepare != nil {
+		prepare(svc, log)
 	}
 	done := make(chan struct{})
 	go func() {

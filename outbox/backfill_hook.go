@@ -113,9 +113,6 @@ type Window struct {
 	page      *Page
 }
 
-// Token is the window's identity in watermark messages.
-func (w *Window) Token() string { return w.token }
-
 // Watermark returns the message content of a low or high watermark.
 func (w *Window) Watermark(page uint64, high bool) []byte {
 	b, _ := json.Marshal(Watermark{Window: w.token, Page: page, High: high}) // cannot fail
@@ -205,22 +202,34 @@ func (w *Window) record(cols []int, vals [][]byte) {
 	if vals == nil {
 		return
 	}
+	key, ok := WindowKey(vals, cols)
+	if !ok {
+		w.wild = w.epoch
+		return
+	}
+	if len(w.keys) >= maxWindowKeys {
+		w.overflow = true
+		clear(w.keys)
+	}
+	w.keys[key] = w.epoch
+}
+
+// WindowKey is how a row is known in a backfill window: the rendered
+// values of its key columns, comma-joined. Pages (the backfill runner)
+// and changes (capture) must build it alike. ok is false when a key value
+// is unknown (missing, or unchanged TOAST).
+func WindowKey(vals [][]byte, cols []int) (key string, ok bool) {
 	var b strings.Builder
 	for i, c := range cols {
 		if c < 0 || c >= len(vals) || vals[c] == nil || string(vals[c]) == string(sink.UnchangedToast) {
-			w.wild = w.epoch
-			return
+			return "", false
 		}
 		if i > 0 {
 			b.WriteByte(',')
 		}
 		b.Write(vals[c])
 	}
-	if len(w.keys) >= maxWindowKeys {
-		w.overflow = true
-		clear(w.keys)
-	}
-	w.keys[b.String()] = w.epoch
+	return b.String(), true
 }
 
 // watermark handles a watermark message on the stream goroutine: a low
@@ -291,11 +300,7 @@ func (c *Capture) watermark(ctx context.Context, lsn uint64, content []byte) err
 func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int) (PageResult, error) {
 	var rt *sink.Route
 	if c.routerSeen != nil {
-		for _, r := range c.routerSeen.Routes() {
-			if r.Sink.ID == p.SinkID {
-				rt = r
-			}
-		}
+		rt = c.routerSeen.RouteOf(p.SinkID)
 	}
 	if rt == nil {
 		return PageResult{Err: ErrSinkNotRouted}, nil

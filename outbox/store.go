@@ -78,27 +78,25 @@ func isRetryable(err error) bool {
 // inTx runs fn in a transaction, retrying it on deadlock or serialization
 // failure.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	for attempt := 0; ; attempt++ {
-		err := pgx.BeginFunc(ctx, s.Pool, fn)
-		if err == nil || !isRetryable(err) || attempt >= 5 {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt+1) * 5 * time.Millisecond):
-		}
-	}
+	return retry(ctx, func() error { return pgx.BeginFunc(ctx, s.Pool, fn) })
 }
 
 // batch sends the statements fill queues as one pipeline: one round trip
 // and one implicit transaction (a failing statement rolls back the rest).
 // It retries on deadlock or serialization failure.
 func (s *Store) batch(ctx context.Context, fill func(b *pgx.Batch)) error {
-	for attempt := 0; ; attempt++ {
+	return retry(ctx, func() error {
 		b := &pgx.Batch{}
 		fill(b)
-		err := s.Pool.SendBatch(ctx, b).Close()
+		return s.Pool.SendBatch(ctx, b).Close()
+	})
+}
+
+// retry runs a transaction again, up to five times, while it fails with a
+// deadlock or a serialization failure.
+func retry(ctx context.Context, run func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := run()
 		if err == nil || !isRetryable(err) || attempt >= 5 {
 			return err
 		}

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -36,10 +37,12 @@ type decoder struct {
 	commitTime time.Time
 	idx        int
 
-	arena  []byte
-	newV   [][]byte
-	oldV   [][]byte
-	change sink.Change
+	arena   []byte
+	newV    [][]byte
+	oldV    [][]byte
+	oldEnds [][2]int // column ranges in arena, reused per change
+	newEnds [][2]int
+	change  sink.Change
 
 	durableCommit uint64
 }
@@ -146,10 +149,12 @@ func (d *decoder) row(ctx context.Context, relID uint32, action sink.Action, old
 	// arena may move while it grows.
 	var oldEnds, newEnds [][2]int
 	if oldT != nil {
-		oldEnds = d.appendTuple(ri, oldT, nil, !ri.rel.FullIdentity)
+		d.oldEnds = d.appendTuple(d.oldEnds, ri, oldT, nil, !ri.rel.FullIdentity)
+		oldEnds = d.oldEnds
 	}
 	if newT != nil {
-		newEnds = d.appendTuple(ri, newT, oldEnds, false)
+		d.newEnds = d.appendTuple(d.newEnds, ri, newT, oldEnds, false)
+		newEnds = d.newEnds
 	}
 	d.oldV = d.slices(d.oldV, oldEnds)
 	d.newV = d.slices(d.newV, newEnds)
@@ -174,11 +179,12 @@ const (
 )
 
 // appendTuple renders a tuple's values into the arena and returns each
-// column's [start, end) range. Unchanged TOAST values are copied from the
-// old tuple's range when there is one. keyOnly keeps the replica identity
-// columns only: Postgres sends the others of a key tuple as NULLs.
-func (d *decoder) appendTuple(ri *relInfo, t *pglogrepl.TupleData, old [][2]int, keyOnly bool) [][2]int {
-	ends := make([][2]int, len(ri.rel.Columns))
+// column's [start, end) range, in ends (reused). Unchanged TOAST values are
+// copied from the old tuple's range when there is one. keyOnly keeps the
+// replica identity columns only: Postgres sends the others of a key tuple
+// as NULLs.
+func (d *decoder) appendTuple(ends [][2]int, ri *relInfo, t *pglogrepl.TupleData, old [][2]int, keyOnly bool) [][2]int {
+	ends = slices.Grow(ends[:0], len(ri.rel.Columns))[:len(ri.rel.Columns)]
 	for i := range ends {
 		ends[i] = [2]int{absent, absent}
 		if i >= len(t.Columns) || (keyOnly && !ri.rel.Columns[i].Key) {

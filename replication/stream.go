@@ -76,13 +76,22 @@ func replicationConfig(url string) (*pgconn.Config, error) {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "database"
-	cfg.RuntimeParams["DateStyle"] = "ISO, MDY"
-	cfg.RuntimeParams["TimeZone"] = "UTC"
-	cfg.RuntimeParams["IntervalStyle"] = "postgres"
-	cfg.RuntimeParams["extra_float_digits"] = "3"
-	cfg.RuntimeParams["bytea_output"] = "hex"
+	SetSessionParams(cfg.RuntimeParams)
 	cfg.RuntimeParams["application_name"] = "walhook"
 	return cfg, nil
+}
+
+// SetSessionParams sets the session settings the value mapping relies on
+// (date, time and interval styles, time zone, float digits, bytea
+// output). The replication connection and any connection that reads rows
+// to render like changes (backfills) set the same ones, so both render
+// byte for byte alike.
+func SetSessionParams(p map[string]string) {
+	p["DateStyle"] = "ISO, MDY"
+	p["TimeZone"] = "UTC"
+	p["IntervalStyle"] = "postgres"
+	p["extra_float_digits"] = "3"
+	p["bytea_output"] = "hex"
 }
 
 // Run streams until ctx ends or the connection fails. It resumes after the

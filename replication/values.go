@@ -162,16 +162,6 @@ func valAppendKind(dst []byte, k valKind, text []byte) []byte {
 	return sink.AppendJSONString(dst, text)
 }
 
-// valPlainASCII marks the ASCII bytes that stand for themselves inside a
-// JSON string. HTML characters (<, >, &) are left alone, unlike
-// encoding/json's default: the output goes to webhooks, not into pages.
-var valPlainASCII = func() (t [utf8.RuneSelf]bool) {
-	for c := 0x20; c < utf8.RuneSelf; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
 // Time values.
 
 func valIsDigit(c byte) bool { return '0' <= c && c <= '9' }
@@ -639,7 +629,7 @@ func valScanJSONString(b []byte, i int) int {
 		c := b[i]
 		if c < utf8.RuneSelf {
 			switch {
-			case valPlainASCII[c]:
+			case sink.PlainASCII[c]:
 				i++
 			case c == '"':
 				return i + 1

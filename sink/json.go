@@ -5,9 +5,11 @@ import "unicode/utf8"
 // hexDigits are the digits \u00XX escapes are written with.
 const hexDigits = "0123456789abcdef"
 
-// plainASCII marks the ASCII bytes that stand for themselves inside a
-// JSON string.
-var plainASCII = func() (t [utf8.RuneSelf]bool) {
+// PlainASCII marks the ASCII bytes that stand for themselves inside a
+// JSON string (read only). HTML characters (<, >, &) are among them,
+// unlike encoding/json's default: the output goes to webhooks, not into
+// pages.
+var PlainASCII = func() (t [utf8.RuneSelf]bool) {
 	for c := 0x20; c < utf8.RuneSelf; c++ {
 		t[c] = c != '"' && c != '\\'
 	}
@@ -24,7 +26,7 @@ func AppendJSONString[S ~string | ~[]byte](dst []byte, s S) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if plainASCII[c] {
+			if PlainASCII[c] {
 				i++
 				continue
 			}

@@ -192,10 +192,10 @@ func (r *Router) ForTable(schema, table string) []*Route {
 // ForWebhook returns the routes subscribed to a webhook source.
 func (r *Router) ForWebhook(name string) []*Route { return r.byWebhook[name] }
 
-// Route returns a sink's route by name, or nil.
-func (r *Router) Route(name string) *Route {
+// RouteOf returns a sink's route by sink id, or nil.
+func (r *Router) RouteOf(sinkID int64) *Route {
 	for _, rt := range r.routes {
-		if rt.Sink.Name == name {
+		if rt.Sink.ID == sinkID {
 			return rt
 		}
 	}
