@@ -2,7 +2,6 @@ package backfill
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -60,22 +59,27 @@ func Replay(ctx context.Context, store *outbox.Store, sinkName string, from, to 
 	}
 	router := sink.NewRouter([]*sink.Sink{s.Sink})
 
-	// Capture writes retained changes in commit order, so id order is
-	// commit order; the window's ids are bounded first (through the time
-	// index) and then walked in id order.
-	var lo, hi *int64
-	err = store.Pool.QueryRow(ctx, `SELECT min(id), max(id) FROM retained_changes
-		WHERE commit_timestamp >= $1 AND ($2::timestamptz IS NULL OR commit_timestamp < $2)`, from, upper).Scan(&lo, &hi)
+	lo, hi, ok, err := store.RetainedRange(ctx, from, upper)
 	if err != nil {
 		return nil, fmt.Errorf("replay for sink %s: %w", s.Name, err)
 	}
-	if lo == nil {
+	if !ok {
 		return res, nil
 	}
 	rels := map[string]*sink.Relation{}
-	last := *lo - 1
+	last := lo - 1
 	for {
-		chunk, lastID, n, err := readRetained(ctx, store, router, rels, last, *hi, from, upper)
+		var chunk []outbox.NewMessage
+		var arena []byte
+		lastID, n, err := store.RetainedChanges(ctx, last, hi, from, upper, replayChunk, rels, func(ch *sink.Change) {
+			for _, rt := range router.ForTable(ch.Rel.Schema, ch.Rel.Table) {
+				if !rt.Match(ch) {
+					continue
+				}
+				arena = rt.Render(arena[:0], ch)
+				chunk = append(chunk, outbox.NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(ch), CommitLSN: ch.CommitLSN, CommitIdx: ch.CommitIdx, Payload: slices.Clone(arena)})
+			}
+		})
 		if err != nil {
 			return nil, fmt.Errorf("replay for sink %s: %w", s.Name, err)
 		}
@@ -94,82 +98,6 @@ func Replay(ctx context.Context, store *outbox.Store, sinkName string, from, to 
 	}
 }
 
-// readRetained reads the next chunk of the window after id last and
-// renders the sink's messages for it.
-func readRetained(ctx context.Context, store *outbox.Store, router *sink.Router, rels map[string]*sink.Relation,
-	last, hi int64, from time.Time, to *time.Time) ([]outbox.NewMessage, int64, int, error) {
-	rows, err := store.Pool.Query(ctx, `
-		SELECT id, table_schema, table_name, commit_lsn, commit_idx, commit_timestamp, action, columns, new_values, old_values, full_identity
-		FROM retained_changes
-		WHERE id > $1 AND id <= $2 AND commit_timestamp >= $3 AND ($4::timestamptz IS NULL OR commit_timestamp < $4)
-		ORDER BY id LIMIT $5`, last, hi, from, to, replayChunk)
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	defer rows.Close()
-	var out []outbox.NewMessage
-	n := 0
-	var arena []byte
-	for rows.Next() {
-		var id, lsn int64
-		var idx int32
-		var schema, table, action string
-		var ts time.Time
-		var cols, newV, oldV []byte
-		var full bool
-		if err := rows.Scan(&id, &schema, &table, &lsn, &idx, &ts, &action, &cols, &newV, &oldV, &full); err != nil {
-			return nil, 0, 0, err
-		}
-		n++
-		last = id
-		routes := router.ForTable(schema, table)
-		if len(routes) == 0 {
-			continue
-		}
-		rel, err := relationOf(rels, schema, table, full, cols)
-		if err != nil {
-			return nil, 0, 0, fmt.Errorf("retained change %d: %w", id, err)
-		}
-		ch := sink.Change{Rel: rel, Action: sink.Action(action), CommitLSN: uint64(lsn), CommitIdx: int(idx), CommitTime: ts}
-		if ch.New, err = outbox.ParseValuesJSON(newV); err != nil {
-			return nil, 0, 0, fmt.Errorf("retained change %d: %w", id, err)
-		}
-		if ch.Old, err = outbox.ParseValuesJSON(oldV); err != nil {
-			return nil, 0, 0, fmt.Errorf("retained change %d: %w", id, err)
-		}
-		for _, rt := range routes {
-			if !rt.Match(&ch) {
-				continue
-			}
-			arena = rt.Render(arena[:0], &ch)
-			out = append(out, outbox.NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(&ch), CommitLSN: uint64(lsn), CommitIdx: int(idx), Payload: slices.Clone(arena)})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, 0, err
-	}
-	return out, last, n, nil
-}
-
-// relationOf rebuilds a retained change's relation, one per distinct
-// shape, so routes cache their column positions once.
-func relationOf(rels map[string]*sink.Relation, schema, table string, full bool, cols []byte) (*sink.Relation, error) {
-	key := schema + "." + table + "\x00" + fmt.Sprint(full) + "\x00" + string(cols)
-	if r, ok := rels[key]; ok {
-		return r, nil
-	}
-	var rc []outbox.RetainedColumn
-	if err := json.Unmarshal(cols, &rc); err != nil {
-		return nil, fmt.Errorf("columns: %w", err)
-	}
-	r := &sink.Relation{Schema: schema, Table: table, FullIdentity: full}
-	for _, c := range rc {
-		r.Columns = append(r.Columns, sink.Column{Name: c.Name, TypeOID: c.Type, Key: c.Key})
-	}
-	rels[key] = r
-	return r, nil
-}
-
 // pruneBatch is how many retained changes one DELETE removes: small
 // enough that no statement holds its locks for long.
 const pruneBatch = 5000
@@ -182,15 +110,12 @@ func Prune(ctx context.Context, store *outbox.Store, keep time.Duration) (int64,
 	}
 	var total int64
 	for {
-		tag, err := store.Pool.Exec(ctx, `
-			DELETE FROM retained_changes WHERE id IN (
-				SELECT id FROM retained_changes WHERE commit_timestamp < now() - make_interval(secs => $1::float8)
-				ORDER BY commit_timestamp LIMIT $2)`, keep.Seconds(), pruneBatch)
+		n, err := store.PruneRetained(ctx, keep, pruneBatch)
 		if err != nil {
-			return total, fmt.Errorf("prune retained changes: %w", err)
+			return total, err
 		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < pruneBatch {
+		total += n
+		if n < pruneBatch {
 			return total, nil
 		}
 		if err := sleep(ctx, 10*time.Millisecond); err != nil { // let others at the table between batches

@@ -189,7 +189,7 @@ func TestWindowInconclusive(t *testing.T) {
 // and SQL NULL kept apart.
 func TestValuesJSONRoundTrip(t *testing.T) {
 	vals := [][]byte{[]byte(`1`), nil, []byte(`null`), []byte(`"a \"q\" <b> é"`), []byte(`{"k": [1, 2.50]}`), sink.UnchangedToast}
-	got, err := ParseValuesJSON(AppendValuesJSON(nil, vals))
+	got, err := parseValuesJSON(AppendValuesJSON(nil, vals))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -145,8 +145,8 @@ func (r *retainedSource) Values() ([]any, error) {
 }
 func (r *retainedSource) Err() error { return nil }
 
-// RetainedColumn describes one column of a retained change's relation.
-type RetainedColumn struct {
+// retainedColumn describes one column of a retained change's relation.
+type retainedColumn struct {
 	Name string `json:"name"`
 	Type uint32 `json:"type"`
 	Key  bool   `json:"key,omitempty"`
@@ -154,9 +154,9 @@ type RetainedColumn struct {
 
 // ColumnsJSON describes a relation's columns for retained_changes.columns.
 func ColumnsJSON(rel *sink.Relation) []byte {
-	cols := make([]RetainedColumn, len(rel.Columns))
+	cols := make([]retainedColumn, len(rel.Columns))
 	for i, c := range rel.Columns {
-		cols[i] = RetainedColumn{Name: c.Name, Type: c.TypeOID, Key: c.Key}
+		cols[i] = retainedColumn{Name: c.Name, Type: c.TypeOID, Key: c.Key}
 	}
 	b, _ := json.Marshal(cols) // cannot fail
 	return b
@@ -181,8 +181,8 @@ func AppendValuesJSON(dst []byte, vals [][]byte) []byte {
 	return append(dst, ']')
 }
 
-// ParseValuesJSON is the inverse of AppendValuesJSON.
-func ParseValuesJSON(b []byte) ([][]byte, error) {
+// parseValuesJSON is the inverse of AppendValuesJSON.
+func parseValuesJSON(b []byte) ([][]byte, error) {
 	if b == nil {
 		return nil, nil
 	}
@@ -197,4 +197,101 @@ func ParseValuesJSON(b []byte) ([][]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// RetainedRange bounds the ids of the retained changes committed in
+// [from, to) (to nil: up to now); ok is false when there are none. Capture
+// writes retained changes in commit order, so id order is commit order.
+func (s *Store) RetainedRange(ctx context.Context, from time.Time, to *time.Time) (lo, hi int64, ok bool, err error) {
+	var l, h *int64
+	err = s.Pool.QueryRow(ctx, `SELECT min(id), max(id) FROM retained_changes
+		WHERE commit_timestamp >= $1 AND ($2::timestamptz IS NULL OR commit_timestamp < $2)`, from, to).Scan(&l, &h)
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("bound retained changes: %w", err)
+	}
+	if l == nil {
+		return 0, 0, false, nil
+	}
+	return *l, *h, true, nil
+}
+
+// RetainedChanges reads up to limit retained changes with ids in
+// (after, hi] committed in [from, to), in commit order, and passes each,
+// rebuilt as a change, to fn (which must not keep it). rels caches the
+// rebuilt relations across calls. It returns the last id read and how many
+// changes it read.
+func (s *Store) RetainedChanges(ctx context.Context, after, hi int64, from time.Time, to *time.Time, limit int,
+	rels map[string]*sink.Relation, fn func(*sink.Change)) (last int64, n int, err error) {
+	rows, err := s.Pool.Query(ctx, `
+		SELECT id, table_schema, table_name, commit_lsn, commit_idx, commit_timestamp, action, columns, new_values, old_values, full_identity
+		FROM retained_changes
+		WHERE id > $1 AND id <= $2 AND commit_timestamp >= $3 AND ($4::timestamptz IS NULL OR commit_timestamp < $4)
+		ORDER BY id LIMIT $5`, after, hi, from, to, limit)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read retained changes: %w", err)
+	}
+	defer rows.Close()
+	last = after
+	for rows.Next() {
+		var id, lsn int64
+		var idx int32
+		var schema, table, action string
+		var ts time.Time
+		var cols, newV, oldV []byte
+		var full bool
+		if err := rows.Scan(&id, &schema, &table, &lsn, &idx, &ts, &action, &cols, &newV, &oldV, &full); err != nil {
+			return 0, 0, fmt.Errorf("read retained changes: %w", err)
+		}
+		n++
+		last = id
+		rel, err := relationOf(rels, schema, table, full, cols)
+		if err != nil {
+			return 0, 0, fmt.Errorf("retained change %d: %w", id, err)
+		}
+		ch := sink.Change{Rel: rel, Action: sink.Action(action), CommitLSN: uint64(lsn), CommitIdx: int(idx), CommitTime: ts}
+		if ch.New, err = parseValuesJSON(newV); err != nil {
+			return 0, 0, fmt.Errorf("retained change %d: %w", id, err)
+		}
+		if ch.Old, err = parseValuesJSON(oldV); err != nil {
+			return 0, 0, fmt.Errorf("retained change %d: %w", id, err)
+		}
+		fn(&ch)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, 0, fmt.Errorf("read retained changes: %w", err)
+	}
+	return last, n, nil
+}
+
+// relationOf rebuilds a retained change's relation, one per distinct
+// shape, so routes cache their column positions once.
+func relationOf(rels map[string]*sink.Relation, schema, table string, full bool, cols []byte) (*sink.Relation, error) {
+	key := schema + "." + table + "\x00" + fmt.Sprint(full) + "\x00" + string(cols)
+	if r, ok := rels[key]; ok {
+		return r, nil
+	}
+	var rc []retainedColumn
+	if err := json.Unmarshal(cols, &rc); err != nil {
+		return nil, fmt.Errorf("columns: %w", err)
+	}
+	r := &sink.Relation{Schema: schema, Table: table, FullIdentity: full}
+	for _, c := range rc {
+		r.Columns = append(r.Columns, sink.Column{Name: c.Name, TypeOID: c.Type, Key: c.Key})
+	}
+	rels[key] = r
+	return r, nil
+}
+
+// PruneRetained deletes up to batch retained changes committed more than
+// keep ago, oldest first, and returns how many it deleted. One short
+// statement: callers loop.
+func (s *Store) PruneRetained(ctx context.Context, keep time.Duration, batch int) (int64, error) {
+	tag, err := s.Pool.Exec(ctx, `
+		DELETE FROM retained_changes WHERE id IN (
+			SELECT id FROM retained_changes WHERE commit_timestamp < now() - make_interval(secs => $1::float8)
+			ORDER BY commit_timestamp LIMIT $2)`, keep.Seconds(), batch)
+	if err != nil {
+		return 0, fmt.Errorf("prune retained changes: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
