@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -67,10 +66,10 @@ func (s *Server) createBackfill(w http.ResponseWriter, r *http.Request) {
 }
 
 // backfillID reads the {id} of a backfill route; anything but a positive
-// number names no backfill.
+// number names no backfill (a 404, unlike pathID's 400).
 func backfillID(r *http.Request) (int64, error) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
+	id, err := pathID(r, "backfill")
+	if err != nil {
 		return 0, fmt.Errorf("backfill %q of sink %q: %w", r.PathValue("id"), r.PathValue("name"), outbox.ErrNotFound)
 	}
 	return id, nil

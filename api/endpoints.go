@@ -164,9 +164,7 @@ func (s *Server) sealEndpoint(e config.HTTPEndpoint) (*outbox.Endpoint, error) {
 
 func (s *Server) respondEndpoint(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, status int) {
 	// Delivery re-reads endpoints; sinks naming this one may now deliver.
-	if err := s.d.Refresh(ctx); err != nil {
-		s.log.Warn().Err(err).Msg("reload sinks after endpoint change")
-	}
+	// Routing (Refresh) compares only sinks, which did not change.
 	s.d.Reload()
 	e, err := s.d.Store.Endpoint(ctx, name)
 	if err != nil {

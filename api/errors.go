@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"reflect"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/walhook/walhook/config"
@@ -124,6 +127,28 @@ func (c *conflictError) Error() string { return c.msg }
 
 func conflict(code, format string, args ...any) error {
 	return &conflictError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// pathID reads the {id} of a route: a positive number, else a 400 naming
+// the field "id" ("%q is not a <what> id").
+func pathID(r *http.Request, what string) (int64, error) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id < 1 {
+		return 0, invalid("id", "%q is not a %s id", r.PathValue("id"), what)
+	}
+	return id, nil
+}
+
+// unknownParams reports every query parameter of q not in known, naming
+// the known ones. Routes that stop at the first problem answer errs[:1].
+func unknownParams(q url.Values, known ...string) validationError {
+	var errs validationError
+	for k := range q {
+		if !slices.Contains(known, k) {
+			errs = append(errs, fieldError{Field: k, Message: "unknown query parameter (use " + strings.Join(known, ", ") + ")"})
+		}
+	}
+	return errs
 }
 
 // readBody reads a management request body, bounded.

@@ -46,31 +46,20 @@ func newMessageView(m *outbox.MessageRow) messageView {
 		u := t.UTC()
 		return &u
 	}
-	payload := json.RawMessage(m.Payload)
-	if !json.Valid(payload) {
-		// Never break the whole answer over one bad row.
-		b, _ := json.Marshal(string(m.Payload))
-		payload = b
-	}
 	return messageView{
 		ID: m.ID, Group: m.Group, State: m.State, DeliverCount: m.DeliverCount,
 		LastError: m.LastError, LastStatus: m.LastStatus, NotBefore: utc(m.NotBefore),
 		CommitLSN: m.CommitLSN, CommitIdx: m.CommitIdx,
 		CreatedAt: utc(m.CreatedAt), FirstAttemptAt: utc(m.FirstAttemptAt), LastAttemptAt: utc(m.LastAttemptAt),
 		FailedAt: utc(m.FailedAt), DeliveredAt: utc(m.DeliveredAt),
-		Message: payload,
+		Message: validJSON(m.Payload),
 	}
 }
 
 func (s *Server) listMessages(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	var errs validationError
-	for k := range q {
-		if !slices.Contains([]string{"state", "limit", "after"}, k) {
-			errs = append(errs, fieldError{Field: k, Message: "unknown query parameter (use state, limit, after)"})
-		}
-	}
+	errs := unknownParams(q, "state", "limit", "after")
 	mq := outbox.MessageQuery{State: q.Get("state"), Limit: defaultMessageLimit}
 	if mq.State != "" && !slices.Contains(outbox.States, mq.State) {
 		errs = append(errs, fieldError{Field: "state", Message: strconv.Quote(mq.State) + " is not one of " + strings.Join(outbox.States, ", ")})
@@ -113,9 +102,9 @@ func (s *Server) listMessages(w http.ResponseWriter, r *http.Request) {
 
 // messageOf resolves the sink and message id of a message route.
 func (s *Server) messageOf(r *http.Request) (*outbox.SinkRow, int64, error) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id < 1 {
-		return nil, 0, invalid("id", "%q is not a message id", r.PathValue("id"))
+	id, err := pathID(r, "message")
+	if err != nil {
+		return nil, 0, err
 	}
 	sk, err := s.d.Store.Sink(r.Context(), r.PathValue("name"))
 	if err != nil {

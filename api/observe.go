@@ -40,11 +40,9 @@ type observedEvent struct {
 func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	for k := range q {
-		if k != "sink" {
-			s.fail(w, r, invalid(k, "unknown query parameter (use sink)"))
-			return
-		}
+	if errs := unknownParams(q, "sink"); len(errs) > 0 {
+		s.fail(w, r, errs[:1])
+		return
 	}
 	var sinkID int64
 	if name := q.Get("sink"); name != "" {
@@ -114,6 +112,8 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// validJSON is b as JSON, or as a JSON string when b is not valid JSON,
+// so one bad row never breaks a whole answer.
 func validJSON(b []byte) json.RawMessage {
 	if json.Valid(b) {
 		return b

@@ -51,7 +51,7 @@ type Deps struct {
 	CheckTables func(ctx context.Context, s *sink.Sink) ([]string, error)
 	// WaitPublished returns once every table is in the publication (the
 	// leader adds them after a Refresh), so a change the client commits
-	// after the API answered is captured. Nil skips the wait.
+	// after the API answered is captured.
 	WaitPublished func(ctx context.Context, tables []string) error
 	// Leading reports whether this process should be streaming the slot.
 	Leading func() bool
@@ -94,6 +94,9 @@ func New(d Deps) *Server {
 	}
 	if d.CheckTables == nil {
 		d.CheckTables = func(context.Context, *sink.Sink) ([]string, error) { return nil, nil }
+	}
+	if d.WaitPublished == nil {
+		d.WaitPublished = func(context.Context, []string) error { return nil }
 	}
 	if d.Leading == nil {
 		d.Leading = func() bool { return false }
@@ -157,10 +160,6 @@ func (s *Server) routes() {
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	s.mux.Handle(pattern, s.auth(h))
 }
-
-// Handle registers an extra management route (bearer token required),
-// for features that live outside this package.
-func (s *Server) Handle(pattern string, h http.HandlerFunc) { s.handle(pattern, h) }
 
 // auth admits requests that carry one of server.api_tokens. Every token is
 // compared, in constant time over fixed-size digests, so neither the match

@@ -104,13 +104,18 @@ func (s *Server) sinkView(ctx context.Context, name string) (sinkView, error) {
 	return newSinkView(row, counts[row.ID]), nil
 }
 
-func (s *Server) getSink(w http.ResponseWriter, r *http.Request) {
-	v, err := s.sinkView(r.Context(), r.PathValue("name"))
+// respondSink answers a sink route with the sink as it is now.
+func (s *Server) respondSink(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, status int) {
+	v, err := s.sinkView(ctx, name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, status, v)
+}
+
+func (s *Server) getSink(w http.ResponseWriter, r *http.Request) {
+	s.respondSink(r.Context(), w, r, r.PathValue("name"), http.StatusOK)
 }
 
 func (s *Server) createSink(w http.ResponseWriter, r *http.Request) {
@@ -144,12 +149,7 @@ func (s *Server) createSink(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	v, err := s.sinkView(ctx, cfg.Name)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, v)
+	s.respondSink(ctx, w, r, cfg.Name, http.StatusCreated)
 }
 
 func (s *Server) patchSink(w http.ResponseWriter, r *http.Request) {
@@ -193,12 +193,7 @@ func (s *Server) patchSink(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	v, err := s.sinkView(ctx, name)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, v)
+	s.respondSink(ctx, w, r, name, http.StatusOK)
 }
 
 // applySinkDefaults fills fields the body left out with the SPEC
@@ -296,7 +291,7 @@ func (s *Server) applied(ctx context.Context, tables []string) error {
 		return fmt.Errorf("saved, but reloading sinks failed: %w", err)
 	}
 	s.d.Reload()
-	if len(tables) > 0 && s.d.WaitPublished != nil {
+	if len(tables) > 0 {
 		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		if err := s.d.WaitPublished(wctx, tables); err != nil {
@@ -317,11 +312,10 @@ func (s *Server) deleteSink(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info().Str("sink", name).Msg("sink deleted through the API")
-	if err := s.d.Refresh(ctx); err != nil {
-		s.fail(w, r, fmt.Errorf("deleted, but reloading sinks failed: %w", err))
+	if err := s.applied(ctx, nil); err != nil {
+		s.fail(w, r, err)
 		return
 	}
-	s.d.Reload()
 	s.purgeLater(id)
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -360,10 +354,5 @@ func (s *Server) setPaused(w http.ResponseWriter, r *http.Request, paused bool) 
 	if err := s.d.Refresh(ctx); err != nil {
 		s.log.Warn().Err(err).Msg("reload sinks after pause/resume")
 	}
-	v, err := s.sinkView(ctx, name)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, v)
+	s.respondSink(ctx, w, r, name, http.StatusOK)
 }

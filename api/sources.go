@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -163,7 +164,7 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, code, errCode, msg)
 	}
 
-	src, err := s.d.Store.WebhookSource(ctx, name)
+	limit, err := s.d.Store.WebhookSourceLimit(ctx, name)
 	if errors.Is(err, outbox.ErrNotFound) {
 		reject(http.StatusNotFound, "not_found", "no webhook source named "+strconv.Quote(name))
 		return
@@ -175,13 +176,13 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 	}
 	tooLarge := func() {
 		reject(http.StatusRequestEntityTooLarge, "payload_too_large",
-			"body is larger than max_body_bytes ("+strconv.FormatInt(src.MaxBodyBytes, 10)+") of webhook source "+strconv.Quote(name))
+			"body is larger than max_body_bytes ("+strconv.FormatInt(limit, 10)+") of webhook source "+strconv.Quote(name))
 	}
-	if r.ContentLength > src.MaxBodyBytes {
+	if r.ContentLength > limit {
 		tooLarge()
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, src.MaxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -191,7 +192,7 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusBadRequest, "bad_request", "cannot read the request body")
 		return
 	}
-	if len(strings.TrimSpace(string(body))) == 0 {
+	if len(bytes.TrimSpace(body)) == 0 {
 		reject(http.StatusBadRequest, "invalid_json", "body is empty; a webhook body must be JSON")
 		return
 	}

@@ -32,11 +32,9 @@ type subscriptionBody struct {
 
 func (s *Server) listSubscriptions(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	for k := range q {
-		if k != "listener" {
-			s.fail(w, r, invalid(k, "unknown query parameter (use listener)"))
-			return
-		}
+	if errs := unknownParams(q, "listener"); len(errs) > 0 {
+		s.fail(w, r, errs[:1])
+		return
 	}
 	subs, err := s.d.Store.Subscriptions(r.Context(), q.Get("listener"))
 	if err != nil {
@@ -50,16 +48,8 @@ func (s *Server) listSubscriptions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"data": out})
 }
 
-func (s *Server) subscriptionID(r *http.Request) (int64, error) {
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id < 1 {
-		return 0, invalid("id", "%q is not a subscription id", r.PathValue("id"))
-	}
-	return id, nil
-}
-
 func (s *Server) getSubscription(w http.ResponseWriter, r *http.Request) {
-	id, err := s.subscriptionID(r)
+	id, err := pathID(r, "subscription")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -121,19 +111,15 @@ func (s *Server) createSubscription(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cfg := cur.Config
+	target, name := &cfg.WebhookSources, source
 	if isTable {
-		if slices.Contains(cfg.Tables, table) {
-			s.fail(w, r, conflict("exists", "sink %q is subscribed to %s already", b.Listener, b.Emitter))
-			return
-		}
-		cfg.Tables = append(slices.Clone(cfg.Tables), table)
-	} else {
-		if slices.Contains(cfg.WebhookSources, source) {
-			s.fail(w, r, conflict("exists", "sink %q is subscribed to %s already", b.Listener, b.Emitter))
-			return
-		}
-		cfg.WebhookSources = append(slices.Clone(cfg.WebhookSources), source)
+		target, name = &cfg.Tables, table
 	}
+	if slices.Contains(*target, name) {
+		s.fail(w, r, conflict("exists", "sink %q is subscribed to %s already", b.Listener, b.Emitter))
+		return
+	}
+	*target = append(slices.Clone(*target), name)
 	tables, err := s.validateSink(ctx, cfg)
 	if err != nil {
 		s.fail(w, r, asEmitterError(err))
@@ -174,7 +160,7 @@ func asEmitterError(err error) error {
 // and its group_by must still name its tables.
 func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	id, err := s.subscriptionID(r)
+	id, err := pathID(r, "subscription")
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -208,10 +194,9 @@ func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info().Str("sink", x.Listener).Str("emitter", x.Emitter).Msg("subscription removed through the API")
-	if err := s.d.Refresh(ctx); err != nil {
+	if err := s.applied(ctx, nil); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.d.Reload()
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -311,8 +311,9 @@ func (s *Store) WebhookSources(ctx context.Context) ([]*WebhookSourceRow, error)
 	return out, rows.Err()
 }
 
-// WebhookSource returns one webhook source by name, or ErrNotFound. The
-// ingest path calls it on every request: it is one index lookup.
+// WebhookSource returns one webhook source by name, or ErrNotFound, with
+// the sinks subscribed to it (a subquery over subscriptions). The ingest
+// path needs only the size limit: WebhookSourceLimit.
 func (s *Store) WebhookSource(ctx context.Context, name string) (*WebhookSourceRow, error) {
 	w, err := scanSource(s.Pool.QueryRow(ctx, sourceSelect+` WHERE w.name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -322,6 +323,21 @@ func (s *Store) WebhookSource(ctx context.Context, name string) (*WebhookSourceR
 		return nil, fmt.Errorf("webhook source %q: %w", name, err)
 	}
 	return w, nil
+}
+
+// WebhookSourceLimit returns a webhook source's max_body_bytes, or
+// ErrNotFound. The ingest path calls it on every request: it is one index
+// lookup.
+func (s *Store) WebhookSourceLimit(ctx context.Context, name string) (int64, error) {
+	var n int64
+	err := s.Pool.QueryRow(ctx, `SELECT max_body_bytes FROM webhook_sources WHERE name = $1`, name).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("webhook source %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("webhook source %q: %w", name, err)
+	}
+	return n, nil
 }
 
 // CreateWebhookSource inserts a new webhook source (ErrExists when the
@@ -509,8 +525,12 @@ type MessageQuery struct {
 	Limit int
 }
 
-// inFlightSQL: a live claim names outbox row o.
-const inFlightSQL = `EXISTS (SELECT 1 FROM claims c WHERE c.sink_id = o.sink_id AND c.until > now() AND o.id = ANY(c.ids))`
+// inFlightSQL: a live claim names outbox row o. liveClaimedSQL lists the
+// messages live claims of sink $1 name.
+const (
+	inFlightSQL    = `EXISTS (SELECT 1 FROM claims c WHERE c.sink_id = o.sink_id AND c.until > now() AND o.id = ANY(c.ids))`
+	liveClaimedSQL = `SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > now()`
+)
 
 // messageStateSQL is the derived state of an outbox row o.
 const messageStateSQL = `CASE
@@ -554,7 +574,7 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 		// state decides.
 		pre := map[string]string{
 			StatePending:    `o.deliver_count = 0 AND o.failed_at IS NULL`,
-			StateInFlight:   `o.id IN (SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > now())`,
+			StateInFlight:   `o.id IN (` + liveClaimedSQL + `)`,
 			StateBackingOff: `o.deliver_count > 0 AND o.failed_at IS NULL`,
 			StateFailed:     `o.failed_at IS NOT NULL`,
 		}[q.State]
@@ -627,7 +647,7 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 		revived, err := tx.Exec(ctx, `
 			UPDATE outbox o SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL, ready_at = now(),
 				head = NOT EXISTS (SELECT 1 FROM outbox x WHERE x.sink_id = $1 AND x.group_key = o.group_key AND x.failed_at IS NULL
-					AND x.id IN (SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > now()))
+					AND x.id IN (`+liveClaimedSQL+`))
 			WHERE o.sink_id = $1 AND o.failed_at IS NOT NULL AND ($2::bigint[] IS NULL OR o.id = ANY($2))`, sinkID, ids)
 		if err != nil {
 			return fmt.Errorf("revive failed messages: %w", err)

@@ -85,8 +85,6 @@ type apiClient struct {
 
 // apiError is an error answer of the API.
 type apiError struct {
-	Status  int
-	Code    string
 	Message string
 }
 
@@ -197,12 +195,11 @@ func (c *apiClient) unreachable(err error) error {
 func (c *apiClient) errorOf(resp *http.Response, data []byte) error {
 	var body struct {
 		Error struct {
-			Code    string `json:"code"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
 	_ = json.Unmarshal(data, &body)
-	e := &apiError{Status: resp.StatusCode, Code: body.Error.Code, Message: body.Error.Message}
+	e := &apiError{Message: body.Error.Message}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized && c.token == "":
 		e.Message = fmt.Sprintf("the walhook API at %s needs a token: set --token or $%s to one of server.api_tokens", c.base, envToken)
@@ -227,7 +224,6 @@ func pathOf(segments ...string) string {
 
 // Output helpers shared by the client commands.
 
-// printJSON writes v as one line of JSON, for --json (JSON lines).
 // list fetches a list route's items ({"data": [...]}).
 func (c *apiClient) list(ctx context.Context, path string, q url.Values) ([]json.RawMessage, error) {
 	var list struct {
@@ -249,6 +245,46 @@ func printJSONLines(w io.Writer, items []json.RawMessage) error {
 	return nil
 }
 
+// showObject calls method on path and prints the answer: as the API sent
+// it with --json, else decoded into a T and shown by human.
+func showObject[T any](cmd *cobra.Command, opts *clientOptions, c *apiClient, method, path string, body any, human func(out io.Writer, v *T) error) error {
+	var raw json.RawMessage
+	if err := c.do(cmd.Context(), method, path, nil, body, &raw); err != nil {
+		return err
+	}
+	if opts.JSON {
+		return printJSON(cmd.OutOrStdout(), raw)
+	}
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return fmt.Errorf("unexpected answer: %w", err)
+	}
+	return human(cmd.OutOrStdout(), &v)
+}
+
+// showList prints a list route's items: JSON lines with --json, else a
+// table with header and one row per item, decoded into a T.
+func showList[T any](cmd *cobra.Command, opts *clientOptions, c *apiClient, path string, q url.Values, header []string, row func(t *table, v *T)) error {
+	items, err := c.list(cmd.Context(), path, q)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if opts.JSON {
+		return printJSONLines(out, items)
+	}
+	t := newTable(out, header...)
+	for _, raw := range items {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("unexpected answer: %w", err)
+		}
+		row(t, &v)
+	}
+	return t.flush()
+}
+
+// printJSON writes v as one line of JSON, for --json (JSON lines).
 func printJSON(w io.Writer, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {

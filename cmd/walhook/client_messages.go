@@ -56,27 +56,14 @@ Without --state, every message still in the outbox is listed, oldest first;
 		if limit != 0 {
 			q.Set("limit", strconv.Itoa(limit))
 		}
-		items, err := c.list(cmd.Context(), pathOf("sinks", args[0], "messages"), q)
-		if err != nil {
-			return err
-		}
-		out := cmd.OutOrStdout()
-		if opts.JSON {
-			return printJSONLines(out, items)
-		}
-		t := newTable(out, "ID", "STATE", "GROUP", "TRIES", "STATUS", "NOT BEFORE", "LAST ERROR")
-		for _, raw := range items {
-			var m messageInfo
-			if err := json.Unmarshal(raw, &m); err != nil {
-				return fmt.Errorf("unexpected answer: %w", err)
-			}
+		header := []string{"ID", "STATE", "GROUP", "TRIES", "STATUS", "NOT BEFORE", "LAST ERROR"}
+		return showList(cmd, opts, c, pathOf("sinks", args[0], "messages"), q, header, func(t *table, m *messageInfo) {
 			lastErr := ""
 			if m.LastError != nil {
 				lastErr = truncate(*m.LastError, 60)
 			}
 			t.row(m.ID, m.State, truncate(m.Group, 40), m.DeliverCount, m.LastStatus, m.NotBefore, lastErr)
-		}
-		return t.flush()
+		})
 	}
 	cmd.Flags().StringVar(&state, "state", "", "only messages in this state: pending, in_flight, backing_off, failed or delivered")
 	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many messages (default 100, at most 1000)")
@@ -111,8 +98,7 @@ func redeliverCmd() *cobra.Command {
 			n = res.Redelivered
 		} else {
 			for _, id := range ids {
-				var m messageInfo
-				if err := c.post(cmd.Context(), pathOf("sinks", args[0], "messages", strconv.FormatInt(id, 10), "redeliver"), nil, &m); err != nil {
+				if err := c.post(cmd.Context(), pathOf("sinks", args[0], "messages", strconv.FormatInt(id, 10), "redeliver"), nil, nil); err != nil {
 					return err // the server's message names the message
 				}
 				n++

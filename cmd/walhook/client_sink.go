@@ -1,8 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 
 	"github.com/spf13/cobra"
 )
@@ -61,23 +62,7 @@ func sinkListCmd(opts *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			items, err := c.list(cmd.Context(), pathOf("sinks"), nil)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if opts.JSON {
-				return printJSONLines(out, items)
-			}
-			t := newTable(out, sinkHeader...)
-			for _, raw := range items {
-				var s sinkInfo
-				if err := json.Unmarshal(raw, &s); err != nil {
-					return fmt.Errorf("unexpected answer: %w", err)
-				}
-				s.row(t)
-			}
-			return t.flush()
+			return showList(cmd, opts, c, pathOf("sinks"), nil, sinkHeader, func(t *table, s *sinkInfo) { s.row(t) })
 		},
 	}
 }
@@ -92,43 +77,34 @@ func sinkInfoCmd(opts *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := c.get(cmd.Context(), pathOf("sinks", args[0]), nil, &raw); err != nil {
-				return err
-			}
-			if opts.JSON {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			var s sinkInfo
-			if err := json.Unmarshal(raw, &s); err != nil {
-				return fmt.Errorf("unexpected answer: %w", err)
-			}
-			t := newTable(cmd.OutOrStdout())
-			t.row("name:", s.Name)
-			t.row("id:", s.ID)
-			t.row("status:", s.Status)
-			t.row("endpoint:", s.Endpoint)
-			t.row("path:", s.Path)
-			t.row("tables:", s.Tables)
-			t.row("webhook_sources:", s.WebhookSources)
-			t.row("actions:", s.Actions)
-			t.row("message:", s.Message)
-			t.row("batch_size:", s.BatchSize)
-			t.row("concurrency:", s.Concurrency)
-			t.row("request_timeout:", s.RequestTimeout)
-			t.row("max_ack_pending:", s.MaxAckPending)
-			t.row("retry:", fmt.Sprintf("initial_backoff %s, max_backoff %s, max_age %s", s.Retry.InitialBackoff, s.Retry.MaxBackoff, s.Retry.MaxAge))
-			signed := "no"
-			if s.SigningSecret != "" {
-				signed = "yes"
-			}
-			t.row("signed:", signed)
-			t.row("pending:", s.Counts.Pending)
-			t.row("in flight:", s.Counts.InFlight)
-			t.row("backing off:", s.Counts.BackingOff)
-			t.row("failed:", s.Counts.Failed)
-			t.row("delivered:", fmt.Sprintf("%d (recent history)", s.Counts.Delivered))
-			return t.flush()
+			return showObject(cmd, opts, c, http.MethodGet, pathOf("sinks", args[0]), nil, func(out io.Writer, s *sinkInfo) error {
+				t := newTable(out)
+				t.row("name:", s.Name)
+				t.row("id:", s.ID)
+				t.row("status:", s.Status)
+				t.row("endpoint:", s.Endpoint)
+				t.row("path:", s.Path)
+				t.row("tables:", s.Tables)
+				t.row("webhook_sources:", s.WebhookSources)
+				t.row("actions:", s.Actions)
+				t.row("message:", s.Message)
+				t.row("batch_size:", s.BatchSize)
+				t.row("concurrency:", s.Concurrency)
+				t.row("request_timeout:", s.RequestTimeout)
+				t.row("max_ack_pending:", s.MaxAckPending)
+				t.row("retry:", fmt.Sprintf("initial_backoff %s, max_backoff %s, max_age %s", s.Retry.InitialBackoff, s.Retry.MaxBackoff, s.Retry.MaxAge))
+				signed := "no"
+				if s.SigningSecret != "" {
+					signed = "yes"
+				}
+				t.row("signed:", signed)
+				t.row("pending:", s.Counts.Pending)
+				t.row("in flight:", s.Counts.InFlight)
+				t.row("backing off:", s.Counts.BackingOff)
+				t.row("failed:", s.Counts.Failed)
+				t.row("delivered:", fmt.Sprintf("%d (recent history)", s.Counts.Delivered))
+				return t.flush()
+			})
 		},
 	}
 }
@@ -147,19 +123,10 @@ func sinkPauseCmd(opts *clientOptions, pause bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := c.post(cmd.Context(), pathOf("sinks", args[0], verb), nil, &raw); err != nil {
+			return showObject(cmd, opts, c, http.MethodPost, pathOf("sinks", args[0], verb), nil, func(out io.Writer, s *sinkInfo) error {
+				_, err := fmt.Fprintf(out, "sink %s is %s\n", s.Name, s.Status)
 				return err
-			}
-			if opts.JSON {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			var s sinkInfo
-			if err := json.Unmarshal(raw, &s); err != nil {
-				return fmt.Errorf("unexpected answer: %w", err)
-			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "sink %s is %s\n", s.Name, s.Status)
-			return err
+			})
 		},
 	}
 }

@@ -2,10 +2,10 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -72,19 +72,10 @@ func sourceAddCmd(opts *clientOptions) *cobra.Command {
 			if maxBody != 0 {
 				body["max_body_bytes"] = maxBody
 			}
-			var raw json.RawMessage
-			if err := c.post(cmd.Context(), pathOf("webhook_sources"), body, &raw); err != nil {
+			return showObject(cmd, opts, c, http.MethodPost, pathOf("webhook_sources"), body, func(out io.Writer, src *sourceInfo) error {
+				_, err := fmt.Fprintln(out, src.URL)
 				return err
-			}
-			if opts.JSON {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			var src sourceInfo
-			if err := json.Unmarshal(raw, &src); err != nil {
-				return fmt.Errorf("unexpected answer: %w", err)
-			}
-			_, err = fmt.Fprintln(cmd.OutOrStdout(), src.URL)
-			return err
+			})
 		},
 	}
 	cmd.Flags().Int64Var(&maxBody, "max-body-bytes", 0, "largest body accepted (default 1048576)")
@@ -111,36 +102,26 @@ func sourceInfoCmd(opts *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := c.get(cmd.Context(), pathOf("webhook_sources", args[0]), nil, &raw); err != nil {
-				return err
-			}
-			if opts.JSON {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			var src sourceInfo
-			if err := json.Unmarshal(raw, &src); err != nil {
-				return fmt.Errorf("unexpected answer: %w", err)
-			}
-			out := cmd.OutOrStdout()
-			kv := newTable(out)
-			kv.row("name:", src.Name)
-			kv.row("url:", src.URL)
-			kv.row("max_body_bytes:", src.MaxBodyBytes)
-			kv.row("sinks:", src.Sinks)
-			kv.row("created:", src.CreatedAt)
-			if err := kv.flush(); err != nil {
-				return err
-			}
-			if len(src.Counts) == 0 {
-				return nil
-			}
-			fmt.Fprintln(out)
-			t := newTable(out, "SINK", "QUEUED", "FAILED", "DELIVERED", "LAST QUEUED")
-			for _, n := range src.Counts {
-				t.row(n.Sink, n.Queued, n.Failed, n.Delivered, n.LastReceivedAt)
-			}
-			return t.flush()
+			return showObject(cmd, opts, c, http.MethodGet, pathOf("webhook_sources", args[0]), nil, func(out io.Writer, src *sourceInfo) error {
+				kv := newTable(out)
+				kv.row("name:", src.Name)
+				kv.row("url:", src.URL)
+				kv.row("max_body_bytes:", src.MaxBodyBytes)
+				kv.row("sinks:", src.Sinks)
+				kv.row("created:", src.CreatedAt)
+				if err := kv.flush(); err != nil {
+					return err
+				}
+				if len(src.Counts) == 0 {
+					return nil
+				}
+				fmt.Fprintln(out)
+				t := newTable(out, "SINK", "QUEUED", "FAILED", "DELIVERED", "LAST QUEUED")
+				for _, n := range src.Counts {
+					t.row(n.Sink, n.Queued, n.Failed, n.Delivered, n.LastReceivedAt)
+				}
+				return t.flush()
+			})
 		},
 	}
 }
@@ -155,23 +136,10 @@ func sourceListCmd(opts *clientOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			items, err := c.list(cmd.Context(), pathOf("webhook_sources"), nil)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if opts.JSON {
-				return printJSONLines(out, items)
-			}
-			t := newTable(out, "NAME", "SINKS", "MAX BODY", "URL")
-			for _, raw := range items {
-				var src sourceInfo
-				if err := json.Unmarshal(raw, &src); err != nil {
-					return fmt.Errorf("unexpected answer: %w", err)
-				}
+			header := []string{"NAME", "SINKS", "MAX BODY", "URL"}
+			return showList(cmd, opts, c, pathOf("webhook_sources"), nil, header, func(t *table, src *sourceInfo) {
 				t.row(src.Name, src.Sinks, src.MaxBodyBytes, src.URL)
-			}
-			return t.flush()
+			})
 		},
 	}
 }
