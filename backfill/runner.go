@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/pgdial"
 	"github.com/walhook/walhook/replication"
 )
 
@@ -97,6 +98,7 @@ func OpenSource(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool,
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
 	replication.SetSessionParams(cfg.ConnConfig.RuntimeParams)
+	pgdial.Configure(&cfg.ConnConfig.Config)
 	cfg.ConnConfig.RuntimeParams["application_name"] = "walhook-backfill"
 	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

@@ -29,6 +29,10 @@ type Database struct {
 	URL         string `yaml:"url" json:"url"`
 	Slot        string `yaml:"slot" json:"slot"`
 	Publication string `yaml:"publication" json:"publication"`
+	// LeaderLease is how long the process streaming the slot keeps the
+	// lead without renewing it: a frozen or cut-off leader is replaced
+	// after it. Default 15s.
+	LeaderLease Duration `yaml:"leader_lease" json:"leader_lease"`
 }
 
 // State is where walhook keeps its own tables. It defaults to the source
@@ -122,6 +126,7 @@ const (
 	DefaultSchema         = "walhook"
 	DefaultSlot           = "walhook"
 	DefaultPublication    = "walhook"
+	DefaultLeaderLease    = 15 * time.Second
 	DefaultMessage        = "change"
 	DefaultBatchSize      = 1
 	DefaultRequestTimeout = 30 * time.Second

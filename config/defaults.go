@@ -29,6 +29,9 @@ func (c *Config) applyDefaults(set func(key string) bool) {
 	if c.Database.Publication == "" {
 		c.Database.Publication = DefaultPublication
 	}
+	if c.Database.LeaderLease == 0 && !isSet(set, "database.leader_lease") {
+		c.Database.LeaderLease = Duration(DefaultLeaderLease)
+	}
 	if c.State.URL == "" {
 		c.State.URL = c.Database.URL
 	}

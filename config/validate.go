@@ -165,6 +165,9 @@ func (c *Config) validate(ch *checker) {
 	}
 	checkIdent(ch, db.field("slot"), c.Database.Slot, "replication slot name")
 	checkIdent(ch, db.field("publication"), c.Database.Publication, "publication name")
+	if c.Database.LeaderLease < Duration(3*time.Second) {
+		ch.errorf(db.field("leader_lease"), "%s is too short: at least 3s (renewed every third of it)", c.Database.LeaderLease)
+	}
 
 	st := root.field("state")
 	if c.State.URL != "" && c.State.URL != c.Database.URL {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -58,6 +59,10 @@ type Manager struct {
 	runners map[int64]*runner
 	reload  chan struct{}
 	history *history
+
+	// worker is this process's registration (outbox.Worker): claims are
+	// tied to its session, so they come back at once if the process dies.
+	worker atomic.Pointer[outbox.Worker]
 }
 
 // NewManager prepares a manager; Run starts it.
@@ -87,6 +92,9 @@ func (m *Manager) Reload() {
 // Run delivers until ctx ends, then waits for in-flight batches to finish
 // (each bounded by its request_timeout).
 func (m *Manager) Run(ctx context.Context) error {
+	if err := m.register(ctx); err != nil {
+		return nil // stopped before it could start
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { m.listen(ctx) })
 	wg.Go(func() { m.housekeep(ctx) })
@@ -104,13 +112,55 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			m.mu.Unlock()
 			wg.Wait()
-			if err := m.history.flush(context.WithoutCancel(ctx), m.cfg.Store); err != nil {
+			bg := context.WithoutCancel(ctx)
+			if err := m.history.flush(bg, m.cfg.Store); err != nil {
 				m.cfg.Log.Warn().Err(err).Msg("record delivery history")
+			}
+			if err := m.worker.Load().Close(bg); err != nil {
+				m.cfg.Log.Warn().Err(err).Msg("release claims")
 			}
 			return nil
 		case <-tick.C:
 		case <-m.reload:
 		}
+	}
+}
+
+// register records this process as a worker, retrying until it can (the
+// state database may be restarting) or ctx ends.
+func (m *Manager) register(ctx context.Context) error {
+	for {
+		w, err := m.cfg.Store.RegisterWorker(ctx, m.cfg.Worker)
+		if err == nil {
+			m.worker.Store(w)
+			return nil
+		}
+		m.cfg.Log.Error().Err(err).Msg("register delivery worker; retrying")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// checkWorker replaces the worker registration when its session is gone.
+// The old one's claims are revoked by whoever notices (possibly this
+// process): their acks are refused and the messages delivered again.
+func (m *Manager) checkWorker(ctx context.Context) {
+	w := m.worker.Load()
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := w.Alive(actx)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	m.cfg.Log.Warn().Err(err).Msg("delivery worker session lost; registering again")
+	_ = w.Close(ctx)
+	if nw, err := m.cfg.Store.RegisterWorker(ctx, m.cfg.Worker); err == nil {
+		m.worker.Store(nw)
+	} else if ctx.Err() == nil {
+		m.cfg.Log.Error().Err(err).Msg("register delivery worker")
 	}
 }
 
@@ -222,8 +272,9 @@ func (m *Manager) listenOnce(ctx context.Context) error {
 // outbox then stays the size of a few seconds of traffic.
 const vacuumAfter = 20_000
 
-// housekeep writes the delivery history, drops the claims of dead
-// workers, trims the history and vacuums the queue tables.
+// housekeep writes the delivery history, revokes the claims of dead
+// workers (every second), ends claims whose lease ran out, trims the
+// history and vacuums the queue tables.
 func (m *Manager) housekeep(ctx context.Context) {
 	tick := time.NewTicker(historyEvery)
 	defer tick.Stop()
@@ -237,13 +288,22 @@ func (m *Manager) housekeep(ctx context.Context) {
 		if err := m.history.flush(ctx, m.cfg.Store); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("record delivery history")
 		}
-		if n++; n%8 != 0 {
+		if n++; n%4 != 0 {
 			continue
 		}
-		if freed, err := m.cfg.Store.ReleaseExpired(ctx); err != nil && ctx.Err() == nil {
-			m.cfg.Log.Warn().Err(err).Msg("release expired claims")
-		} else if freed > 0 {
-			m.cfg.Log.Warn().Int64("batches", freed).Msg("dropped expired claims of a worker that stopped answering; their messages are delivered again")
+		if dead, err := m.cfg.Store.ReapDeadWorkers(ctx, m.worker.Load().ID); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn().Err(err).Msg("revoke claims of dead workers")
+		} else if dead > 0 {
+			m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
+		}
+		if n%8 != 0 {
+			continue
+		}
+		m.checkWorker(ctx)
+		if sinks, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
+		} else if len(sinks) > 0 {
+			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out (a worker stopped answering); their messages are delivered again")
 		}
 		if n%40 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
@@ -332,6 +392,7 @@ func (r *runner) work(ctx context.Context) {
 		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
 	}
 	for ctx.Err() == nil {
+		req.WorkerID = r.m.worker.Load().ID
 		b, err := r.m.cfg.Store.Claim(ctx, req)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -373,7 +434,11 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
 		if err := r.m.cfg.Store.Ack(bg, b); err != nil {
-			r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
+			if outbox.IsClaimEnded(err) {
+				r.log.Warn().Err(err).Msg("delivered, but the claim had ended: the ack changed nothing and the messages will be delivered again")
+			} else {
+				r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
+			}
 			return
 		}
 		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(len(msgs)))
@@ -403,6 +468,10 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
 	})
+	if outbox.IsClaimEnded(nerr) {
+		r.log.Warn().Err(nerr).Msg("delivery failed, but the claim had ended: nothing recorded")
+		return
+	}
 	if nerr != nil {
 		r.log.Error().Err(nerr).Msg("record failed delivery")
 		return

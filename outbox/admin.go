@@ -130,7 +130,9 @@ func (s *Store) SetSinkPaused(ctx context.Context, name string, paused bool) err
 	}
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var id int64
-		err := tx.QueryRow(ctx, `UPDATE sinks SET status = $2, updated_at = now() WHERE name = $1 RETURNING id`, name, status).Scan(&id)
+		// Resuming also ends a Retry-After hold: the operator says go.
+		err := tx.QueryRow(ctx, `UPDATE sinks SET status = $2, updated_at = now(),
+			hold_until = CASE WHEN $2 = 'active' THEN NULL ELSE hold_until END WHERE name = $1 RETURNING id`, name, status).Scan(&id)
 		if err != nil {
 			return err
 		}
@@ -172,7 +174,7 @@ LEFT JOIN (
 	SELECT c.sink_id, count(*) AS in_flight, count(*) FILTER (WHERE o.deliver_count > 0) AS in_flight_retrying
 	FROM claims c CROSS JOIN LATERAL unnest(c.ids) AS i(id)
 	JOIN outbox o ON o.id = i.id AND o.failed_at IS NULL
-	WHERE c.until > now() AND ($1::bigint IS NULL OR c.sink_id = $1)
+	WHERE c.until > clock_timestamp() AND ($1::bigint IS NULL OR c.sink_id = $1)
 	GROUP BY c.sink_id
 ) f ON f.sink_id = s.id
 LEFT JOIN (
@@ -528,8 +530,8 @@ type MessageQuery struct {
 // inFlightSQL: a live claim names outbox row o. liveClaimedSQL lists the
 // messages live claims of sink $1 name.
 const (
-	inFlightSQL    = `EXISTS (SELECT 1 FROM claims c WHERE c.sink_id = o.sink_id AND c.until > now() AND o.id = ANY(c.ids))`
-	liveClaimedSQL = `SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > now()`
+	inFlightSQL    = `EXISTS (SELECT 1 FROM claims c WHERE c.sink_id = o.sink_id AND c.until > clock_timestamp() AND o.id = ANY(c.ids))`
+	liveClaimedSQL = `SELECT unnest(ids) FROM claims WHERE sink_id = $1 AND until > clock_timestamp()`
 )
 
 // messageStateSQL is the derived state of an outbox row o.
@@ -619,20 +621,19 @@ func (s *Store) Message(ctx context.Context, sinkID, id int64) (*MessageRow, err
 
 // Redeliver makes failed and backing-off messages of a sink deliverable
 // now: failed ones rejoin their group's queue (first attempt forgotten,
-// so max_age counts afresh), backing-off ones lose their wait. ids
-// restricts it to some messages; nil means every one. It returns how many
-// messages it changed.
+// so max_age counts afresh), backing-off ones lose their wait, and a
+// Retry-After hold on the sink ends. ids restricts it to some messages;
+// nil means every one. It returns how many messages it changed.
 func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, error) {
 	var n int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		n = 0
-		// Claims of this sink wait: a revived message must not start a
-		// group that a claim is taking right now.
+		// Under the claim lock (doc.go, rule L): a batch in flight keeps
+		// its backoff, its outcome decides.
 		if _, err := tx.Exec(ctx, claimLockSQL, sinkID); err != nil {
 			return fmt.Errorf("lock claims: %w", err)
 		}
-		// Backing-off first: revived messages would match it too. A
-		// batch in flight keeps its backoff; its outcome decides.
+		// Backing-off first: revived messages would match it too.
 		hurried, err := tx.Exec(ctx, `
 			UPDATE outbox o SET not_before = NULL, ready_at = LEAST(o.ready_at, now())
 			WHERE o.sink_id = $1 AND o.failed_at IS NULL AND o.deliver_count > 0 AND ($2::bigint[] IS NULL OR o.id = ANY($2))
@@ -640,23 +641,20 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 		if err != nil {
 			return fmt.Errorf("clear backoff: %w", err)
 		}
-		// A revived message is flagged head (a claim starts its group at
-		// the oldest waiting message, so a spare flag is harmless) unless
-		// its group is in flight: the ack then hands the group on to the
-		// oldest waiting message, which a flag here would jump.
+		// A revived message is queued unsorted (rule Q): it may now be
+		// its group's first, and a claim sorts it out.
 		revived, err := tx.Exec(ctx, `
-			UPDATE outbox o SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL, ready_at = now(),
-				head = NOT EXISTS (SELECT 1 FROM outbox x WHERE x.sink_id = $1 AND x.group_key = o.group_key AND x.failed_at IS NULL
-					AND x.id IN (`+liveClaimedSQL+`))
+			UPDATE outbox o SET failed_at = NULL, first_attempt_at = NULL, not_before = NULL, ready_at = now(), head = NULL
 			WHERE o.sink_id = $1 AND o.failed_at IS NOT NULL AND ($2::bigint[] IS NULL OR o.id = ANY($2))`, sinkID, ids)
 		if err != nil {
 			return fmt.Errorf("revive failed messages: %w", err)
 		}
+		if _, err := tx.Exec(ctx, `UPDATE sinks SET hold_until = NULL WHERE id = $1 AND hold_until IS NOT NULL`, sinkID); err != nil {
+			return fmt.Errorf("end hold: %w", err)
+		}
 		n = int(revived.RowsAffected() + hurried.RowsAffected())
-		if n > 0 {
-			if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(sinkID)); err != nil {
-				return fmt.Errorf("notify: %w", err)
-			}
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(sinkID)); err != nil {
+			return fmt.Errorf("notify: %w", err)
 		}
 		return nil
 	})

@@ -45,6 +45,10 @@ type Capture struct {
 	persist []persistStmt
 	ret     retentionState
 
+	// lease is the leadership term capture writes for (SetLease); every
+	// flush checks it is still live before it commits.
+	lease *leaseRef
+
 	tx         pgx.Tx // open while a flush is in progress or a chunk spilled
 	routerSeen *sink.Router
 	routes     map[*sink.Relation][]*sink.Route
@@ -64,6 +68,18 @@ type Capture struct {
 func NewCapture(store *Store, slot string, router *atomic.Pointer[sink.Router], log zerolog.Logger) *Capture {
 	return &Capture{store: store, slot: slot, router: router, log: log}
 }
+
+type leaseRef struct {
+	name  string
+	token int64
+}
+
+// SetLease fences capture with a leadership term (doc.go, rule T): a flush
+// commits only while the term named and token is live, and holds it until
+// the commit, so a leader that lost its lease (frozen, partitioned) writes
+// neither messages nor a stream position after its successor started.
+// Without a lease (tests, a single process) nothing is checked.
+func (c *Capture) SetLease(name string, token int64) { c.lease = &leaseRef{name, token} }
 
 // Position reads the durable stream position and drops anything buffered
 // from an earlier, failed run.
@@ -202,6 +218,14 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	b := &pgx.Batch{}
+	fenced := true
+	if c.lease != nil {
+		b.Queue(fenceSQL, c.lease.name, c.lease.token).Query(func(rows pgx.Rows) error {
+			fenced = rows.Next()
+			rows.Close()
+			return rows.Err()
+		})
+	}
 	b.Queue(`INSERT INTO replication_state (slot, commit_lsn, end_lsn, updated_at) VALUES ($1, $2, $3, now())
 		ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn, updated_at = now()`,
 		c.slot, int64(c.lastCommit), int64(c.lastEnd))
@@ -220,6 +244,10 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	if err := c.tx.SendBatch(ctx, b).Close(); err != nil {
 		c.reset(ctx)
 		return 0, fmt.Errorf("record stream position: %w", err)
+	}
+	if !fenced {
+		c.reset(ctx)
+		return 0, fmt.Errorf("flush stream position: %w", ErrLostLease)
 	}
 	if err := c.tx.Commit(ctx); err != nil {
 		c.tx = nil

@@ -26,165 +26,231 @@ type ClaimRequest struct {
 	SinkID        int64
 	BatchSize     int
 	MaxAckPending int
-	// Lease is how long the claim holds; a crashed worker's groups become
-	// claimable again after it.
-	Lease  time.Duration
-	Worker string
+	// Lease is how long the claim holds, from the moment it is made, on
+	// the server's clock. A worker that outlives it has lost the batch:
+	// its ack or nack changes nothing.
+	Lease time.Duration
+	// Worker names the claimant for operators; WorkerID ties the claim to
+	// a registered worker (RegisterWorker), whose death revokes it at
+	// once. Zero: the claim lives out its lease.
+	Worker   string
+	WorkerID int64
 }
 
-// groupOrder: the statements that walk one group's messages in id order
-// name the group as a range (group_key >= k AND group_key <= k) and sort
-// by (group_key, id). With '=' and ORDER BY id, the planner may walk the
-// primary key instead, filtering every row of the outbox for each group:
-// it does so whenever its statistics say the outbox is nearly empty, which
-// for a queue they mostly do (every vacuum sees few live rows). Only
-// outbox_group_idx yields this order, and the pool disables sequential
-// scans (Open), so each lookup is one index descent whatever the
-// statistics.
+// groupOrder: the statements that walk one group's messages in commit
+// order name the group as a range (group_key >= k AND group_key <= k) and
+// sort by (group_key, commit_lsn, commit_idx, id). With '=' the planner
+// may walk another index, filtering every row of the outbox for each
+// group: it does so whenever its statistics say the outbox is nearly
+// empty, which for a queue they mostly do. Only outbox_group_idx yields
+// this order, and the pool disables sequential scans (Open), so each
+// lookup is one index descent whatever the statistics.
 
 // Batch is a claimed set of messages: its groups are the worker's until
-// it acks or nacks the batch, or until the lease ends.
+// it acks or nacks the batch, or until the claim ends (lease, revocation).
 type Batch struct {
 	ClaimID  int64
 	SinkID   int64
 	Messages []Message
 }
 
-// claimSQL takes the heads ready longest (backoff over, not in a live
-// claim), skipping rows other transactions hold, then each head's group
-// from its oldest waiting message, in order. A head with an older message
-// of its group still waiting (in flight, or a spare head) yields rows that
-// start before it, and its group is left alone. Messages already
-// attempted (backing off) count against max_ack_pending already, so only
-// fresh ones are limited by the room left. The result is a prefix of each
-// group, groups one after the other, recorded as one claims row. A paused
-// or holding sink (Retry-After) gets nothing.
-const claimSQL = `
-WITH live AS MATERIALIZED (
-	SELECT fresh, ids FROM claims WHERE sink_id = $1 AND until > now()
+// claimLockSQL is the sink's claim lock (doc.go, rule L): claims, acks,
+// nacks, redeliveries and reaping of one sink take it, so each sees the
+// committed result of the one before. It is its own statement because a
+// statement's snapshot is taken when it starts: the statements that follow
+// must see what was committed while this one waited.
+const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`
+
+// firstOfGroupSQL is the oldest unfailed message of group %s of sink $1,
+// in commit order (see groupOrder). %s is an expression naming the group.
+const firstOfGroupSQL = `(SELECT x.id FROM outbox x
+	WHERE x.sink_id = $1 AND x.group_key >= %[1]s AND x.group_key <= %[1]s AND x.failed_at IS NULL
+	ORDER BY x.group_key, x.commit_lsn, x.commit_idx, x.id LIMIT 1)`
+
+// promoteSQL flags the first message of each of the groups $2 of sink $1
+// as head (doc.go, rule P). Flagging a group's first message is always
+// safe, so it runs after every change that may have removed a group's
+// head, whether or not the change took effect.
+var promoteSQL = `
+UPDATE outbox SET head = true
+WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM unnest($2::text[]) AS g(k)))
+AND head IS NOT TRUE`
+
+// reapSQL ends the sink's claims whose lease has run out or that were
+// revoked (their worker died), and promotes their groups (rule R).
+var reapSQL = `
+WITH gone AS (
+	DELETE FROM claims WHERE sink_id = $1 AND until <= clock_timestamp() RETURNING groups
+)
+UPDATE outbox SET head = true
+WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM (SELECT DISTINCT unnest(groups) AS k FROM gone) g))
+AND head IS NOT TRUE`
+
+// claimSQL (rule C): candidates are unclaimed messages whose head flag is
+// not false and whose wait is over, oldest ready first. A candidate that
+// is its group's first message, in a group no live claim holds, starts a
+// batch: the group from that message on, in commit order, a fair share of
+// the batch per group. Every other candidate is behind an older message
+// or a claim, and its flag is cleared, so no candidate is looked at twice
+// in vain. Messages already attempted (backing off) count against
+// max_ack_pending already, so only fresh ones are limited by the room
+// left, and a group is only ever cut after a prefix. The batch is
+// recorded as one claims row whose lease starts now on the server's
+// clock. A paused or holding sink (Retry-After) gets nothing.
+var claimSQL = `
+WITH t AS MATERIALIZED (
+	SELECT clock_timestamp() AS now
+), live AS MATERIALIZED (
+	SELECT fresh, ids, groups FROM claims WHERE sink_id = $1 AND until > (SELECT now FROM t)
 ), st AS (
-	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= now()) AS active,
+	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= (SELECT now FROM t)) AS active,
 		$3::int
 		- (SELECT COALESCE(sum(fresh), 0) FROM live)
 		- (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL) AS room
 	FROM sinks s WHERE s.id = $1
-), h AS (
+), cand AS MATERIALIZED (
 	SELECT o.id, o.group_key, o.ready_at FROM outbox o
-	WHERE o.sink_id = $1 AND o.head AND o.failed_at IS NULL AND o.ready_at <= now()
+	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.ready_at <= (SELECT now FROM t)
 		AND COALESCE((SELECT active FROM st), false)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
 	ORDER BY o.ready_at, o.id
-	LIMIT $2
-	FOR NO KEY UPDATE OF o SKIP LOCKED
+	LIMIT $2 + 16
+), cls AS MATERIALIZED (
+	SELECT c.id, c.group_key, c.ready_at,
+		c.group_key IN (SELECT unnest(groups) FROM live) OR c.id IS DISTINCT FROM ` + fmt.Sprintf(firstOfGroupSQL, "c.group_key") + ` AS behind
+	FROM cand c
+), demote AS (
+	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT id FROM cls WHERE behind)) RETURNING 1
+), h AS (
+	SELECT id, group_key, ready_at FROM cls WHERE NOT behind ORDER BY ready_at, id LIMIT $2
 ), g AS (
-	SELECT x.id, x.group_key, x.deliver_count, h.ready_at, h.id AS head_id, min(x.id) OVER (PARTITION BY h.id) AS first_id
+	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, h.ready_at, h.id AS head_id
 	FROM h CROSS JOIN LATERAL (
-		SELECT id, group_key, deliver_count
+		SELECT id, group_key, deliver_count, commit_lsn, commit_idx
 		FROM outbox
 		WHERE sink_id = $1 AND group_key >= h.group_key AND group_key <= h.group_key AND failed_at IS NULL -- see groupOrder
-		ORDER BY group_key, id
+		ORDER BY group_key, commit_lsn, commit_idx, id
 		-- A fair share of the batch per group (twice it, for slack), so
 		-- many deep groups do not make the claim read batch² rows.
 		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM h))::int)
 	) x
 ), r AS (
-	SELECT g.*, sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, head_id, id) AS fresh FROM g WHERE first_id = head_id
+	SELECT g.*, deliver_count > 0 OR sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, head_id, commit_lsn, commit_idx, id) <= (SELECT room FROM st) AS fits
+	FROM g
 ), pick AS (
-	SELECT * FROM r WHERE deliver_count > 0 OR fresh <= (SELECT room FROM st) ORDER BY ready_at, head_id, id LIMIT $2
+	SELECT * FROM (
+		SELECT r.*, bool_and(fits) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id) AS prefix FROM r
+	) p WHERE prefix
+	ORDER BY ready_at, head_id, commit_lsn, commit_idx, id LIMIT $2
 ), c AS (
-	INSERT INTO claims (sink_id, worker, until, fresh, ids)
-	SELECT $1, $5, now() + make_interval(secs => $4::float8), count(*) FILTER (WHERE deliver_count = 0), array_agg(id)
+	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups)
+	SELECT $1, $5, $6, (SELECT now FROM t) + make_interval(secs => $4::float8),
+		count(*) FILTER (WHERE deliver_count = 0), array_agg(id), array_agg(DISTINCT group_key)
 	FROM pick HAVING count(*) > 0
 	RETURNING id
 )
--- Payloads are read last, for the picked messages only.
-SELECT (SELECT id FROM c), o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
-FROM pick JOIN outbox o ON o.id = pick.id
-ORDER BY pick.ready_at, pick.head_id, pick.id`
+-- Payloads are read last, for the picked messages only. One row even when
+-- nothing is picked: it says how many flags were cleared.
+SELECT (SELECT count(*) FROM demote), (SELECT id FROM c), o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+FROM (SELECT 1) one
+LEFT JOIN (pick JOIN outbox o ON o.id = pick.id) ON true
+ORDER BY pick.ready_at, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
 
-// claimLockSQL serializes the claims of one sink (and redeliveries), so
-// max_ack_pending and the one-claim-per-group rule hold across workers and
-// processes. It is
-// its own statement because a statement's snapshot is taken when it
-// starts: the claim that follows must see the claims committed while this
-// one waited.
-const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`
-
-// Claim takes a batch for one worker: the lock and the claim go in one
-// round trip, as one implicit transaction. It returns nil when there is
-// nothing to take.
+// Claim takes a batch for one worker: the claim lock, the reaping of ended
+// claims and the claim go in one round trip, as one implicit transaction.
+// It returns nil when there is nothing to take.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
-	var b *Batch
-	err := s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(claimLockSQL, req.SinkID)
-		pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker).Query(func(rows pgx.Rows) error {
-			b = nil
-			for rows.Next() {
-				var m Message
-				var claim int64
-				if err := rows.Scan(&claim, &m.ID, &m.Group, &m.CommitLSN, &m.CommitIdx, &m.Payload, &m.DeliverCount, &m.FirstAttemptAt, &m.CreatedAt); err != nil {
-					return err
-				}
-				if b == nil {
-					b = &Batch{ClaimID: claim, SinkID: req.SinkID}
-				}
-				b.Messages = append(b.Messages, m)
-			}
-			return rows.Err()
-		})
-	})
-	if err != nil {
-		return nil, fmt.Errorf("claim batch for sink %d: %w", req.SinkID, err)
+	var workerID *int64
+	if req.WorkerID != 0 {
+		workerID = &req.WorkerID
 	}
-	return b, nil
+	for {
+		var b *Batch
+		var demoted int64
+		err := s.batch(ctx, func(pb *pgx.Batch) {
+			pb.Queue(claimLockSQL, req.SinkID)
+			pb.Queue(reapSQL, req.SinkID)
+			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID).Query(func(rows pgx.Rows) error {
+				b = nil
+				for rows.Next() {
+					var claim, id *int64
+					var m Message
+					var lsn *int64
+					var idx, count *int32
+					var group *string
+					var created *time.Time
+					if err := rows.Scan(&demoted, &claim, &id, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
+						return err
+					}
+					if id == nil {
+						continue
+					}
+					m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = *id, *group, *lsn, *idx, *count, *created
+					if b == nil {
+						b = &Batch{ClaimID: *claim, SinkID: req.SinkID}
+					}
+					b.Messages = append(b.Messages, m)
+				}
+				return rows.Err()
+			})
+		})
+		if err != nil {
+			return nil, fmt.Errorf("claim batch for sink %d: %w", req.SinkID, err)
+		}
+		// Candidates that were behind others took the places of ones that
+		// may be claimable: look again, past them.
+		if b != nil || demoted == 0 {
+			return b, nil
+		}
+	}
 }
 
-func (b *Batch) idsAndGroups() ([]int64, []string) {
+func (b *Batch) groups() []string {
 	seen := map[string]bool{}
 	var groups []string
-	ids := make([]int64, len(b.Messages))
-	for i, m := range b.Messages {
-		ids[i] = m.ID
+	for _, m := range b.Messages {
 		if !seen[m.Group] {
 			seen[m.Group] = true
 			groups = append(groups, m.Group)
 		}
 	}
-	return ids, groups
+	return groups
 }
 
-// lockSQL locks a batch's messages before a nack changes them. It must be
-// its own statement: it waits for a capture that relies on one of them
-// (olderSQL) to commit, and the statements after it then start with a
-// snapshot that shows what that capture queued behind them. (An ack needs
-// no such statement: its DELETE waits the same way, and its promoteSQL
-// comes after.)
-const lockSQL = `SELECT 1 FROM outbox WHERE id = ANY($1) ORDER BY id FOR UPDATE`
+// ErrClaimEnded is returned by Ack and Nack when the batch's claim is no
+// longer live: its lease ran out or it was revoked, and its messages may
+// be another worker's by now. Nothing was changed (doc.go, rule F).
+var ErrClaimEnded = errors.New("claim ended before the outcome was recorded")
 
-// promoteSQL flags the oldest waiting message of each of the groups $2 of
-// sink $1 as head, once the messages before it are gone or failed. (An
-// id list, so the update is index lookups whatever the planner thinks.)
-const promoteSQL = `
-UPDATE outbox SET head = true
-WHERE id = ANY (ARRAY(
-	SELECT t.id FROM unnest($2::text[]) AS g(k)
-	CROSS JOIN LATERAL (
-		SELECT x.id FROM outbox x WHERE x.sink_id = $1 AND x.group_key >= g.k AND x.group_key <= g.k AND x.failed_at IS NULL
-		ORDER BY x.group_key, x.id LIMIT 1) t)) -- see groupOrder
-AND NOT head`
+// IsClaimEnded reports whether err is ErrClaimEnded.
+func IsClaimEnded(err error) bool { return errors.Is(err, ErrClaimEnded) }
+
+// ackSQL deletes the claim if it is live and, only then, its messages.
+const ackSQL = `
+WITH c AS (
+	DELETE FROM claims WHERE id = $1 AND until > clock_timestamp() RETURNING ids
+), d AS (
+	DELETE FROM outbox WHERE id = ANY ((SELECT ids FROM c)::bigint[])
+)
+SELECT count(*)::int FROM c`
 
 // Ack removes delivered messages, ends the claim and hands each group on
-// to its next message. One round trip, one implicit transaction. The
-// recent-delivery history is written apart (RecordDelivered), off this
-// path.
+// to its next message. One round trip, one implicit transaction. It
+// returns ErrClaimEnded, and changes nothing, when the claim is not live.
+// The recent-delivery history is written apart (RecordDelivered), off
+// this path.
 func (s *Store) Ack(ctx context.Context, b *Batch) error {
-	ids, groups := b.idsAndGroups()
+	var live int
 	err := s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(`WITH d AS (DELETE FROM outbox WHERE id = ANY($1)) DELETE FROM claims WHERE id = $2`, ids, b.ClaimID)
-		pb.Queue(promoteSQL, b.SinkID, groups)
+		pb.Queue(claimLockSQL, b.SinkID)
+		pb.Queue(ackSQL, b.ClaimID).QueryRow(func(row pgx.Row) error { return row.Scan(&live) })
+		pb.Queue(promoteSQL, b.SinkID, b.groups())
 	})
 	if err != nil {
 		return fmt.Errorf("ack %d messages of sink %d: %w", len(b.Messages), b.SinkID, err)
+	}
+	if live == 0 {
+		return fmt.Errorf("ack %d messages of sink %d (claim %d): %w", len(b.Messages), b.SinkID, b.ClaimID, ErrClaimEnded)
 	}
 	return nil
 }
@@ -235,50 +301,73 @@ type Failure struct {
 	MaxAge time.Duration
 }
 
+// nackSQL records the attempt on the claim's messages if the claim is
+// live, and ends it.
+const nackSQL = `
+WITH c AS (
+	DELETE FROM claims WHERE id = $1 AND until > clock_timestamp() RETURNING ids
+), o AS (
+	UPDATE outbox SET deliver_count = deliver_count + 1,
+		first_attempt_at = COALESCE(first_attempt_at, $2),
+		last_attempt_at = $2, last_status = $3, last_error = $4, not_before = $5, ready_at = $5,
+		failed_at = CASE WHEN $6::bigint > 0 AND COALESCE(first_attempt_at, $2) + make_interval(secs => $6::bigint / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END
+	WHERE id = ANY ((SELECT ids FROM c)::bigint[]) AND failed_at IS NULL
+	RETURNING failed_at IS NOT NULL AS failed
+)
+SELECT (SELECT count(*) FROM c)::int, count(*) FILTER (WHERE failed)::int FROM o`
+
 // Nack records a failed attempt and ends the claim: the messages back off
 // until NotBefore (their groups with them), or become failed once MaxAge
 // has passed since their first attempt, leaving their group's queue to
-// the messages behind them. It returns how many became failed.
+// the messages behind them. It returns how many became failed, or
+// ErrClaimEnded, having changed nothing, when the claim is not live.
 func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err error) {
-	ids, groups := b.idsAndGroups()
 	var status *int
 	if f.Status != 0 {
 		status = &f.Status
 	}
+	var live int
 	err = s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(lockSQL, ids)
-		pb.Queue(`
-			WITH o AS (
-				UPDATE outbox SET deliver_count = deliver_count + 1,
-					first_attempt_at = COALESCE(first_attempt_at, $3),
-					last_attempt_at = $3, last_status = $4, last_error = $5, not_before = $6, ready_at = $6,
-					failed_at = CASE WHEN $7::bigint > 0 AND COALESCE(first_attempt_at, $3) + make_interval(secs => $7::bigint / 1e6::float8) <= now() THEN now() END
-				WHERE id = ANY($1) AND failed_at IS NULL
-				RETURNING failed_at IS NOT NULL AS failed
-			), c AS (
-				DELETE FROM claims WHERE id = $2
-			)
-			SELECT count(*) FILTER (WHERE failed)::int FROM o`,
-			ids, b.ClaimID, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&failed)
+		pb.Queue(claimLockSQL, b.SinkID)
+		pb.Queue(nackSQL, b.ClaimID, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&live, &failed)
 		})
-		pb.Queue(promoteSQL, b.SinkID, groups)
+		pb.Queue(promoteSQL, b.SinkID, b.groups())
 	})
 	if err != nil {
 		return 0, fmt.Errorf("record failed delivery of %d messages of sink %d: %w", len(b.Messages), b.SinkID, err)
 	}
+	if live == 0 {
+		return 0, fmt.Errorf("record failed delivery of %d messages of sink %d (claim %d): %w", len(b.Messages), b.SinkID, b.ClaimID, ErrClaimEnded)
+	}
 	return failed, nil
 }
 
-// ReleaseExpired deletes claims whose lease ran out (their worker died).
-// Their groups are claimable again from the moment the lease ended; this
-// only keeps the claims table small.
-func (s *Store) ReleaseExpired(ctx context.Context) (int64, error) {
-	tag, err := s.Pool.Exec(ctx, `DELETE FROM claims WHERE until < now()`)
+// ReapClaims ends every sink's claims whose lease ran out or that were
+// revoked, promoting their groups. Claims reap their own sink's first;
+// this covers sinks nobody claims from (paused, or no worker running).
+// It returns the sinks whose claims it ended, so their workers can be
+// woken.
+func (s *Store) ReapClaims(ctx context.Context) ([]int64, error) {
+	rows, err := s.Pool.Query(ctx, `SELECT DISTINCT sink_id FROM claims WHERE until <= clock_timestamp()`)
 	if err != nil {
-		return 0, fmt.Errorf("release expired claims: %w", err)
+		return nil, fmt.Errorf("find ended claims: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	sinks, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("find ended claims: %w", err)
+	}
+	for _, id := range sinks {
+		err := s.batch(ctx, func(pb *pgx.Batch) {
+			pb.Queue(claimLockSQL, id)
+			pb.Queue(reapSQL, id)
+			pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(id))
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reap ended claims of sink %d: %w", id, err)
+		}
+	}
+	return sinks, nil
 }
 
 // queueTables are the tables every delivered message churns: a row in,

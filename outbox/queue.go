@@ -21,63 +21,33 @@ type groupRef struct {
 	group  string
 }
 
-// olderSQL finds the groups among ($1, $2) that already have a waiting
-// message, and locks one of them per group FOR KEY SHARE: until this
-// transaction commits, that message can be neither acked nor failed (both
-// lock FOR UPDATE first), so its group cannot empty out behind the new
-// messages' backs; they queue behind it, unflagged. SKIP LOCKED: when
-// every waiting message of a group is taken, an ack is emptying it (or a
-// nack is retrying it, rarely) and the new message is flagged head,
-// which is always safe. Capture never waits here, so it cannot deadlock
-// with delivery. (One probe per group: a join here lets the planner scan
-// the whole outbox.)
-const olderSQL = `
-SELECT t.sink_id, t.group_key
-FROM unnest($1::bigint[], $2::text[]) AS u(s, g)
-CROSS JOIN LATERAL (
-	SELECT x.sink_id, x.group_key FROM outbox x
-	WHERE x.sink_id = u.s AND x.group_key = u.g AND x.failed_at IS NULL
-	LIMIT 1
-	FOR KEY SHARE SKIP LOCKED) t`
-
-// queueRows writes messages into the outbox in tx, flagging the first
-// message of each group that has nothing waiting yet as its head. Every
-// writer of the outbox goes through here (capture, replays), so the
-// flags hold whoever queues.
+// queueRows writes messages into the outbox in tx. Every writer of the
+// outbox goes through here (capture, backfill pages, replays), so the
+// head flags hold whoever queues (doc.go, rule Q): the first message of
+// each group in the chunk, in commit order, is queued unsorted (head
+// NULL: it may be its group's first), the others behind it (false). They
+// commit together, so no one can see the later ones without the first.
+// Queueing reads nothing and locks nothing: it cannot wait for, or
+// deadlock with, delivery.
 func queueRows(ctx context.Context, tx pgx.Tx, rows []NewMessage) error {
 	if len(rows) == 0 {
 		return nil
 	}
 	first := make(map[groupRef]int, len(rows))
-	sinks := make([]int64, 0, len(rows))
-	groups := make([]string, 0, len(rows))
 	for i, r := range rows {
 		g := groupRef{r.SinkID, r.Group}
-		if _, ok := first[g]; !ok {
+		if j, ok := first[g]; !ok || r.before(&rows[j]) {
 			first[g] = i
-			sinks, groups = append(sinks, r.SinkID), append(groups, r.Group)
 		}
 	}
-	older, err := tx.Query(ctx, olderSQL, sinks, groups)
-	if err != nil {
-		return fmt.Errorf("find waiting groups: %w", err)
-	}
-	head := make([]bool, len(rows))
-	for _, i := range first {
-		head[i] = true
-	}
-	for older.Next() {
-		var g groupRef
-		if err := older.Scan(&g.sinkID, &g.group); err != nil {
-			older.Close()
-			return fmt.Errorf("find waiting groups: %w", err)
+	head := make([]*bool, len(rows))
+	behind := false
+	for i := range rows {
+		if first[groupRef{rows[i].SinkID, rows[i].Group}] != i {
+			head[i] = &behind
 		}
-		head[first[g]] = false
 	}
-	if err := older.Err(); err != nil {
-		return fmt.Errorf("find waiting groups: %w", err)
-	}
-	_, err = tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload", "head"},
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload", "head"},
 		&rowSource{rows: rows, head: head, i: -1})
 	if err != nil {
 		return fmt.Errorf("copy into outbox: %w", err)
@@ -85,10 +55,15 @@ func queueRows(ctx context.Context, tx pgx.Tx, rows []NewMessage) error {
 	return nil
 }
 
+// before reports whether m comes before o in commit order.
+func (m *NewMessage) before(o *NewMessage) bool {
+	return m.CommitLSN < o.CommitLSN || m.CommitLSN == o.CommitLSN && m.CommitIdx < o.CommitIdx
+}
+
 // rowSource feeds rows to COPY without building [][]any.
 type rowSource struct {
 	rows []NewMessage
-	head []bool
+	head []*bool
 	i    int
 	vals [6]any
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/pgdial"
 )
 
 // Store is the state schema.
@@ -39,6 +41,11 @@ func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, erro
 	// capture and delivery (see groupOrder in claim.go).
 	cfg.ConnConfig.RuntimeParams["jit"] = "off"
 	cfg.ConnConfig.RuntimeParams["enable_seqscan"] = "off"
+	// A process frozen inside a transaction (SIGSTOP, a paused VM) keeps
+	// its row locks; the server ends such a session after this, so a
+	// leader frozen mid-flush cannot block its successor for good.
+	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "30s"
+	pgdial.Configure(&cfg.ConnConfig.Config)
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}
@@ -63,16 +70,21 @@ var ErrNotFound = errors.New("not found")
 var ErrExists = errors.New("already exists")
 
 // IsUniqueViolation reports a unique_violation from Postgres.
-func IsUniqueViolation(err error) bool {
+func IsUniqueViolation(err error) bool { return pgErrCode(err) == "23505" }
+
+func pgErrCode(err error) string {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
 }
 
 // isRetryable reports serialization failures and deadlocks, which a
 // transaction may simply try again.
 func isRetryable(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01")
+	code := pgErrCode(err)
+	return code == "40001" || code == "40P01"
 }
 
 // inTx runs fn in a transaction, retrying it on deadlock or serialization

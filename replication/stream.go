@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+
+	"github.com/walhook/walhook/pgdial"
 )
 
 // Config says which slot to read and how eagerly to flush.
@@ -75,6 +77,7 @@ func replicationConfig(url string) (*pgconn.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
+	pgdial.Configure(cfg)
 	cfg.RuntimeParams["replication"] = "database"
 	SetSessionParams(cfg.RuntimeParams)
 	cfg.RuntimeParams["application_name"] = "walhook"

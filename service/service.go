@@ -27,6 +27,7 @@ import (
 	"github.com/walhook/walhook/metrics"
 	"github.com/walhook/walhook/migrations"
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/pgdial"
 	"github.com/walhook/walhook/replication"
 	"github.com/walhook/walhook/secrets"
 	"github.com/walhook/walhook/sink"
@@ -67,7 +68,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	if err != nil {
 		return nil, err
 	}
-	source, err := pgxpool.New(ctx, cfg.Database.URL)
+	source, err := openSource(ctx, cfg.Database.URL)
 	if err != nil {
 		store.Close()
 		return nil, fmt.Errorf("database: connect: %w", err)
@@ -108,6 +109,16 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	})
 	s.Delivery = delivery.NewManager(delivery.Config{Store: store, Box: box, Log: log, Worker: s.Worker})
 	return s, nil
+}
+
+// openSource connects to the source database with walhook's TCP settings.
+func openSource(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	pgdial.Configure(&pcfg.ConnConfig.Config)
+	return pgxpool.NewWithConfig(ctx, pcfg)
 }
 
 // Close releases connections.
@@ -216,8 +227,10 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	wg.Go(func() { s.refreshLoop(ctx) })
 	el := &leader.Elector{
-		Pool: s.Store.Pool,
-		Name: s.Cfg.State.Schema + "." + s.Cfg.Database.Slot,
+		Leases: s.Store,
+		Name:   s.leaseName(),
+		Holder: s.Worker,
+		TTL:    s.Cfg.Database.LeaderLease.D(),
 		OnChange: func(leading bool) {
 			s.leading.Store(leading)
 			metrics.Leader.Set(map[bool]float64{true: 1, false: 0}[leading])
@@ -247,10 +260,15 @@ func (s *Service) refreshLoop(ctx context.Context) {
 	}
 }
 
+// leaseName names the leadership of this slot among the processes that
+// share the state schema.
+func (s *Service) leaseName() string { return "stream:" + s.Cfg.Database.Slot }
+
 // lead streams the slot while this process is the leader: it keeps the
 // publication in line with the sinks' tables and restarts the stream
-// when they change.
-func (s *Service) lead(ctx context.Context) error {
+// when they change. Capture writes only while the term's token is live.
+func (s *Service) lead(ctx context.Context, token int64) error {
+	s.Capture.SetLease(s.leaseName(), token)
 	if err := replication.SyncPublication(ctx, s.Source, s.Cfg.Database.Publication, *s.tables.Load()); err != nil {
 		return err
 	}
