@@ -112,6 +112,9 @@ WITH t AS MATERIALIZED (
 	SELECT o.id, o.group_key, o.ready_at FROM outbox o
 	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.ready_at <= (SELECT now FROM t)
 		AND COALESCE((SELECT active FROM st), false)
+		-- Without room only retries may go: fresh candidates the room
+		-- cannot take must not fill the window and hide them.
+		AND (o.deliver_count > 0 OR (SELECT room FROM st) > 0)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
 	ORDER BY o.ready_at, o.id
 	LIMIT $2 + 16

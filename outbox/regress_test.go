@@ -172,3 +172,42 @@ func TestLeaseStartsAtTheClaim(t *testing.T) {
 		t.Fatalf("a claim made a moment ago had already expired: %+v", again.Messages)
 	}
 }
+
+// Found by the torture test: when messages backing off fill
+// max_ack_pending, fresh groups that are ready sooner must not hide them
+// from every claim, or the sink never frees room again.
+func TestRetriesGoWhenMaxAckPendingIsFull(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	b.queueCommitted(t, "a", 1)
+	b.queueCommitted(t, "b", 1)
+	req := ClaimRequest{SinkID: b.sinkID, BatchSize: 1, MaxAckPending: 2, Lease: time.Minute, Worker: "w"}
+	for range 2 { // both attempted and backing off: the sink is full
+		batch, err := b.store.Claim(ctx, req)
+		if err != nil || batch == nil {
+			t.Fatalf("claim: %v, %v", batch, err)
+		}
+		b.nack(t, batch, time.Now().Add(200*time.Millisecond), 0)
+	}
+	for _, g := range []string{"c", "d", "e"} { // fresh, ready first
+		b.queueCommitted(t, g, 1)
+	}
+	if _, err := b.store.Pool.Exec(ctx, `UPDATE outbox SET ready_at = now() - interval '1 hour' WHERE deliver_count = 0`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		batch, err := b.store.Claim(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if batch != nil {
+			if batch.Messages[0].DeliverCount == 0 {
+				t.Fatalf("claimed fresh message %d with no room", batch.Messages[0].ID)
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("the messages backing off were never retried: the sink stalled")
+}

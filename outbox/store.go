@@ -1,7 +1,3 @@
-// Package outbox is every query on walhook's state schema: the outbox
-// and its claims (capture writes, delivery claims and acks), sinks,
-// endpoints, webhook sources and subscriptions. One seam for all SQL, so
-// the claim protocol and the capture protocol are read side by side.
 package outbox
 
 import (

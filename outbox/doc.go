@@ -1,0 +1,136 @@
+// Package outbox is every query on walhook's state schema: the outbox
+// and its claims (capture writes, delivery claims and acks), sinks,
+// endpoints, webhook sources and subscriptions, workers and leadership
+// leases. One seam for all SQL, so the claim protocol and the capture
+// protocol are read side by side.
+//
+// # The claim protocol
+//
+// Delivery's promise (docs: SPEC §3) is: every committed message is
+// delivered at least once; a group's messages leave in commit order; a
+// group never has two batches in flight; a failing message holds back its
+// own group only. This is how the outbox keeps it, with several processes
+// and many workers sharing one state schema.
+//
+// A message is one outbox row. Its state is derived, not stored:
+//
+//	                 queued (capture, backfill page, replay, webhook)
+//	                          |
+//	                          v
+//	   +----------------> waiting ----------------------+
+//	   |                 (head NULL/true/false)         |  claim (rule C)
+//	   |                      ^                         v
+//	   |    nack, backoff     |                     claimed ----- ack (F) -----> delivered
+//	   |    over (ready_at)   |                    (in a live      (row deleted; kept in the
+//	   |                      |                     claims row)     bounded history)
+//	   |                 backing off <--- nack (F) ----+|
+//	   |                 (deliver_count > 0,            |  lease ran out, worker died,
+//	   |                  ready_at in the future)       |  graceful stop (R, W):
+//	   |                                                |  back to waiting, same place
+//	   +-- redeliver --- failed <--- nack past max_age -+
+//	                    (failed_at set; out of its group's queue)
+//
+// Order within a group is commit order: (commit_lsn, commit_idx, id),
+// whatever order rows were inserted or committed in. A group's *first*
+// message, first(g), is its least unfailed message in that order. A claim
+// is live while its claims row exists and until > clock_timestamp() (the
+// server's clock; leases start at the claim, not at its transaction).
+//
+// The head flag says where a waiting message stands:
+//
+//	NULL   unsorted: queued by someone who did not look; it may be first(g)
+//	true   it was first(g) when a claim-lock holder last looked
+//	false  it is behind: an older unfailed message of its group, or a
+//	       claim of its group, existed when a claim-lock holder looked
+//
+// Claims look only at messages whose flag is not false
+// (outbox_ready_idx), so a deep group costs one index entry, not one per
+// message, and claim cost does not grow with the backlog.
+//
+// # Rules
+//
+// L (lock). Every transition of a sink's group state takes the sink's claim
+// lock first, in a statement of its own (claimLockSQL): claim, ack, nack,
+// redeliver, reap. Each therefore sees everything the one before
+// committed. Writers that only insert (capture, backfill pages, replays,
+// webhook ingest) take no lock and read nothing: they cannot wait for, or
+// deadlock with, delivery.
+//
+// Q (queue). An inserted message's flag is NULL, except that within one
+// insert (queueRows), every message of a group after the group's first
+// in commit order is false. They commit together, so nobody sees the false
+// ones without the older one they are behind. A revived (redelivered)
+// message is NULL.
+//
+// C (claim). Under L, a claim reads candidates: unclaimed, unfailed,
+// ready, flag not false, oldest ready first. A candidate that is first(g)
+// of a group no live claim names starts a batch: g's messages from it on,
+// in commit order. Every other candidate is cleared to false: it is
+// behind an older message, or behind a live claim. A claim names its
+// messages and their groups in one claims row.
+//
+// P (promote). After every ack and nack (and reap, R), under L, first(g)
+// of each of the batch's groups is flagged true. Setting first(g) to
+// true is always safe, so this runs whether or not the outcome took
+// effect.
+//
+// F (fence). An ack or nack takes effect only if its claim is live: it
+// deletes the claims row (until > clock_timestamp()) in the statement that
+// deletes or updates the messages. Otherwise it changes nothing and
+// returns ErrClaimEnded.
+//
+// R (reap). A claim that ended without an outcome (lease ran out, or
+// revoked by W) is deleted under L, and its groups promoted (P). Each claim
+// reaps its sink first; ReapClaims covers sinks nobody claims from.
+//
+// W (worker). A delivering process registers a worker and holds a session
+// advisory lock keyed by its id for its whole life. A worker whose lock
+// can be taken is dead; any process then revokes its claims (until =
+// -infinity), which R ends. So the batches of a process that died (kill
+// -9, crash, OOM) come back within a second or two, while a live but slow
+// process keeps its claims until their lease ends. A graceful stop revokes
+// its own claims.
+//
+// T (term). One process streams the replication slot: the holder of a
+// lease row (leases) with a token that grows with every term and an end
+// on the server's clock that the holder renews every third of its length.
+// A capture flush commits only if its term is live, and holds the lease
+// row (FOR SHARE) until it commits, so a new term cannot begin between the
+// check and the commit. A leader that was frozen or cut off and comes back
+// finds its term over before it writes anything, and stands by.
+//
+// # Invariants
+//
+// I1. At most one live claim names a group. (C takes only groups no live
+// claim names, under L; a live claim ends only by F or by R, both under
+// L.)
+//
+// I2. A group's messages leave in commit order: a batch is a prefix of its
+// group's unfailed messages in commit order, starting at first(g); a
+// claim is cut only after a prefix (max_ack_pending). A message queued
+// later with an older commit position (a replay) waits for the batch in
+// flight and then goes first.
+//
+// I3. A waiting message whose backoff has ended is always reachable by a
+// claim: for every group g with unfailed messages, either first(g)'s flag
+// is not false, or a claims row names g. A flag becomes false only under
+// L, when an older unfailed message or a claim of g exists (C, Q); that
+// message leaves only by ack or by failing (both promote, P), and that
+// claim only by F or R (both promote). Rows leave the outbox only by ack,
+// or with their whole sink.
+//
+// I4. An ack or nack takes effect only while its claim is live (F), so a
+// worker that lost its batch (lease, revocation) cannot delete messages
+// or hand a group on while another worker has it in flight.
+//
+// I5. Nothing committed is lost and nothing uncommitted is delivered:
+// messages leave the outbox only by an ack of a live claim that named
+// them; claims read committed rows only.
+//
+// I6. A process that lost leadership writes nothing more (T).
+//
+// The torture test (torture_test.go) checks I1, I2, I4, I5 and that
+// nothing stalls (I3) with many concurrent actors on a real Postgres; the
+// regression tests in regress_test.go are the shortest sequences that broke
+// the protocol before these rules.
+package outbox

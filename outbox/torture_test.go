@@ -1,0 +1,592 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestTorture drives one sink's outbox with many concurrent actors on a
+// real Postgres and checks the invariants of doc.go as it goes:
+//
+//   - never two batches of one group in flight (I1);
+//   - a claimed batch starts at its group's first waiting message in
+//     commit order, and is in commit order (I2);
+//   - an ack after the lease changes nothing (I4);
+//   - nothing rolled back is ever claimed, and everything committed is
+//     acknowledged in the end (I5);
+//   - nothing stalls: once failures stop, everything drains (I3).
+//
+// Actors: a capture that queues hot and cold groups in transactions that
+// spill several chunks, carry backfill-sized pages, linger and sometimes
+// roll back; replays that queue older commit positions into live groups
+// and commit late; workers that claim, post, ack, nack (backoff, or past
+// max_age into failed), ack after their lease, abandon batches, and
+// crash (their session ends); redeliveries; pauses and resumes; a
+// housekeeper that reaps dead workers and ended claims.
+//
+// WALHOOK_TORTURE_SEED replays a seed (each actor draws from its own
+// generator seeded from it; the interleaving is the scheduler's), and
+// WALHOOK_TORTURE_DURATION runs longer than the default 20 s chaos phase,
+// e.g. WALHOOK_TORTURE_DURATION=10m for a soak.
+func TestTorture(t *testing.T) {
+	seed := uint64(20261127)
+	if v := os.Getenv("WALHOOK_TORTURE_SEED"); v != "" {
+		s, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("WALHOOK_TORTURE_SEED=%q: %v", v, err)
+		}
+		seed = s
+	}
+	chaos := 20 * time.Second
+	if v := os.Getenv("WALHOOK_TORTURE_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("WALHOOK_TORTURE_DURATION=%q: %v", v, err)
+		}
+		chaos = d
+	}
+	t.Logf("torture: seed %d, chaos %s (replay with WALHOOK_TORTURE_SEED=%d)", seed, chaos, seed)
+
+	b := setup(t)
+	tt := &torture{t: t, b: b, seed: seed, msgs: map[int64]*tmsg{}, inflight: map[string]string{}}
+	tt.run(chaos)
+}
+
+// tmsg is the checker's model of one message.
+type tmsg struct {
+	n          int64
+	group      string
+	lsn        int64
+	idx        int32
+	rolledBack bool
+	committed  int64 // event number when its commit returned; 0 before
+	everFailed bool  // a nack that may have failed it returned
+	ackStart   int64 // event number when an ack or nack naming it started that may have removed it from waiting; 0 if none
+	acked      bool
+}
+
+func (m *tmsg) before(o *tmsg) bool {
+	return m.lsn < o.lsn || m.lsn == o.lsn && m.idx < o.idx
+}
+
+type torture struct {
+	t    *testing.T
+	b    *testBundle
+	seed uint64
+
+	clock atomic.Int64 // event numbers: a total order of observed events
+	ops   atomic.Int64
+
+	mu         sync.Mutex
+	msgs       map[int64]*tmsg
+	byGroup    map[string][]*tmsg
+	inflight   map[string]string // group -> worker posting it
+	violations []string
+	nextN      int64
+	nextLSN    int64
+
+	chaos atomic.Bool // failures on
+	stop  atomic.Bool // chaos actors stop
+}
+
+func (tt *torture) tick() int64 { return tt.clock.Add(1) }
+
+func (tt *torture) violate(format string, args ...any) {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if len(tt.violations) < 20 {
+		tt.violations = append(tt.violations, fmt.Sprintf(format, args...))
+	}
+}
+
+func (tt *torture) rng(actor uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(tt.seed, actor))
+}
+
+var (
+	hotGroups  = []string{"h0", "h1", "h2", "h3"}
+	coldGroups = func() []string {
+		var g []string
+		for i := range 40 {
+			g = append(g, "c"+strconv.Itoa(i))
+		}
+		return g
+	}()
+)
+
+// newMsgs models messages for the given groups with consecutive commit
+// positions from lsn (idx from idx0), and renders them.
+func (tt *torture) newMsgs(groups []string, lsn int64, idx0 int32) ([]*tmsg, []NewMessage) {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if tt.byGroup == nil {
+		tt.byGroup = map[string][]*tmsg{}
+	}
+	ms := make([]*tmsg, len(groups))
+	rows := make([]NewMessage, len(groups))
+	for i, g := range groups {
+		tt.nextN++
+		m := &tmsg{n: tt.nextN, group: g, lsn: lsn, idx: idx0 + int32(i)}
+		tt.msgs[m.n] = m
+		tt.byGroup[g] = append(tt.byGroup[g], m)
+		ms[i] = m
+		rows[i] = NewMessage{SinkID: tt.b.sinkID, Group: g, CommitLSN: uint64(lsn), CommitIdx: int(m.idx), Payload: []byte(`{"n":` + strconv.FormatInt(m.n, 10) + `}`)}
+	}
+	return ms, rows
+}
+
+func (tt *torture) settle(ms []*tmsg, committed bool) {
+	now := tt.tick()
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	for _, m := range ms {
+		if committed {
+			m.committed = now
+		} else {
+			m.rolledBack = true
+		}
+	}
+}
+
+func pick(r *rand.Rand, groups []string) string { return groups[r.IntN(len(groups))] }
+
+// capture queues source transactions the way replication does: commit
+// positions grow with commit order, a transaction may spill several
+// chunks and carry a backfill page, may linger open, and may roll back.
+func (tt *torture) capture(ctx context.Context) {
+	r := tt.rng(1)
+	for !tt.stop.Load() && ctx.Err() == nil {
+		tt.mu.Lock()
+		tt.nextLSN += 10
+		lsn := tt.nextLSN
+		tt.mu.Unlock()
+		var all []*tmsg
+		commit := r.IntN(10) != 0
+		err := pgx.BeginFunc(ctx, tt.b.store.Pool, func(tx pgx.Tx) error {
+			idx := int32(0)
+			for range 1 + r.IntN(3) {
+				var groups []string
+				if r.IntN(8) == 0 { // a backfill page: many cold groups
+					for range 20 + r.IntN(30) {
+						groups = append(groups, pick(r, coldGroups))
+					}
+				} else {
+					for range 1 + r.IntN(6) {
+						if r.IntN(3) == 0 {
+							groups = append(groups, pick(r, coldGroups))
+						} else {
+							groups = append(groups, pick(r, hotGroups))
+						}
+					}
+				}
+				ms, rows := tt.newMsgs(groups, lsn, idx)
+				idx += int32(len(groups))
+				all = append(all, ms...)
+				if err := queueRows(ctx, tx, rows); err != nil {
+					return err
+				}
+				if r.IntN(4) == 0 {
+					time.Sleep(time.Duration(r.IntN(30)) * time.Millisecond)
+				}
+			}
+			if !commit {
+				tt.settle(all, false)
+				return errRollback
+			}
+			return nil
+		})
+		tt.ops.Add(1)
+		switch {
+		case err == nil:
+			tt.settle(all, true)
+		case err == errRollback:
+		case ctx.Err() != nil:
+			return
+		default:
+			tt.violate("capture: %v", err)
+			return
+		}
+		time.Sleep(time.Duration(r.IntN(3)) * time.Millisecond)
+	}
+}
+
+var errRollback = fmt.Errorf("rollback on purpose")
+
+// replay queues older commit positions into live groups, sometimes
+// holding its transaction open so it commits after newer captures.
+func (tt *torture) replay(ctx context.Context) {
+	r := tt.rng(2)
+	seq := int32(1_000_000)
+	for !tt.stop.Load() && ctx.Err() == nil {
+		time.Sleep(time.Duration(50+r.IntN(150)) * time.Millisecond)
+		tt.mu.Lock()
+		old := 1 + r.Int64N(max(tt.nextLSN, 1))
+		tt.mu.Unlock()
+		var groups []string
+		for range 1 + r.IntN(4) {
+			groups = append(groups, pick(r, hotGroups))
+		}
+		ms, rows := tt.newMsgs(groups, old, seq)
+		seq += int32(len(groups))
+		err := pgx.BeginFunc(ctx, tt.b.store.Pool, func(tx pgx.Tx) error {
+			if err := queueRows(ctx, tx, rows); err != nil {
+				return err
+			}
+			time.Sleep(time.Duration(r.IntN(60)) * time.Millisecond)
+			return nil
+		})
+		tt.ops.Add(1)
+		if err != nil {
+			if ctx.Err() == nil {
+				tt.violate("replay: %v", err)
+			}
+			return
+		}
+		tt.settle(ms, true)
+	}
+}
+
+// worker claims, posts and records outcomes, with failures while chaos
+// is on.
+func (tt *torture) worker(ctx context.Context, id int) {
+	r := tt.rng(uint64(100 + id))
+	name := "w" + strconv.Itoa(id)
+	w, err := tt.b.store.RegisterWorker(ctx, name)
+	if err != nil {
+		tt.violate("%s: register: %v", name, err)
+		return
+	}
+	defer func() { _ = w.Close(context.WithoutCancel(ctx)) }()
+	for ctx.Err() == nil {
+		lease := 10 * time.Second
+		slow := tt.chaos.Load() && r.IntN(25) == 0
+		if slow {
+			lease = 200 * time.Millisecond
+		}
+		start := tt.tick()
+		batch, err := tt.b.store.Claim(ctx, ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 1 + r.IntN(6), MaxAckPending: 60,
+			Lease: lease, Worker: name, WorkerID: w.ID})
+		tt.ops.Add(1)
+		if err != nil {
+			if ctx.Err() == nil {
+				tt.violate("%s: claim: %v", name, err)
+			}
+			return
+		}
+		if batch == nil {
+			time.Sleep(time.Duration(1+r.IntN(5)) * time.Millisecond)
+			continue
+		}
+		ms := tt.checkClaim(name, batch, start, tt.tick())
+		claimed := time.Now()
+		// The post.
+		if !slow {
+			time.Sleep(time.Duration(r.IntN(4)) * time.Millisecond)
+		}
+		tt.endPost(name, batch)
+
+		chaos := tt.chaos.Load()
+		switch {
+		case slow:
+			// Acks after its lease: must change nothing, whoever has
+			// the batch now.
+			time.Sleep(lease + 50*time.Millisecond - time.Since(claimed))
+			tt.record(ms, func() error { return tt.b.store.Ack(ctx, batch) }, name, true)
+		case chaos && r.IntN(40) == 0:
+			// Crashes: its session ends, the batch is abandoned.
+			w.kill(ctx)
+			if w, err = tt.b.store.RegisterWorker(ctx, name); err != nil {
+				tt.violate("%s: register again: %v", name, err)
+				return
+			}
+		case chaos && r.IntN(5) == 0:
+			f := Failure{AttemptStart: time.Now(), Status: 500, Error: "boom", NotBefore: time.Now().Add(time.Duration(r.IntN(40)) * time.Millisecond)}
+			if r.IntN(3) == 0 {
+				f.AttemptStart, f.MaxAge = time.Now().Add(-time.Hour), time.Minute // fails them
+			}
+			nstart := tt.tick()
+			tt.mu.Lock()
+			for _, m := range ms {
+				m.ackStart = nstart
+			}
+			tt.mu.Unlock()
+			failed, err := tt.b.store.Nack(ctx, batch, f)
+			tt.ops.Add(1)
+			if err != nil && ctx.Err() == nil {
+				tt.violate("%s: nack: %v", name, err)
+			}
+			tt.mu.Lock()
+			for _, m := range ms {
+				if failed > 0 {
+					m.everFailed = true
+				} else if m.ackStart == nstart {
+					m.ackStart = 0
+				}
+			}
+			tt.mu.Unlock()
+		default:
+			tt.record(ms, func() error { return tt.b.store.Ack(ctx, batch) }, name, false)
+		}
+	}
+}
+
+// record runs an ack of ms and models its outcome. A late ack must be
+// refused.
+func (tt *torture) record(ms []*tmsg, ack func() error, who string, late bool) {
+	start := tt.tick()
+	tt.mu.Lock()
+	for _, m := range ms {
+		m.ackStart = start
+	}
+	tt.mu.Unlock()
+	err := ack()
+	tt.ops.Add(1)
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	switch {
+	case err == nil && late:
+		tt.violations = append(tt.violations, fmt.Sprintf("%s: an ack after the lease took effect (messages %v)", who, nums(ms)))
+	case err == nil:
+		for _, m := range ms {
+			m.acked = true
+		}
+	case IsClaimEnded(err):
+		for _, m := range ms {
+			if m.ackStart == start {
+				m.ackStart = 0
+			}
+		}
+		if !late {
+			tt.violations = append(tt.violations, fmt.Sprintf("%s: a timely ack was refused: %v", who, err))
+		}
+	default:
+		tt.violations = append(tt.violations, fmt.Sprintf("%s: ack: %v", who, err))
+	}
+}
+
+func nums(ms []*tmsg) []int64 {
+	out := make([]int64, len(ms))
+	for i, m := range ms {
+		out[i] = m.n
+	}
+	return out
+}
+
+// checkClaim checks a batch against the model (I1, I2, I5) and marks its
+// groups in flight.
+func (tt *torture) checkClaim(who string, b *Batch, start, end int64) []*tmsg {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	var ms []*tmsg
+	byGroup := map[string][]*tmsg{}
+	for _, m := range b.Messages {
+		s := strings.TrimSuffix(strings.TrimPrefix(string(m.Payload), `{"n":`), `}`)
+		n, _ := strconv.ParseInt(s, 10, 64)
+		tm := tt.msgs[n]
+		if tm == nil {
+			tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed unknown message %s", who, m.Payload))
+			continue
+		}
+		if tm.rolledBack {
+			tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed message %d of a rolled-back transaction", who, n))
+		}
+		if tm.group != m.Group {
+			tt.violations = append(tt.violations, fmt.Sprintf("%s: message %d claimed as group %s, queued as %s", who, n, m.Group, tm.group))
+		}
+		ms = append(ms, tm)
+		byGroup[tm.group] = append(byGroup[tm.group], tm)
+	}
+	for g, gm := range byGroup {
+		if other, ok := tt.inflight[g]; ok {
+			tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed group %s (messages %v) while %s has it in flight", who, g, nums(gm), other))
+		}
+		tt.inflight[g] = who
+		for i := 1; i < len(gm); i++ {
+			if !gm[i-1].before(gm[i]) {
+				tt.violations = append(tt.violations, fmt.Sprintf("%s: batch of group %s out of commit order: %v", who, g, nums(gm)))
+			}
+		}
+		first := gm[0]
+		for _, x := range tt.byGroup[g] {
+			if slices.Contains(gm, x) || !x.before(first) {
+				continue
+			}
+			// x is older than the batch: it must not have been waiting
+			// for certain while the claim ran.
+			waiting := x.committed > 0 && x.committed < start && !x.everFailed && !x.acked && (x.ackStart == 0 || x.ackStart > end)
+			if waiting {
+				tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed group %s from message %d (lsn %d/%d) while older message %d (lsn %d/%d) waited",
+					who, g, first.n, first.lsn, first.idx, x.n, x.lsn, x.idx))
+			}
+		}
+	}
+	return ms
+}
+
+func (tt *torture) endPost(who string, b *Batch) {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	for _, m := range b.Messages {
+		if tt.inflight[m.Group] == who {
+			delete(tt.inflight, m.Group)
+		}
+	}
+}
+
+func (tt *torture) run(chaos time.Duration) {
+	t := tt.t
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	store := tt.b.store
+	tt.chaos.Store(true)
+	var chaosActors, workers sync.WaitGroup
+	chaosActors.Go(func() { tt.capture(ctx) })
+	chaosActors.Go(func() { tt.replay(ctx) })
+	chaosActors.Go(func() { // redeliveries, pauses and resumes
+		r := tt.rng(3)
+		for !tt.stop.Load() {
+			time.Sleep(time.Duration(100+r.IntN(300)) * time.Millisecond)
+			switch r.IntN(3) {
+			case 0:
+				_, err := store.Redeliver(ctx, tt.b.sinkID, nil)
+				tt.check("redeliver", err)
+			case 1:
+				tt.check("pause", store.SetSinkPaused(ctx, "s", true))
+				time.Sleep(time.Duration(r.IntN(150)) * time.Millisecond)
+				tt.check("resume", store.SetSinkPaused(ctx, "s", false))
+			default:
+				var ids []int64
+				err := store.Pool.QueryRow(ctx, `SELECT COALESCE(array_agg(id), '{}') FROM (SELECT id FROM outbox WHERE failed_at IS NOT NULL ORDER BY random() LIMIT 3) x`).Scan(&ids)
+				tt.check("pick failed", err)
+				if len(ids) > 0 {
+					_, err := store.Redeliver(ctx, tt.b.sinkID, ids)
+					tt.check("redeliver some", err)
+				}
+			}
+			tt.ops.Add(1)
+		}
+	})
+	var house sync.WaitGroup
+	house.Go(func() { // the housekeeper every process runs
+		for ctx.Err() == nil {
+			time.Sleep(150 * time.Millisecond)
+			if _, err := store.ReapDeadWorkers(ctx, 0); err != nil && ctx.Err() == nil {
+				tt.violate("reap workers: %v", err)
+			}
+			if _, err := store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
+				tt.violate("reap claims: %v", err)
+			}
+		}
+	})
+	for i := range 6 {
+		workers.Go(func() { tt.worker(ctx, i) })
+	}
+
+	began := time.Now()
+	time.Sleep(chaos)
+	tt.stop.Store(true)
+	chaosActors.Wait()
+	tt.chaos.Store(false)
+	if err := store.SetSinkPaused(ctx, "s", false); err != nil {
+		t.Fatal(err)
+	}
+
+	// Drain: no more failures; failed messages are redelivered until
+	// every committed message has been acknowledged.
+	drainStart := time.Now()
+	deadline := drainStart.Add(30 * time.Second)
+	var left []*tmsg
+	for {
+		if _, err := store.Redeliver(ctx, tt.b.sinkID, nil); err != nil {
+			t.Fatal(err)
+		}
+		left = left[:0]
+		tt.mu.Lock()
+		for _, m := range tt.msgs {
+			if !m.rolledBack && !m.acked {
+				left = append(left, m)
+			}
+		}
+		tt.mu.Unlock()
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	drained := time.Since(drainStart)
+	cancel()
+	workers.Wait()
+	house.Wait()
+
+	tt.mu.Lock()
+	total, rolled := len(tt.msgs), 0
+	for _, m := range tt.msgs {
+		if m.rolledBack {
+			rolled++
+		}
+	}
+	violations := tt.violations
+	tt.mu.Unlock()
+	elapsed := time.Since(began)
+	t.Logf("torture: %d messages (%d rolled back), %d operations in %s (%.0f ops/s), drained in %s",
+		total, rolled, tt.ops.Load(), elapsed.Round(time.Millisecond), float64(tt.ops.Load())/elapsed.Seconds(), drained.Round(time.Millisecond))
+	for _, v := range violations {
+		t.Errorf("seed %d: %s", tt.seed, v)
+	}
+	if len(left) > 0 {
+		slices.SortFunc(left, func(a, b *tmsg) int { return int(a.n - b.n) })
+		t.Errorf("seed %d: stalled: %d committed messages never acknowledged, e.g. %d (group %s, lsn %d/%d)\n%s",
+			tt.seed, len(left), left[0].n, left[0].group, left[0].lsn, left[0].idx, tt.dump(left[0].group))
+	}
+}
+
+func (tt *torture) check(what string, err error) {
+	if err != nil && !tt.stop.Load() {
+		tt.violate("%s: %v", what, err)
+	}
+}
+
+// dump shows a group's rows and the claims, for a stall report.
+func (tt *torture) dump(group string) string {
+	ctx := context.Background()
+	var sb strings.Builder
+	rows, err := tt.b.store.Pool.Query(ctx, `SELECT id, payload, commit_lsn, commit_idx, head, deliver_count, failed_at IS NOT NULL, ready_at > clock_timestamp()
+		FROM outbox WHERE group_key = $1 ORDER BY commit_lsn, commit_idx, id`, group)
+	if err != nil {
+		return err.Error()
+	}
+	for rows.Next() {
+		var id, lsn int64
+		var idx, dc int32
+		var payload string
+		var head *bool
+		var failed, future bool
+		if err := rows.Scan(&id, &payload, &lsn, &idx, &head, &dc, &failed, &future); err != nil {
+			return err.Error()
+		}
+		fmt.Fprintf(&sb, "  row %d %s lsn %d/%d head %v deliver_count %d failed %v backing_off %v\n", id, payload, lsn, idx, fmtHead(head), dc, failed, future)
+	}
+	rows.Close()
+	var claims, workers int
+	_ = tt.b.store.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM claims), (SELECT count(*) FROM workers)`).Scan(&claims, &workers)
+	fmt.Fprintf(&sb, "  claims %d, workers %d\n", claims, workers)
+	return sb.String()
+}
+
+func fmtHead(h *bool) string {
+	if h == nil {
+		return "NULL"
+	}
+	return strconv.FormatBool(*h)
+}
