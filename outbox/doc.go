@@ -14,21 +14,21 @@
 //
 // A message is one outbox row. Its state is derived, not stored:
 //
-//	                 queued (capture, backfill page, replay, webhook)
-//	                          |
-//	                          v
-//	   +----------------> waiting ----------------------+
-//	   |                 (head NULL/true/false)         |  claim (rule C)
-//	   |                      ^                         v
-//	   |    nack, backoff     |                     claimed ----- ack (F) -----> delivered
-//	   |    over (ready_at)   |                    (in a live      (row deleted; kept in the
-//	   |                      |                     claims row)     bounded history)
-//	   |                 backing off <--- nack (F) ----+|
-//	   |                 (deliver_count > 0,            |  lease ran out, worker died,
-//	   |                  ready_at in the future)       |  graceful stop (R, W):
-//	   |                                                |  back to waiting, same place
-//	   +-- redeliver --- failed <--- nack past max_age -+
-//	                    (failed_at set; out of its group's queue)
+//	              queued (capture, backfill page, replay, webhook)
+//	                       |
+//	                       v
+//	+----------------> waiting ----------------------+
+//	|                 (head NULL/true/false)         |  claim (rule C)
+//	|                      ^                         v
+//	|    nack, backoff     |                     claimed ----- ack (F) -----> delivered
+//	|    over (ready_at)   |                    (in a live      (row deleted; kept in the
+//	|                      |                     claims row)     bounded history)
+//	|                 backing off <--- nack (F) ----+|
+//	|                 (deliver_count > 0,            |  lease ran out, worker died,
+//	|                  ready_at in the future)       |  graceful stop (R, W):
+//	|                                                |  back to waiting, same place
+//	+-- redeliver --- failed <--- nack past max_age -+
+//	                 (failed_at set; out of its group's queue)
 //
 // Order within a group is commit order: (commit_lsn, commit_idx, id),
 // whatever order rows were inserted or committed in. A group's *first*

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -91,8 +92,9 @@ type torture struct {
 	mu         sync.Mutex
 	msgs       map[int64]*tmsg
 	byGroup    map[string][]*tmsg
-	inflight   map[string]string // group -> worker posting it
-	violations []string
+	inflight   map[string]string   // group -> worker posting it
+	violations map[string][]string // by kind: the first few of each
+	counts     map[string]int
 	nextN      int64
 	nextLSN    int64
 
@@ -102,11 +104,20 @@ type torture struct {
 
 func (tt *torture) tick() int64 { return tt.clock.Add(1) }
 
-func (tt *torture) violate(format string, args ...any) {
+func (tt *torture) violate(kind, format string, args ...any) {
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
-	if len(tt.violations) < 20 {
-		tt.violations = append(tt.violations, fmt.Sprintf(format, args...))
+	tt.violateLocked(kind, format, args...)
+}
+
+// violateLocked records a violation; tt.mu is held.
+func (tt *torture) violateLocked(kind, format string, args ...any) {
+	if tt.violations == nil {
+		tt.violations, tt.counts = map[string][]string{}, map[string]int{}
+	}
+	tt.counts[kind]++
+	if len(tt.violations[kind]) < 5 {
+		tt.violations[kind] = append(tt.violations[kind], fmt.Sprintf(format, args...))
 	}
 }
 
@@ -214,10 +225,16 @@ func (tt *torture) capture(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		default:
-			tt.violate("capture: %v", err)
+			tt.violate("error", "capture: %v", err)
 			return
 		}
-		time.Sleep(time.Duration(r.IntN(3)) * time.Millisecond)
+		// Bursts, then lulls in which delivery catches up: a backlog
+		// hides nothing here that a lull does not show.
+		if r.IntN(50) == 0 {
+			time.Sleep(time.Duration(200+r.IntN(300)) * time.Millisecond)
+		} else {
+			time.Sleep(time.Duration(r.IntN(4)) * time.Millisecond)
+		}
 	}
 }
 
@@ -229,13 +246,22 @@ func (tt *torture) replay(ctx context.Context) {
 	r := tt.rng(2)
 	seq := int32(1_000_000)
 	for !tt.stop.Load() && ctx.Err() == nil {
-		time.Sleep(time.Duration(50+r.IntN(150)) * time.Millisecond)
+		time.Sleep(time.Duration(20+r.IntN(80)) * time.Millisecond)
 		tt.mu.Lock()
 		old := 1 + r.Int64N(max(tt.nextLSN, 1))
 		tt.mu.Unlock()
+		// Mostly into groups in flight right now: the case where a late
+		// commit with an older position must wait for the batch out.
 		var groups []string
+		tt.mu.Lock()
+		busy := slices.Sorted(maps.Keys(tt.inflight))
+		tt.mu.Unlock()
 		for range 1 + r.IntN(4) {
-			groups = append(groups, pick(r, hotGroups))
+			if len(busy) > 0 && r.IntN(4) != 0 {
+				groups = append(groups, pick(r, busy))
+			} else {
+				groups = append(groups, pick(r, hotGroups))
+			}
 		}
 		ms, rows := tt.newMsgs(groups, old, seq)
 		seq += int32(len(groups))
@@ -243,13 +269,15 @@ func (tt *torture) replay(ctx context.Context) {
 			if err := queueRows(ctx, tx, rows); err != nil {
 				return err
 			}
-			time.Sleep(time.Duration(r.IntN(60)) * time.Millisecond)
+			if r.IntN(2) == 0 {
+				time.Sleep(time.Duration(r.IntN(60)) * time.Millisecond)
+			}
 			return nil
 		})
 		tt.ops.Add(1)
 		if err != nil {
 			if ctx.Err() == nil {
-				tt.violate("replay: %v", err)
+				tt.violate("error", "replay: %v", err)
 			}
 			return
 		}
@@ -264,7 +292,7 @@ func (tt *torture) worker(ctx context.Context, id int) {
 	name := "w" + strconv.Itoa(id)
 	w, err := tt.b.store.RegisterWorker(ctx, name)
 	if err != nil {
-		tt.violate("%s: register: %v", name, err)
+		tt.violate("error", "%s: register: %v", name, err)
 		return
 	}
 	defer func() { _ = w.Close(context.WithoutCancel(ctx)) }()
@@ -280,7 +308,7 @@ func (tt *torture) worker(ctx context.Context, id int) {
 		tt.ops.Add(1)
 		if err != nil {
 			if ctx.Err() == nil {
-				tt.violate("%s: claim: %v", name, err)
+				tt.violate("error", "%s: claim: %v", name, err)
 			}
 			return
 		}
@@ -290,13 +318,21 @@ func (tt *torture) worker(ctx context.Context, id int) {
 		}
 		ms := tt.checkClaim(name, batch, start, tt.tick())
 		claimed := time.Now()
-		// The post.
-		if !slow {
-			time.Sleep(time.Duration(r.IntN(4)) * time.Millisecond)
+		// The post. The batch is in flight, for certain, until the worker
+		// records an outcome (or crashes); a slow worker's lease may run out
+		// at any time, so it is not counted.
+		if slow {
+			tt.endPost(name, batch)
+		} else if r.IntN(3) == 0 {
+			time.Sleep(time.Duration(5+r.IntN(25)) * time.Millisecond)
+		} else {
+			time.Sleep(time.Duration(r.IntN(3)) * time.Millisecond)
 		}
-		tt.endPost(name, batch)
 
 		chaos := tt.chaos.Load()
+		if !slow {
+			tt.endPost(name, batch)
+		}
 		switch {
 		case slow:
 			// Acks after its lease: must change nothing, whoever has
@@ -307,7 +343,7 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			// Crashes: its session ends, the batch is abandoned.
 			w.kill(ctx)
 			if w, err = tt.b.store.RegisterWorker(ctx, name); err != nil {
-				tt.violate("%s: register again: %v", name, err)
+				tt.violate("error", "%s: register again: %v", name, err)
 				return
 			}
 		case chaos && r.IntN(5) == 0:
@@ -324,7 +360,7 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			failed, err := tt.b.store.Nack(ctx, batch, f)
 			tt.ops.Add(1)
 			if err != nil && ctx.Err() == nil {
-				tt.violate("%s: nack: %v", name, err)
+				tt.violate("error", "%s: nack: %v", name, err)
 			}
 			tt.mu.Lock()
 			for _, m := range ms {
@@ -356,7 +392,7 @@ func (tt *torture) record(ms []*tmsg, ack func() error, who string, late bool) {
 	defer tt.mu.Unlock()
 	switch {
 	case err == nil && late:
-		tt.violations = append(tt.violations, fmt.Sprintf("%s: an ack after the lease took effect (messages %v)", who, nums(ms)))
+		tt.violateLocked("late ack took effect", "%s: an ack after the lease took effect (messages %v)", who, nums(ms))
 	case err == nil:
 		for _, m := range ms {
 			m.acked = true
@@ -368,10 +404,10 @@ func (tt *torture) record(ms []*tmsg, ack func() error, who string, late bool) {
 			}
 		}
 		if !late {
-			tt.violations = append(tt.violations, fmt.Sprintf("%s: a timely ack was refused: %v", who, err))
+			tt.violateLocked("timely ack refused", "%s: a timely ack was refused: %v", who, err)
 		}
 	default:
-		tt.violations = append(tt.violations, fmt.Sprintf("%s: ack: %v", who, err))
+		tt.violateLocked("error", "%s: ack: %v", who, err)
 	}
 }
 
@@ -395,26 +431,26 @@ func (tt *torture) checkClaim(who string, b *Batch, start, end int64) []*tmsg {
 		n, _ := strconv.ParseInt(s, 10, 64)
 		tm := tt.msgs[n]
 		if tm == nil {
-			tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed unknown message %s", who, m.Payload))
+			tt.violateLocked("unknown message", "%s: claimed unknown message %s", who, m.Payload)
 			continue
 		}
 		if tm.rolledBack {
-			tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed message %d of a rolled-back transaction", who, n))
+			tt.violateLocked("rolled back delivered", "%s: claimed message %d of a rolled-back transaction", who, n)
 		}
 		if tm.group != m.Group {
-			tt.violations = append(tt.violations, fmt.Sprintf("%s: message %d claimed as group %s, queued as %s", who, n, m.Group, tm.group))
+			tt.violateLocked("wrong group", "%s: message %d claimed as group %s, queued as %s", who, n, m.Group, tm.group)
 		}
 		ms = append(ms, tm)
 		byGroup[tm.group] = append(byGroup[tm.group], tm)
 	}
 	for g, gm := range byGroup {
 		if other, ok := tt.inflight[g]; ok {
-			tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed group %s (messages %v) while %s has it in flight", who, g, nums(gm), other))
+			tt.violateLocked("two in flight", "%s: claimed group %s (messages %v) while %s has it in flight", who, g, nums(gm), other)
 		}
 		tt.inflight[g] = who
 		for i := 1; i < len(gm); i++ {
 			if !gm[i-1].before(gm[i]) {
-				tt.violations = append(tt.violations, fmt.Sprintf("%s: batch of group %s out of commit order: %v", who, g, nums(gm)))
+				tt.violateLocked("batch out of order", "%s: batch of group %s out of commit order: %v", who, g, nums(gm))
 			}
 		}
 		first := gm[0]
@@ -426,8 +462,8 @@ func (tt *torture) checkClaim(who string, b *Batch, start, end int64) []*tmsg {
 			// for certain while the claim ran.
 			waiting := x.committed > 0 && x.committed < start && !x.everFailed && !x.acked && (x.ackStart == 0 || x.ackStart > end)
 			if waiting {
-				tt.violations = append(tt.violations, fmt.Sprintf("%s: claimed group %s from message %d (lsn %d/%d) while older message %d (lsn %d/%d) waited",
-					who, g, first.n, first.lsn, first.idx, x.n, x.lsn, x.idx))
+				tt.violateLocked("older message waited", "%s: claimed group %s from message %d (lsn %d/%d) while older message %d (lsn %d/%d) waited",
+					who, g, first.n, first.lsn, first.idx, x.n, x.lsn, x.idx)
 			}
 		}
 	}
@@ -482,10 +518,10 @@ func (tt *torture) run(chaos time.Duration) {
 		for ctx.Err() == nil {
 			time.Sleep(150 * time.Millisecond)
 			if _, err := store.ReapDeadWorkers(ctx, 0); err != nil && ctx.Err() == nil {
-				tt.violate("reap workers: %v", err)
+				tt.violate("error", "reap workers: %v", err)
 			}
 			if _, err := store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
-				tt.violate("reap claims: %v", err)
+				tt.violate("error", "reap claims: %v", err)
 			}
 		}
 	})
@@ -536,13 +572,13 @@ func (tt *torture) run(chaos time.Duration) {
 			rolled++
 		}
 	}
-	violations := tt.violations
+	violations, counts := tt.violations, tt.counts
 	tt.mu.Unlock()
 	elapsed := time.Since(began)
 	t.Logf("torture: %d messages (%d rolled back), %d operations in %s (%.0f ops/s), drained in %s",
 		total, rolled, tt.ops.Load(), elapsed.Round(time.Millisecond), float64(tt.ops.Load())/elapsed.Seconds(), drained.Round(time.Millisecond))
-	for _, v := range violations {
-		t.Errorf("seed %d: %s", tt.seed, v)
+	for _, kind := range slices.Sorted(maps.Keys(violations)) {
+		t.Errorf("seed %d: %d× %s, e.g.:\n  %s", tt.seed, counts[kind], kind, strings.Join(violations[kind], "\n  "))
 	}
 	if len(left) > 0 {
 		slices.SortFunc(left, func(a, b *tmsg) int { return int(a.n - b.n) })
@@ -553,7 +589,7 @@ func (tt *torture) run(chaos time.Duration) {
 
 func (tt *torture) check(what string, err error) {
 	if err != nil && !tt.stop.Load() {
-		tt.violate("%s: %v", what, err)
+		tt.violate("error", "%s: %v", what, err)
 	}
 }
 
