@@ -196,6 +196,12 @@ func (c *Capture) spill(ctx context.Context) error {
 			return fmt.Errorf("begin outbox transaction: %w", err)
 		}
 		c.tx = tx
+		// A large source transaction keeps this one open while the rest
+		// of it is decoded, however long that takes; the pool's idle
+		// timeout applies again from the flush on (fenceSQL).
+		if _, err := tx.Exec(ctx, `SET LOCAL idle_in_transaction_session_timeout = 0`); err != nil {
+			return fmt.Errorf("begin outbox transaction: %w", err)
+		}
 	}
 	if err := queueRows(ctx, c.tx, c.rows); err != nil {
 		return err
@@ -220,6 +226,9 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	b := &pgx.Batch{}
 	fenced := true
 	if c.lease != nil {
+		// From here the transaction holds the lease row: a process frozen
+		// before its commit must not keep a successor waiting for good.
+		b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '` + idleInTransactionTimeout + `'`)
 		b.Queue(fenceSQL, c.lease.name, c.lease.token).Query(func(rows pgx.Rows) error {
 			fenced = rows.Next()
 			rows.Close()

@@ -87,49 +87,63 @@ WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM (S
 AND head IS NOT TRUE`
 
 // claimSQL (rule C): candidates are unclaimed messages whose head flag is
-// not false and whose wait is over, oldest ready first. A candidate that
-// is its group's first message, in a group no live claim holds, starts a
-// batch: the group from that message on, in commit order, a fair share of
-// the batch per group. Every other candidate is behind an older message
-// or a claim, and its flag is cleared, so no candidate is looked at twice
-// in vain. Messages already attempted (backing off) count against
-// max_ack_pending already, so only fresh ones are limited by the room
-// left, and a group is only ever cut after a prefix. The batch is
-// recorded as one claims row whose lease starts now on the server's
-// clock. A paused or holding sink (Retry-After) gets nothing.
+// not false and whose wait is over, oldest ready first: retries from
+// their own index, and fresh messages only while max_ack_pending leaves
+// room (so neither a full sink nor a deep backlog makes a claim read more
+// than a window of each). A candidate whose group no live claim names
+// starts a batch at its group's first message, if that one is ready: the
+// group from there on, in commit order, up to its first message still
+// backing off, a fair share of the batch per group. Every candidate that
+// is not its group's first, or whose group is in a live claim, has its
+// flag cleared, so no candidate is looked at twice in vain. Messages
+// already attempted count against max_ack_pending already, and so do
+// fresh ones that stand before a retry in their group (the retry cannot
+// go without them); other fresh ones are limited by the room left, and a
+// group is only ever cut after a prefix. The batch is recorded as one
+// claims row whose lease starts now on the server's clock. A paused or
+// holding sink (Retry-After) gets nothing.
 var claimSQL = `
 WITH t AS MATERIALIZED (
 	SELECT clock_timestamp() AS now
 ), live AS MATERIALIZED (
 	SELECT fresh, ids, groups FROM claims WHERE sink_id = $1 AND until > (SELECT now FROM t)
-), st AS (
+), st AS MATERIALIZED (
 	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= (SELECT now FROM t)) AS active,
 		$3::int
 		- (SELECT COALESCE(sum(fresh), 0) FROM live)
 		- (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL) AS room
 	FROM sinks s WHERE s.id = $1
 ), cand AS MATERIALIZED (
-	SELECT o.id, o.group_key, o.ready_at FROM outbox o
-	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.ready_at <= (SELECT now FROM t)
-		AND COALESCE((SELECT active FROM st), false)
-		-- Without room only retries may go: fresh candidates the room
-		-- cannot take must not fill the window and hide them.
-		AND (o.deliver_count > 0 OR (SELECT room FROM st) > 0)
+	(SELECT o.id, o.group_key, o.ready_at FROM outbox o
+	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count > 0 -- outbox_retry_idx
+		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
-	ORDER BY o.ready_at, o.id
-	LIMIT $2 + 16
+	ORDER BY o.ready_at, o.id LIMIT $2 + 16)
+	UNION ALL
+	(SELECT o.id, o.group_key, o.ready_at FROM outbox o
+	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count = 0 -- outbox_ready_idx
+		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active AND room > 0 FROM st)
+		AND o.id NOT IN (SELECT unnest(ids) FROM live)
+	ORDER BY o.ready_at, o.id LIMIT $2 + 16)
 ), cls AS MATERIALIZED (
-	SELECT c.id, c.group_key, c.ready_at,
-		c.group_key IN (SELECT unnest(groups) FROM live) OR c.id IS DISTINCT FROM ` + fmt.Sprintf(firstOfGroupSQL, "c.group_key") + ` AS behind
-	FROM cand c
+	SELECT c.id, c.group_key, c.ready_at, f.id AS first_id, f.ready_at <= (SELECT now FROM t) AS first_ready,
+		c.group_key IN (SELECT unnest(groups) FROM live) AS busy
+	FROM cand c CROSS JOIN LATERAL (
+		SELECT x.id, x.ready_at FROM outbox x
+		WHERE x.sink_id = $1 AND x.group_key >= c.group_key AND x.group_key <= c.group_key AND x.failed_at IS NULL -- see groupOrder
+		ORDER BY x.group_key, x.commit_lsn, x.commit_idx, x.id LIMIT 1) f
 ), demote AS (
-	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT id FROM cls WHERE behind)) RETURNING 1
+	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT id FROM cls WHERE busy OR id <> first_id)) RETURNING 1
 ), h AS (
-	SELECT id, group_key, ready_at FROM cls WHERE NOT behind ORDER BY ready_at, id LIMIT $2
+	SELECT id, group_key, ready_at FROM (
+		SELECT DISTINCT ON (group_key) first_id AS id, group_key, ready_at FROM cls
+		WHERE NOT busy AND first_ready
+		ORDER BY group_key, ready_at, id
+	) d ORDER BY ready_at, id LIMIT $2
 ), g AS (
-	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, h.ready_at, h.id AS head_id
+	SELECT x.*, h.ready_at AS head_ready, h.id AS head_id
 	FROM h CROSS JOIN LATERAL (
-		SELECT id, group_key, deliver_count, commit_lsn, commit_idx
+		SELECT id, group_key, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
 		FROM outbox
 		WHERE sink_id = $1 AND group_key >= h.group_key AND group_key <= h.group_key AND failed_at IS NULL -- see groupOrder
 		ORDER BY group_key, commit_lsn, commit_idx, id
@@ -137,18 +151,22 @@ WITH t AS MATERIALIZED (
 		-- many deep groups do not make the claim read batch² rows.
 		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM h))::int)
 	) x
-), r AS (
-	SELECT g.*, deliver_count > 0 OR sum((deliver_count = 0)::int) OVER (ORDER BY ready_at, head_id, commit_lsn, commit_idx, id) <= (SELECT room FROM st) AS fits
+), q AS (
+	SELECT g.*, deliver_count > 0 OR bool_or(deliver_count > 0) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
+		ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS pending
 	FROM g
+), r AS (
+	SELECT q.*, ready AND (pending OR sum((NOT pending)::int) OVER (ORDER BY head_ready, head_id, commit_lsn, commit_idx, id) <= (SELECT room FROM st)) AS fits
+	FROM q
 ), pick AS (
 	SELECT * FROM (
 		SELECT r.*, bool_and(fits) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id) AS prefix FROM r
 	) p WHERE prefix
-	ORDER BY ready_at, head_id, commit_lsn, commit_idx, id LIMIT $2
+	ORDER BY head_ready, head_id, commit_lsn, commit_idx, id LIMIT $2
 ), c AS (
 	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups)
 	SELECT $1, $5, $6, (SELECT now FROM t) + make_interval(secs => $4::float8),
-		count(*) FILTER (WHERE deliver_count = 0), array_agg(id), array_agg(DISTINCT group_key)
+		count(*) FILTER (WHERE NOT pending), array_agg(id), array_agg(DISTINCT group_key)
 	FROM pick HAVING count(*) > 0
 	RETURNING id
 )
@@ -157,7 +175,7 @@ WITH t AS MATERIALIZED (
 SELECT (SELECT count(*) FROM demote), (SELECT id FROM c), o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 FROM (SELECT 1) one
 LEFT JOIN (pick JOIN outbox o ON o.id = pick.id) ON true
-ORDER BY pick.ready_at, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
+ORDER BY pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
 
 // Claim takes a batch for one worker: the claim lock, the reaping of ended
 // claims and the claim go in one round trip, as one implicit transaction.

@@ -20,6 +20,10 @@ type Store struct {
 	Schema string
 }
 
+// idleInTransactionTimeout ends the session of a process frozen inside a
+// transaction (see Open).
+const idleInTransactionTimeout = "30s"
+
 // Open connects to the state database with search_path set to schema, so
 // every query here is unqualified.
 func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, error) {
@@ -40,7 +44,7 @@ func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, erro
 	// A process frozen inside a transaction (SIGSTOP, a paused VM) keeps
 	// its row locks; the server ends such a session after this, so a
 	// leader frozen mid-flush cannot block its successor for good.
-	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "30s"
+	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = idleInTransactionTimeout
 	pgdial.Configure(&cfg.ConnConfig.Config)
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns

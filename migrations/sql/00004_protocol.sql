@@ -24,6 +24,9 @@ DROP INDEX outbox_group_idx;
 CREATE INDEX outbox_group_idx ON outbox (sink_id, group_key, commit_lsn, commit_idx, id) INCLUDE (deliver_count) WHERE failed_at IS NULL;
 DROP INDEX outbox_ready_idx;
 CREATE INDEX outbox_ready_idx ON outbox (sink_id, ready_at, id) WHERE head IS NOT FALSE AND failed_at IS NULL;
+-- Retries apart: when max_ack_pending is full only they may go, and a
+-- claim must find them without reading the ready backlog.
+CREATE INDEX outbox_retry_idx ON outbox (sink_id, ready_at, id) WHERE head IS NOT FALSE AND failed_at IS NULL AND deliver_count > 0;
 
 -- A claim names its groups (never two live claims of one group) and the
 -- worker whose session it lives with.
@@ -52,6 +55,7 @@ CREATE TABLE leases (
 );
 
 -- +goose Down
+DROP INDEX outbox_retry_idx;
 DROP TABLE leases;
 DROP TABLE workers;
 DROP INDEX claims_worker_idx;
