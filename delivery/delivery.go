@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -345,6 +346,19 @@ type runner struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// acks carries delivered batches from the workers to the acker, which
+	// acknowledges all that are waiting in one statement (group commit):
+	// one turn of the sink's claim lock for many batches, and a worker
+	// that handed its batch over claims the next one at once.
+	acks   chan acked
+	ackers sync.WaitGroup
+}
+
+// acked is a batch the endpoint acknowledged.
+type acked struct {
+	b      *outbox.Batch
+	status int
 }
 
 func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runner, error) {
@@ -372,17 +386,72 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 }
 
 func (r *runner) start(ctx context.Context) {
-	ctx, r.cancel = context.WithCancel(ctx)
 	n := max(r.sink.Config.Concurrency, 1)
+	r.acks = make(chan acked, 2*n)
+	r.ackers.Go(func() { r.ack(context.WithoutCancel(ctx)) })
+	ctx, r.cancel = context.WithCancel(ctx)
 	for i := 0; i < n; i++ {
 		r.wg.Go(func() { r.work(ctx) })
 	}
 }
 
-// stop stops claiming and waits for in-flight batches.
+// stop stops claiming, waits for in-flight batches and records their
+// acknowledgements.
 func (r *runner) stop() {
 	r.cancel()
 	r.wg.Wait()
+	close(r.acks)
+	r.ackers.Wait()
+}
+
+// maxAckGroup bounds how many batches one ack statement takes.
+const maxAckGroup = 256
+
+// ack acknowledges delivered batches, all that are waiting at once, until
+// the workers have stopped.
+func (r *runner) ack(ctx context.Context) {
+	for first := range r.acks {
+		jobs := []acked{first}
+	more:
+		for len(jobs) < maxAckGroup {
+			select {
+			case j, ok := <-r.acks:
+				if !ok {
+					break more
+				}
+				jobs = append(jobs, j)
+			default:
+				break more
+			}
+		}
+		batches := make([]*outbox.Batch, len(jobs))
+		for i, j := range jobs {
+			batches[i] = j.b
+		}
+		ended, err := r.m.cfg.Store.AckAll(ctx, r.sink.ID, batches)
+		if err != nil {
+			r.log.Error().Err(err).Int("batches", len(jobs)).Msg("ack (messages will be delivered again)")
+			continue
+		}
+		// The groups are free: a worker may find their next messages.
+		r.wake.ring()
+		now := time.Now()
+		latency := metrics.Latency.WithLabelValues(r.sink.Name)
+		delivered := 0
+		for _, j := range jobs {
+			if slices.Contains(ended, j.b) {
+				r.log.Warn().Int64("claim", j.b.ClaimID).Int("messages", len(j.b.Messages)).
+					Msg("delivered, but the claim had ended: the ack changed nothing and the messages will be delivered again")
+				continue
+			}
+			delivered += len(j.b.Messages)
+			r.m.history.add(j.b, j.status, now)
+			for _, m := range j.b.Messages {
+				latency.Observe(now.Sub(m.CreatedAt).Seconds())
+			}
+		}
+		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(delivered))
+	}
 }
 
 func (r *runner) work(ctx context.Context) {
@@ -433,21 +502,7 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
-		if err := r.m.cfg.Store.Ack(bg, b); err != nil {
-			if outbox.IsClaimEnded(err) {
-				r.log.Warn().Err(err).Msg("delivered, but the claim had ended: the ack changed nothing and the messages will be delivered again")
-			} else {
-				r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
-			}
-			return
-		}
-		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(len(msgs)))
-		now := time.Now()
-		r.m.history.add(b, status, now)
-		latency := metrics.Latency.WithLabelValues(r.sink.Name)
-		for _, m := range msgs {
-			latency.Observe(now.Sub(m.CreatedAt).Seconds())
-		}
+		r.acks <- acked{b, status}
 		return
 	}
 	attempt := 1

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,6 +108,13 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 		b.exec(t, `UPDATE t SET v = $1`, v)
 	}
 	to := clock(t, b)
+	// The replay reads retained changes: wait until capture has kept the
+	// whole window.
+	waitFor(t, 20*time.Second, "the window retained", func() bool {
+		var n int
+		_ = b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.retained_changes`).Scan(&n)
+		return n == rows*(versions/2+1)
+	})
 	done := make(chan error, 1)
 	go func() {
 		for v := versions/2 + 1; v <= versions; v++ {
@@ -129,7 +137,14 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 	}
 	live := rows * (versions + 1)
 	replayed := 3 * rows * (versions/2 + 1)
-	msgs := b.recv.waitCount(t, live+replayed, 60*time.Second)
+	deadline := time.Now().Add(60 * time.Second)
+	for b.recv.count() < live+replayed && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := b.recv.count(); n < live+replayed {
+		t.Fatalf("delivered %d of %d messages; left in the outbox:\n%s", n, live+replayed, dumpOutbox(t, b))
+	}
+	msgs := b.recv.acked()
 	if o := b.recv.overlaps(); len(o) > 0 {
 		t.Errorf("a group had two requests in flight at once: %v", o[:min(5, len(o))])
 	}
@@ -142,4 +157,30 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 			t.Errorf("row %d: newest version delivered %v, want %d", id, last[float64(id)], versions)
 		}
 	}
+}
+
+// dumpOutbox describes what is left in the outbox and the claims, for a
+// stalled test.
+func dumpOutbox(t *testing.T, b *testBundle) string {
+	ctx := context.Background()
+	rows, err := b.db.Query(ctx, `SELECT id, group_key, commit_lsn, commit_idx, COALESCE(head::text, 'NULL'), deliver_count, failed_at IS NOT NULL,
+		ready_at > clock_timestamp(), (SELECT count(*) FROM walhook.claims c WHERE o.id = ANY(c.ids)) FROM walhook.outbox o ORDER BY group_key, commit_lsn, commit_idx, id LIMIT 50`)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	out := ""
+	for rows.Next() {
+		var id, lsn, claims int64
+		var idx, dc int32
+		var group, head string
+		var failed, waiting bool
+		if err := rows.Scan(&id, &group, &lsn, &idx, &head, &dc, &failed, &waiting, &claims); err != nil {
+			return err.Error()
+		}
+		out += fmt.Sprintf("  %d %s %d/%d head=%s dc=%d failed=%v backing_off=%v claims=%d\n", id, group, lsn, idx, head, dc, failed, waiting, claims)
+	}
+	var claims, workers int
+	_ = b.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM walhook.claims), (SELECT count(*) FROM walhook.workers)`).Scan(&claims, &workers)
+	return out + fmt.Sprintf("  claims %d, workers %d\n", claims, workers)
 }

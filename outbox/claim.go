@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -111,46 +112,48 @@ WITH t AS MATERIALIZED (
 	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= (SELECT now FROM t)) AS active,
 		$3::int
 		- (SELECT COALESCE(sum(fresh), 0) FROM live)
-		- (SELECT count(*) FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL) AS room
+		-- Only whether the retries reach the limit matters: count no further.
+		- (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL LIMIT $3) x) AS room
 	FROM sinks s WHERE s.id = $1
 ), cand AS MATERIALIZED (
 	(SELECT o.id, o.group_key, o.ready_at FROM outbox o
 	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count > 0 -- outbox_retry_idx
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
-	ORDER BY o.ready_at, o.id LIMIT $2 + 16)
+	ORDER BY o.ready_at, o.id LIMIT $2)
 	UNION ALL
 	(SELECT o.id, o.group_key, o.ready_at FROM outbox o
 	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count = 0 -- outbox_ready_idx
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active AND room > 0 FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live)
-	ORDER BY o.ready_at, o.id LIMIT $2 + 16)
-), cls AS MATERIALIZED (
-	SELECT c.id, c.group_key, c.ready_at, f.id AS first_id, f.ready_at <= (SELECT now FROM t) AS first_ready,
-		c.group_key IN (SELECT unnest(groups) FROM live) AS busy
+	ORDER BY o.ready_at, o.id LIMIT $2)
+), x AS MATERIALIZED (
+	-- Each candidate's group from its first message on, in commit order:
+	-- a fair share of the batch per group (twice it, for slack), so many
+	-- deep groups do not make the claim read batch² rows.
+	SELECT c.id AS cid, c.group_key, c.ready_at AS cready, c.group_key IN (SELECT unnest(groups) FROM live) AS busy, y.*
 	FROM cand c CROSS JOIN LATERAL (
-		SELECT x.id, x.ready_at FROM outbox x
-		WHERE x.sink_id = $1 AND x.group_key >= c.group_key AND x.group_key <= c.group_key AND x.failed_at IS NULL -- see groupOrder
-		ORDER BY x.group_key, x.commit_lsn, x.commit_idx, x.id LIMIT 1) f
+		SELECT z.*, row_number() OVER (ORDER BY z.commit_lsn, z.commit_idx, z.id) AS pos FROM (
+			SELECT id, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
+			FROM outbox
+			WHERE sink_id = $1 AND group_key >= c.group_key AND group_key <= c.group_key AND failed_at IS NULL -- see groupOrder
+			ORDER BY group_key, commit_lsn, commit_idx, id
+			LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM cand))::int)
+		) z
+	) y
+), cls AS (
+	SELECT cid, group_key, cready, busy, id AS first_id, ready AS first_ready FROM x WHERE pos = 1
 ), demote AS (
-	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT id FROM cls WHERE busy OR id <> first_id)) RETURNING 1
+	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE busy OR cid <> first_id)) RETURNING 1
 ), h AS (
-	SELECT id, group_key, ready_at FROM (
-		SELECT DISTINCT ON (group_key) first_id AS id, group_key, ready_at FROM cls
+	SELECT cid, cready FROM (
+		SELECT DISTINCT ON (group_key) cid, group_key, cready FROM cls
 		WHERE NOT busy AND first_ready
-		ORDER BY group_key, ready_at, id
-	) d ORDER BY ready_at, id LIMIT $2
+		ORDER BY group_key, cready, cid
+	) d ORDER BY cready, cid LIMIT $2
 ), g AS (
-	SELECT x.*, h.ready_at AS head_ready, h.id AS head_id
-	FROM h CROSS JOIN LATERAL (
-		SELECT id, group_key, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
-		FROM outbox
-		WHERE sink_id = $1 AND group_key >= h.group_key AND group_key <= h.group_key AND failed_at IS NULL -- see groupOrder
-		ORDER BY group_key, commit_lsn, commit_idx, id
-		-- A fair share of the batch per group (twice it, for slack), so
-		-- many deep groups do not make the claim read batch² rows.
-		LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM h))::int)
-	) x
+	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, x.ready, h.cready AS head_ready, h.cid AS head_id
+	FROM h JOIN x ON x.cid = h.cid
 ), q AS (
 	SELECT g.*, deliver_count > 0 OR bool_or(deliver_count > 0) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
 		ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS pending
@@ -246,34 +249,65 @@ var ErrClaimEnded = errors.New("claim ended before the outcome was recorded")
 // IsClaimEnded reports whether err is ErrClaimEnded.
 func IsClaimEnded(err error) bool { return errors.Is(err, ErrClaimEnded) }
 
-// ackSQL deletes the claim if it is live and, only then, its messages.
+// ackSQL deletes the live claims among $1 and, only with them, their
+// messages. It returns the claims that were live.
 const ackSQL = `
 WITH c AS (
-	DELETE FROM claims WHERE id = $1 AND until > clock_timestamp() RETURNING ids
+	DELETE FROM claims WHERE id = ANY($1) AND until > clock_timestamp() RETURNING id, ids
 ), d AS (
-	DELETE FROM outbox WHERE id = ANY ((SELECT ids FROM c)::bigint[])
+	DELETE FROM outbox WHERE id = ANY (ARRAY(SELECT unnest(ids) FROM c))
 )
-SELECT count(*)::int FROM c`
+SELECT COALESCE(array_agg(id), '{}') FROM c`
 
 // Ack removes delivered messages, ends the claim and hands each group on
-// to its next message. One round trip, one implicit transaction. It
-// returns ErrClaimEnded, and changes nothing, when the claim is not live.
-// The recent-delivery history is written apart (RecordDelivered), off
-// this path.
+// to its next message. It returns ErrClaimEnded, and changes nothing,
+// when the claim is not live. The recent-delivery history is written
+// apart (RecordDelivered), off this path.
 func (s *Store) Ack(ctx context.Context, b *Batch) error {
-	var live int
-	err := s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(claimLockSQL, b.SinkID)
-		pb.Queue(ackSQL, b.ClaimID).QueryRow(func(row pgx.Row) error { return row.Scan(&live) })
-		pb.Queue(promoteSQL, b.SinkID, b.groups())
-	})
+	ended, err := s.AckAll(ctx, b.SinkID, []*Batch{b})
 	if err != nil {
-		return fmt.Errorf("ack %d messages of sink %d: %w", len(b.Messages), b.SinkID, err)
+		return err
 	}
-	if live == 0 {
+	if len(ended) > 0 {
 		return fmt.Errorf("ack %d messages of sink %d (claim %d): %w", len(b.Messages), b.SinkID, b.ClaimID, ErrClaimEnded)
 	}
 	return nil
+}
+
+// AckAll acknowledges several batches of one sink at once (group commit):
+// one round trip and one turn of the claim lock for all of them. It
+// returns the batches whose claim had ended (rule F): nothing of theirs
+// was changed.
+func (s *Store) AckAll(ctx context.Context, sinkID int64, batches []*Batch) (ended []*Batch, err error) {
+	ids := make([]int64, len(batches))
+	seen := map[string]bool{}
+	var groups []string
+	n := 0
+	for i, b := range batches {
+		ids[i] = b.ClaimID
+		n += len(b.Messages)
+		for _, m := range b.Messages {
+			if !seen[m.Group] {
+				seen[m.Group] = true
+				groups = append(groups, m.Group)
+			}
+		}
+	}
+	var live []int64
+	err = s.batch(ctx, func(pb *pgx.Batch) {
+		pb.Queue(claimLockSQL, sinkID)
+		pb.Queue(ackSQL, ids).QueryRow(func(row pgx.Row) error { return row.Scan(&live) })
+		pb.Queue(promoteSQL, sinkID, groups)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ack %d messages of sink %d: %w", n, sinkID, err)
+	}
+	for _, b := range batches {
+		if !slices.Contains(live, b.ClaimID) {
+			ended = append(ended, b)
+		}
+	}
+	return ended, nil
 }
 
 // Delivered is one acknowledged message for the recent-delivery history.

@@ -43,18 +43,22 @@
 //	false  it is behind: an older unfailed message of its group, or a
 //	       claim of its group, existed when a claim-lock holder looked
 //
-// Claims look only at messages whose flag is not false
-// (outbox_ready_idx), so a deep group costs one index entry, not one per
-// message, and claim cost does not grow with the backlog.
+// Claims look only at messages whose flag is not false (outbox_ready_idx
+// for fresh ones, outbox_retry_idx for retries), so a deep group costs one
+// index entry, not one per message, and claim cost does not grow with the
+// backlog. It does grow with the groups in flight (their first messages
+// keep their flags and are skipped), which concurrency × batch_size bounds
+// per process.
 //
 // # Rules
 //
 // L (lock). Every transition of a sink's group state takes the sink's claim
 // lock first, in a statement of its own (claimLockSQL): claim, ack, nack,
 // redeliver, reap. Each therefore sees everything the one before
-// committed. Writers that only insert (capture, backfill pages, replays,
-// webhook ingest) take no lock and read nothing: they cannot wait for, or
-// deadlock with, delivery.
+// committed. Writers that only insert (capture, backfill pages, replays)
+// take no lock and read nothing: they cannot wait for, or deadlock with,
+// delivery. (Webhook ingest's dedupe may wait for an ack deleting the same
+// key, briefly; it holds nothing delivery waits for.)
 //
 // Q (queue). An inserted message's flag is NULL, except that within one
 // insert (queueRows), every message of a group after the group's first
@@ -63,11 +67,17 @@
 // message is NULL.
 //
 // C (claim). Under L, a claim reads candidates: unclaimed, unfailed,
-// ready, flag not false, oldest ready first. A candidate that is first(g)
-// of a group no live claim names starts a batch: g's messages from it on,
-// in commit order. Every other candidate is cleared to false: it is
-// behind an older message, or behind a live claim. A claim names its
-// messages and their groups in one claims row.
+// ready, flag not false, oldest ready first (retries always; fresh
+// messages while max_ack_pending leaves room). A candidate of a group no
+// live claim names starts a batch at first(g), if first(g) is ready: g's
+// messages from there on, in commit order, up to the first one still
+// backing off. Every candidate that is not first(g), or whose group a live
+// claim names, is cleared to false. max_ack_pending counts messages
+// attempted before, and fresh ones beyond the room left, except fresh
+// messages that stand before a retry in their group (the retry cannot go
+// without them: they hold its room). A batch is cut only after a prefix of
+// its group. A claim names its messages and their groups in one claims
+// row.
 //
 // P (promote). After every ack and nack (and reap, R), under L, first(g)
 // of each of the batch's groups is flagged true. Setting first(g) to
