@@ -11,12 +11,13 @@ import (
 
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/secrets"
 	"github.com/walhook/walhook/sink"
 )
 
 // masked replaces secret values in answers. Sent back unchanged in a
 // PATCH (or a POST that repeats a GET), it keeps the stored value.
-const masked = "********"
+const masked = secrets.Mask
 
 // sinkView is a sink as the API shows it: its settings as in the config
 // file, plus identity, status and message counts.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/egress"
 	"github.com/walhook/walhook/metrics"
 	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/secrets"
@@ -46,6 +47,9 @@ type Config struct {
 	Poll time.Duration
 	// Client overrides the HTTP client (tests).
 	Client *http.Client
+	// Egress says where requests may connect; nil means the default
+	// (link-local refused).
+	Egress *egress.Policy
 }
 
 // Manager runs one set of workers per sink and keeps them in line with the
@@ -71,6 +75,7 @@ func NewManager(cfg Config) *Manager {
 		tr.MaxIdleConns = 1024
 		tr.MaxIdleConnsPerHost = 256
 		tr.IdleConnTimeout = 90 * time.Second
+		tr.DialContext = policyOrDefault(cfg.Egress).DialContext
 		client = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	return &Manager{cfg: cfg, client: client, runners: map[int64]*runner{}, reload: make(chan struct{}, 1), history: newHistory()}
@@ -306,7 +311,7 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 		return nil, fmt.Errorf("sink %s: %w", s.Name, err)
 	}
 	return &runner{
-		m: m, sink: s, url: strings.TrimRight(ep.URL, "/") + s.Config.Path, headers: h, signer: signer,
+		m: m, sink: s, url: joinURL(ep.URL, s.Config.Path), headers: h, signer: signer,
 		fp: fp, wake: make(doorbell, 1), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
 	}, nil
 }
@@ -398,7 +403,7 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	}
 	msg := snippet
 	if err != nil {
-		msg = err.Error()
+		msg = redactError(err, r.url)
 	}
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
