@@ -395,6 +395,7 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 		attempt = max(attempt, int(m.DeliverCount)+1)
 	}
 	wait := Backoff(attempt, cfg.Retry.InitialBackoff.D(), cfg.Retry.MaxBackoff.D())
+	retryAfter = CapRetryAfter(retryAfter, cfg.Retry.MaxBackoff.D())
 	if retryAfter > 0 {
 		wait = max(wait, retryAfter)
 		if err := r.m.cfg.Store.Hold(bg, r.sink.ID, time.Now().Add(retryAfter)); err != nil {
