@@ -3,8 +3,12 @@ package integration
 import (
 	"context"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/walhook/walhook/config"
 )
 
 // A Retry-After of ten years holds the sink for an hour at most (max_backoff
@@ -34,5 +38,39 @@ func TestRetryAfterCapped(t *testing.T) {
 	}
 	if held > time.Hour || held < 50*time.Minute {
 		t.Errorf("sink held for %v, want about an hour", held)
+	}
+}
+
+// A webhook body whose earlier message failed (past retry.max_age) is
+// queued again when the sender sends it again, in place of the failed
+// one: it is not acknowledged with 200 and then dropped.
+func TestWebhookAfterFailedDuplicate(t *testing.T) {
+	b := apiBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Sinks[0].Retry.MaxAge = config.Duration(300 * time.Millisecond)
+	e := startAPI(t, b)
+	var healthy atomic.Bool
+	b.recv.setRespond(func(*request) int {
+		if healthy.Load() {
+			return 200
+		}
+		return 500
+	})
+	body := `{"order": 7}`
+	e.must(t, 200, "POST", "/api/webhook/hook", body)
+	var failed []apiMessage
+	waitFor(t, 20*time.Second, "the webhook message to fail", func() bool {
+		failed = e.messages(t, "s", "?state=failed")
+		return len(failed) == 1
+	})
+
+	healthy.Store(true)
+	e.must(t, 200, "POST", "/api/webhook/hook", body)
+	got := b.recv.waitCount(t, 1, 20*time.Second)
+	if len(got) != 1 || !strings.Contains(string(got[0].Raw), `"record":{"order": 7}`) {
+		t.Errorf("delivered: %s", got[0].Raw)
+	}
+	waitFor(t, 20*time.Second, "the outbox to empty", func() bool { return len(e.messages(t, "s", "")) == 0 })
+	if ms := e.messages(t, "s", "?state=failed"); len(ms) != 0 {
+		t.Errorf("the failed message is still there: %+v", ms)
 	}
 }
