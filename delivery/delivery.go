@@ -228,7 +228,8 @@ func (m *Manager) listenOnce(ctx context.Context) error {
 const vacuumAfter = 20_000
 
 // housekeep writes the delivery history, drops the claims of dead
-// workers, trims the history and vacuums the queue tables.
+// workers, trims the history, purges deleted sinks' messages and vacuums
+// the queue tables.
 func (m *Manager) housekeep(ctx context.Context) {
 	tick := time.NewTicker(historyEvery)
 	defer tick.Stop()
@@ -254,6 +255,7 @@ func (m *Manager) housekeep(ctx context.Context) {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
 			}
+			m.purgeDeleted(ctx)
 		}
 		if n%16 == 0 {
 			if _, err := m.cfg.Store.VacuumQueues(ctx, vacuumAfter); err != nil && ctx.Err() == nil {

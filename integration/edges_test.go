@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/outbox"
 )
 
 // A Retry-After of ten years holds the sink for an hour at most (max_backoff
@@ -73,4 +74,30 @@ func TestWebhookAfterFailedDuplicate(t *testing.T) {
 	if ms := e.messages(t, "s", "?state=failed"); len(ms) != 0 {
 		t.Errorf("the failed message is still there: %+v", ms)
 	}
+}
+
+// Messages written for a sink after it was deleted (capture routing a
+// transaction with the sinks it knew when it began, a replay page queued
+// just then) are purged by housekeeping, however late they come.
+func TestDeletedSinkMessagesPurged(t *testing.T) {
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.start(t)
+	ctx := context.Background()
+	st := stateStore(t, b.url)
+	// Deleted without the API (as through another process), so only
+	// housekeeping can sweep what comes after.
+	id, err := st.DeleteSink(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Enqueue(ctx, []outbox.NewMessage{{SinkID: id, Group: "g1", Payload: []byte(`{}`)}, {SinkID: id, Group: "g2", Payload: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the deleted sink's messages to be purged", func() bool {
+		var n int
+		if err := b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.outbox WHERE sink_id = $1`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
 }
