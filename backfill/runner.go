@@ -60,8 +60,8 @@ type Config struct {
 	Poll time.Duration
 }
 
-// Runner runs backfills and prunes retained changes. It runs on the
-// leader only, for one leadership term at a time: Run returns when the
+// Runner runs backfills and replays, and prunes retained changes. It runs
+// on the leader only, for one leadership term at a time: Run returns when the
 // term's context ends.
 type Runner struct {
 	cfg Config
@@ -107,7 +107,7 @@ func OpenSource(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool,
 }
 
 // Run works until ctx ends: it runs every running backfill (each in its
-// own goroutine) and prunes retained changes.
+// own goroutine) and replay (one at a time), and prunes retained changes.
 func (r *Runner) Run(ctx context.Context) {
 	source, err := OpenSource(ctx, r.cfg.SourceURL, 8)
 	if err != nil {
@@ -120,6 +120,7 @@ func (r *Runner) Run(ctx context.Context) {
 	if r.cfg.RetentionKeep > 0 {
 		wg.Go(func() { r.pruneLoop(ctx) })
 	}
+	wg.Go(func() { r.replayLoop(ctx) })
 
 	var mu sync.Mutex
 	active := map[int64]bool{}

@@ -2,11 +2,13 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/outbox"
 )
 
 // clock is the database's clock, between two commits.
@@ -52,11 +54,8 @@ func TestReplayWindow(t *testing.T) {
 		t.Fatalf("%d retained changes, want 16", retained)
 	}
 
-	res, err := backfill.Replay(ctx, st, "s", from, to)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Changes != 9 || res.Messages != 8 {
+	res := runReplay(t, st, "s", from, to)
+	if res.ChangesProcessed != 9 || res.ChangesTotal != 9 || res.Messages != 8 {
 		t.Fatalf("replay: %+v, want 9 changes, 8 messages", res)
 	}
 	replayed := b.recv.waitCount(t, len(all)+8, 20*time.Second)[len(all):]
@@ -91,12 +90,31 @@ func TestReplayWindow(t *testing.T) {
 	}
 
 	// Bad windows are refused.
-	if _, err := backfill.Replay(ctx, st, "s", to, from); err == nil {
+	if _, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: to, To: &from}, ""); err == nil {
 		t.Error("a window ending before it starts was accepted")
 	}
-	if _, err := backfill.Replay(ctx, st, "nope", from, to); err == nil {
+	if _, _, err := backfill.CreateReplay(ctx, st, "nope", backfill.ReplayRequest{From: from, To: &to}, ""); err == nil {
 		t.Error("an unknown sink was accepted")
 	}
+}
+
+// runReplay starts a replay of [from, to) and waits until it is done.
+func runReplay(t *testing.T, st *outbox.Store, sinkName string, from, to time.Time) *backfill.Replay {
+	t.Helper()
+	r, created, err := backfill.CreateReplay(context.Background(), st, sinkName, backfill.ReplayRequest{From: from, To: &to}, "")
+	if err != nil || !created {
+		t.Fatalf("create replay: %v (created %v)", err, created)
+	}
+	waitFor(t, 30*time.Second, "the replay to end", func() bool {
+		if r, err = backfill.GetReplay(context.Background(), st, sinkName, r.ID); err != nil {
+			t.Fatal(err)
+		}
+		return r.State != backfill.Running
+	})
+	if r.State != backfill.Done {
+		t.Fatalf("replay %+v", r)
+	}
+	return r
 }
 
 // Retained changes older than keep are pruned in the background; newer
@@ -120,4 +138,82 @@ func TestRetentionPruning(t *testing.T) {
 	waitFor(t, 20*time.Second, "old changes pruned", func() bool { return count() == 0 })
 	b.exec(t, `INSERT INTO kept VALUES (0)`)
 	waitFor(t, 20*time.Second, "a new change retained", func() bool { return count() == 1 })
+}
+
+// A replay survives a restart of walhook and resumes after the last chunk
+// it recorded: every change of the window is queued once, none twice. A
+// request for the window of a running replay gets that replay.
+func TestReplayResumesAfterRestart(t *testing.T) {
+	const rows = 12000 // three chunks
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Retention = config.Retention{Tables: []string{"public.t"}, Keep: config.Duration(time.Hour)}
+	b.cfg.Sinks[0].BatchSize = 500
+	stop := b.start(t)
+	st := stateStore(t, b.url)
+	ctx := context.Background()
+	from := clock(t, b)
+	b.exec(t, `INSERT INTO t SELECT generate_series(1, $1)`, rows)
+	b.recv.waitCount(t, rows, 60*time.Second)
+	to := clock(t, b)
+
+	// The second chunk's commit fails until the gate is dropped: the
+	// replay is held running after its first chunk.
+	b.exec(t, `CREATE FUNCTION public.replay_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'test gate: held after the first chunk'; END $$`)
+	b.exec(t, `CREATE TRIGGER gate BEFORE UPDATE ON walhook.replays FOR EACH ROW
+		WHEN (OLD.changes_processed > 0 AND NEW.changes_processed > OLD.changes_processed) EXECUTE FUNCTION public.replay_gate()`)
+	req := backfill.ReplayRequest{From: from, To: &to}
+	r, created, err := backfill.CreateReplay(ctx, st, "s", req, "")
+	if err != nil || !created {
+		t.Fatalf("create replay: %v (created %v)", err, created)
+	}
+	waitFor(t, 30*time.Second, "the first chunk", func() bool {
+		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ChangesProcessed > 0
+	})
+	if r.State != backfill.Running || r.ChangesTotal != rows || r.ChangesProcessed != 5000 || r.Messages != 5000 {
+		t.Fatalf("after the first chunk: %+v", r)
+	}
+	// A retried request (same window, with or without a key) gets it.
+	again, created, err := backfill.CreateReplay(ctx, st, "s", req, "retry-1")
+	if err != nil || created || again.ID != r.ID {
+		t.Fatalf("the same window again: %+v created %v, %v; want replay %d", again, created, err, r.ID)
+	}
+	stop()
+
+	b.exec(t, `DROP TRIGGER gate ON walhook.replays`)
+	b.start(t)
+	waitFor(t, 30*time.Second, "the replay to end", func() bool {
+		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.State != backfill.Running
+	})
+	if r.State != backfill.Done || r.ChangesProcessed != rows || r.Messages != rows {
+		t.Fatalf("after the restart: %+v", r)
+	}
+	// The key the retry carried answers the ended replay too.
+	if again, created, err := backfill.CreateReplay(ctx, st, "s", req, "retry-1"); err != nil || created || again.ID != r.ID {
+		t.Fatalf("the key after the end: %+v created %v, %v; want replay %d", again, created, err, r.ID)
+	}
+	if _, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: from}, "retry-1"); !errors.Is(err, backfill.ErrKeyReused) {
+		t.Fatalf("the key for another window: %v, want ErrKeyReused", err)
+	}
+	msgs := b.recv.waitCount(t, 2*rows, 60*time.Second)
+	seen := map[string]int{}
+	for _, m := range msgs {
+		seen[m.Metadata.IdempotencyKey]++
+	}
+	for k, n := range seen {
+		if n != 2 {
+			t.Fatalf("message %s delivered %d times, want twice (once live, once replayed)", k, n)
+		}
+	}
+	if len(seen) != rows {
+		t.Fatalf("%d distinct messages, want %d", len(seen), rows)
+	}
 }

@@ -1,0 +1,164 @@
+package backfill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/sink"
+)
+
+// replayLoop runs the running replays on the leader, one at a time, for
+// as long as the term lasts. A replay whose run failed for a passing
+// reason waits a little before it runs again; one that cannot succeed is
+// marked failed.
+func (r *Runner) replayLoop(ctx context.Context) {
+	retryAt := map[int64]time.Time{}
+	failures := map[int64]int{}
+	t := time.NewTicker(r.cfg.Poll)
+	defer t.Stop()
+	for {
+		ids, err := runningReplays(ctx, r.cfg.Store)
+		if err != nil && ctx.Err() == nil {
+			r.cfg.Log.Error().Err(err).Msg("list running replays")
+		}
+		for _, id := range ids {
+			if ctx.Err() != nil {
+				return
+			}
+			if time.Now().Before(retryAt[id]) {
+				continue
+			}
+			err := r.runReplay(ctx, id)
+			switch {
+			case err == nil, ctx.Err() != nil:
+				delete(failures, id)
+				delete(retryAt, id)
+			case permanent(err):
+				r.cfg.Log.Error().Err(err).Int64("replay", id).Msg("replay failed")
+				if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
+					id, err.Error()); ferr != nil {
+					r.cfg.Log.Error().Err(ferr).Int64("replay", id).Msg("record the replay's failure")
+				}
+			default:
+				failures[id]++
+				wait := min(time.Duration(failures[id])*5*time.Second, time.Minute)
+				retryAt[id] = time.Now().Add(wait)
+				r.cfg.Log.Error().Err(err).Int64("replay", id).Dur("retry_in", wait).Msg("replay interrupted; it resumes after its last chunk")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func runningReplays(ctx context.Context, store *outbox.Store) ([]int64, error) {
+	rows, err := store.Pool.Query(ctx, `SELECT id FROM replays WHERE state = 'running' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list running replays: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("list running replays: %w", err)
+	}
+	return ids, nil
+}
+
+// runReplay runs one replay from its recorded position until it is done
+// or no longer running. Each chunk's messages and the new position are
+// one transaction, guarded by the position it started from, so a chunk
+// is never queued twice, even by two leaders in a hand-over.
+func (r *Runner) runReplay(ctx context.Context, id int64) error {
+	store := r.cfg.Store
+	rp, err := scanReplay(store.Pool.QueryRow(ctx, selectReplay+` WHERE r.id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // its sink was deleted
+	}
+	if err != nil {
+		return fmt.Errorf("replay %d: %w", id, err)
+	}
+	if rp.State != Running {
+		return nil
+	}
+	s, err := store.Sink(ctx, rp.Sink)
+	if errors.Is(err, outbox.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := r.cfg.Log.With().Int64("replay", id).Str("sink", rp.Sink).Logger()
+	if !rp.resolved {
+		lo, hi, n, err := store.RetainedWindow(ctx, rp.From, rp.To)
+		if err != nil {
+			return fmt.Errorf("replay %d: %w", id, err)
+		}
+		rp.lastID, rp.hiID, rp.ChangesTotal = lo-1, hi, n
+		state := Running
+		if n == 0 {
+			state = Done
+		}
+		tag, err := store.Pool.Exec(ctx, `UPDATE replays SET resolved = true, last_id = $2, hi_id = $3, changes_total = $4, state = $5, updated_at = now()
+			WHERE id = $1 AND state = 'running' AND NOT resolved`, id, rp.lastID, rp.hiID, n, state)
+		if err != nil {
+			return fmt.Errorf("replay %d: record its window: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 || n == 0 {
+			return nil
+		}
+		log.Info().Int64("changes", n).Time("from", rp.From).Time("to", rp.To).Msg("replay running")
+	}
+	router := sink.NewRouter([]*sink.Sink{s.Sink})
+	rels := map[string]*sink.Relation{}
+	for rp.lastID < rp.hiID {
+		var chunk []outbox.NewMessage
+		var arena []byte
+		last, n, err := store.RetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
+			for _, rt := range router.ForTable(ch.Rel.Schema, ch.Rel.Table) {
+				if !rt.Match(ch) {
+					continue
+				}
+				arena = rt.Render(arena[:0], ch)
+				chunk = append(chunk, outbox.NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(ch), CommitLSN: ch.CommitLSN, CommitIdx: ch.CommitIdx, Payload: slices.Clone(arena)})
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("replay %d: %w", id, err)
+		}
+		if n < replayChunk {
+			last = rp.hiID // nothing more in the window
+		}
+		state := Running
+		if last >= rp.hiID {
+			state = Done
+		}
+		kept, err := store.EnqueueWith(ctx, chunk, func(tx pgx.Tx) (bool, error) {
+			tag, err := tx.Exec(ctx, `UPDATE replays SET last_id = $3, changes_processed = changes_processed + $4, messages = messages + $5,
+					state = $6, updated_at = now()
+				WHERE id = $1 AND state = 'running' AND last_id = $2`, id, rp.lastID, last, n, len(chunk), state)
+			if err != nil {
+				return false, fmt.Errorf("record progress of replay %d: %w", id, err)
+			}
+			return tag.RowsAffected() == 1, nil
+		})
+		if err != nil {
+			return fmt.Errorf("replay %d: %w", id, err)
+		}
+		if !kept {
+			return nil // cancelled, or its sink deleted
+		}
+		rp.lastID = last
+		rp.ChangesProcessed += int64(n)
+		rp.Messages += int64(len(chunk))
+	}
+	log.Info().Int64("changes", rp.ChangesProcessed).Int64("messages", rp.Messages).Msg("replay done")
+	return nil
+}
