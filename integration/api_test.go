@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -811,18 +810,7 @@ func TestObserveSSE(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", e.base+"/api/observe?sink=s", nil)
-	req.Header.Set("Authorization", "Bearer "+apiToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	if !sc.Scan() || sc.Text() != ": observing" {
-		t.Fatalf("first line %q", sc.Text())
-	}
+	sc := e.observe(ctx, t, "s")
 	b.exec(t, `INSERT INTO t VALUES (42, 'x')`)
 	e.must(t, 200, "POST", "/api/webhook/hook", `{"hello": "sse"}`)
 	var events []map[string]any

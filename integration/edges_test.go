@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"net/http"
 	"strings"
@@ -100,4 +101,83 @@ func TestDeletedSinkMessagesPurged(t *testing.T) {
 		}
 		return n == 0
 	})
+}
+
+// While a long transaction holds the state database's snapshot horizon
+// back, the live tail still pages on from the highest id it sent: more
+// messages than one look reads all arrive, and a message committed below
+// ids already sent (its transaction took its id first) arrives too.
+func TestObserveDuringLongTransaction(t *testing.T) {
+	const rows = 2500 // more than one look (1000)
+	b := apiBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	e := startAPI(t, b)
+	e.must(t, 200, "POST", "/api/sinks/s/pause", nil) // keep the messages in the outbox
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	long, err := b.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Rollback(context.Background()) //nolint:errcheck // ends the test's long transaction
+	if _, err := long.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	// A message whose id is taken now but committed last.
+	late, err := b.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback(context.Background()) //nolint:errcheck // committed below
+	sc := e.observe(ctx, t, "s")
+	// The sink is paused: nothing delivers the message before it is seen.
+	if _, err := late.Exec(ctx, `INSERT INTO walhook.outbox (sink_id, group_key, commit_lsn, commit_idx, payload)
+		SELECT id, 'late', 0, 0, '{"late": true}' FROM walhook.sinks WHERE name = 's'`); err != nil {
+		t.Fatal(err)
+	}
+	b.exec(t, `INSERT INTO t SELECT generate_series(1, $1)`, rows)
+	got := map[string]bool{}
+	sawLate, committed := false, false
+	for len(got) < rows || !sawLate {
+		if len(got) == rows && !committed {
+			if err := late.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			committed = true
+		}
+		if !sc.Scan() {
+			t.Fatalf("stream ended after %d of %d messages (late seen: %v): %v", len(got), rows, sawLate, sc.Err())
+		}
+		d, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		ev := decodeAs[map[string]any](t, []byte(d))
+		if ev["group"] == "late" {
+			sawLate = true
+			continue
+		}
+		if got[ev["group"].(string)] {
+			t.Fatalf("%s sent twice", ev["group"])
+		}
+		got[ev["group"].(string)] = true
+	}
+}
+
+// observe opens the live tail of a sink and reads past its first line.
+func (e *apiEnv) observe(ctx context.Context, t *testing.T, sink string) *bufio.Scanner {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.base+"/api/observe?sink="+sink, nil)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	if !sc.Scan() || sc.Text() != ": observing" {
+		t.Fatalf("first line %q", sc.Text())
+	}
+	return sc
 }
