@@ -339,7 +339,9 @@ func (r *runner) work(ctx context.Context) {
 		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
 	}
 	for ctx.Err() == nil {
+		claimStart := time.Now()
 		b, err := r.m.cfg.Store.Claim(ctx, req)
+		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(time.Since(claimStart).Seconds())
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Error().Err(err).Msg("claim")
@@ -379,7 +381,10 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
-		if err := r.m.cfg.Store.Ack(bg, b); err != nil {
+		ackStart := time.Now()
+		err := r.m.cfg.Store.Ack(bg, b)
+		metrics.AckDuration.WithLabelValues(r.sink.Name, "ack").Observe(time.Since(ackStart).Seconds())
+		if err != nil {
 			r.log.Error().Err(err).Msg("ack (messages will be delivered again)")
 			return
 		}
@@ -408,9 +413,11 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	if err != nil {
 		msg = redactError(err, r.url)
 	}
+	nackStart := time.Now()
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
 	})
+	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if nerr != nil {
 		r.log.Error().Err(nerr).Msg("record failed delivery")
 		return

@@ -737,9 +737,10 @@ func TestMessagesStatesAndRedeliver(t *testing.T) {
 	if s := decodeAs[apiSink](t, e.must(t, 200, "GET", "/api/sinks/s", nil)); s.RawCounts["failed"] != 1 || s.RawCounts["pending"] != 0 {
 		t.Errorf("counts: %v", s.RawCounts)
 	}
-	if metrics := string(e.must(t, 200, "GET", "/metrics", nil)); !strings.Contains(metrics, `walhook_backlog_messages{sink="s",state="failed"} 1`) {
-		t.Errorf("metrics lack the failed backlog")
-	}
+	// The per-sink gauges are refreshed every few seconds.
+	waitFor(t, 20*time.Second, "the failed backlog in the metrics", func() bool {
+		return strings.Contains(string(e.must(t, 200, "GET", "/metrics", nil)), `walhook_backlog_messages{sink="s",state="failed"} 1`)
+	})
 
 	// Redeliver one.
 	healthy.Store(true)

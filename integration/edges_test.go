@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -180,4 +182,87 @@ func (e *apiEnv) observe(ctx context.Context, t *testing.T, sink string) *bufio.
 		t.Fatalf("first line %q", sc.Text())
 	}
 	return sc
+}
+
+// metricValue finds one series in a /metrics answer; ok is false when the
+// series is absent.
+func metricValue(t *testing.T, text, series string) (float64, bool) {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, found := strings.CutPrefix(line, series+" "); found {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f, true
+		}
+	}
+	return 0, false
+}
+
+// /metrics shows what an operator alerts on: backlog per state (failed
+// included), the age of the oldest waiting message, replication lag, and
+// claim and ack durations. The per-sink gauges come from a cache, so a
+// scrape answers even while the outbox cannot be counted.
+func TestMetricsGauges(t *testing.T) {
+	b := apiBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	e := startAPI(t, b)
+	scrape := func() string { return string(e.must(t, 200, "GET", "/metrics", nil)) }
+	e.must(t, 200, "POST", "/api/sinks/s/pause", nil)
+	b.exec(t, `INSERT INTO t VALUES (1), (2), (3)`)
+	waitFor(t, 20*time.Second, "three pending messages and their age", func() bool {
+		m := scrape()
+		pending, _ := metricValue(t, m, `walhook_backlog_messages{sink="s",state="pending"}`)
+		age, _ := metricValue(t, m, `walhook_oldest_waiting_message_age_seconds{sink="s"}`)
+		return pending == 3 && age > 0
+	})
+
+	// The outbox locked: counting it waits, scrapes do not.
+	ctx := context.Background()
+	lock, err := b.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(ctx, `LOCK TABLE walhook.outbox IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			if _, ok := metricValue(t, scrape(), `walhook_backlog_messages{sink="s",state="pending"}`); !ok {
+				t.Errorf("a scrape while the outbox is locked lacks the backlog")
+			}
+		})
+	}
+	wg.Wait()
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	e.must(t, 200, "POST", "/api/sinks/s/resume", nil)
+	b.recv.waitCount(t, 3, 20*time.Second)
+	waitFor(t, 20*time.Second, "the drained backlog", func() bool {
+		m := scrape()
+		pending, _ := metricValue(t, m, `walhook_backlog_messages{sink="s",state="pending"}`)
+		age, ok := metricValue(t, m, `walhook_oldest_waiting_message_age_seconds{sink="s"}`)
+		return pending == 0 && ok && age == 0
+	})
+	m := scrape()
+	for _, series := range []string{`walhook_claim_seconds_count{sink="s"}`, `walhook_ack_seconds_count{outcome="ack",sink="s"}`} {
+		if n, _ := metricValue(t, m, series); n < 1 {
+			t.Errorf("%s = %v, want at least 1", series, n)
+		}
+	}
+	for _, series := range []string{`walhook_replication_lag_seconds`, `walhook_replication_lag_bytes`, `walhook_backlog_messages{sink="s",state="failed"}`} {
+		if _, ok := metricValue(t, m, series); !ok {
+			t.Errorf("metrics lack %s", series)
+		}
+	}
+
+	// A deleted sink's series go.
+	e.must(t, 204, "DELETE", "/api/sinks/s", nil)
+	waitFor(t, 20*time.Second, "the deleted sink's series to go", func() bool {
+		_, ok := metricValue(t, scrape(), `walhook_backlog_messages{sink="s",state="pending"}`)
+		return !ok
+	})
 }
