@@ -56,7 +56,8 @@ type Log struct {
 // address: endpoint URLs are user input, and link-local addresses (cloud
 // metadata services) must not be reachable through them by default. Deny
 // wins over allow; a nil Deny means the default (link-local), an empty one
-// refuses nothing.
+// refuses nothing. Through an HTTP proxy from the environment, only the
+// proxy's address is checked: the proxy resolves the endpoint's name.
 type Egress struct {
 	Allow []string `yaml:"allow" json:"allow"`
 	Deny  []string `yaml:"deny" json:"deny"`
