@@ -21,16 +21,16 @@ func TestHoles(t *testing.T) {
 			t.Errorf("remove(%d) = %v, want %v", tt.id, got, tt.want)
 		}
 	}
-	want := []outbox.IDRange{{6, 6}, {8, 8}, {20, 21}, {23, 25}}
+	want := []outbox.IDRange{{Lo: 6, Hi: 6}, {Lo: 8, Hi: 8}, {Lo: 20, Hi: 21}, {Lo: 23, Hi: 25}}
 	if !slices.Equal(g.ranges, want) {
 		t.Fatalf("holes %v, want %v", g.ranges, want)
 	}
 	g.forgetThrough(20)
-	if want := []outbox.IDRange{{21, 21}, {23, 25}}; !slices.Equal(g.ranges, want) {
+	if want := []outbox.IDRange{{Lo: 21, Hi: 21}, {Lo: 23, Hi: 25}}; !slices.Equal(g.ranges, want) {
 		t.Fatalf("after forgetThrough(20): %v, want %v", g.ranges, want)
 	}
 	g.bound(1)
-	if want := []outbox.IDRange{{23, 25}}; !slices.Equal(g.ranges, want) {
+	if want := []outbox.IDRange{{Lo: 23, Hi: 25}}; !slices.Equal(g.ranges, want) {
 		t.Fatalf("after bound(1): %v, want %v", g.ranges, want)
 	}
 }

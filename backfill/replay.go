@@ -38,10 +38,13 @@ type Replay struct {
 	ChangesProcessed int64     `json:"changes_processed"`
 	ChangesTotal     int64     `json:"changes_total"`
 	Messages         int64     `json:"messages"`
-	IdempotencyKey   string    `json:"idempotency_key,omitempty"`
-	Error            string    `json:"error,omitempty"`
-	CreatedAt        time.Time `json:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	// WaitingForBacklog says the replay waits for its sink's backlog to
+	// drain before it queues more (a paused sink holds it here).
+	WaitingForBacklog bool      `json:"waiting_for_backlog"`
+	IdempotencyKey    string    `json:"idempotency_key,omitempty"`
+	Error             string    `json:"error,omitempty"`
+	CreatedAt         time.Time `json:"created_at"`
+	UpdatedAt         time.Time `json:"updated_at"`
 
 	toAsked  *time.Time
 	resolved bool
@@ -51,13 +54,13 @@ type Replay struct {
 
 const selectReplay = `
 	SELECT r.id, s.name, r.state, r.from_time, r.to_time, r.to_asked, COALESCE(r.idempotency_key, ''), r.resolved, r.last_id, r.hi_id,
-		r.changes_processed, r.changes_total, r.messages, COALESCE(r.error, ''), r.created_at, r.updated_at
+		r.changes_processed, r.changes_total, r.messages, r.backlog_wait, COALESCE(r.error, ''), r.created_at, r.updated_at
 	FROM replays r JOIN sinks s ON s.id = r.sink_id`
 
 func scanReplay(row pgx.Row) (*Replay, error) {
 	var r Replay
 	err := row.Scan(&r.ID, &r.Sink, &r.State, &r.From, &r.To, &r.toAsked, &r.IdempotencyKey, &r.resolved, &r.lastID, &r.hiID,
-		&r.ChangesProcessed, &r.ChangesTotal, &r.Messages, &r.Error, &r.CreatedAt, &r.UpdatedAt)
+		&r.ChangesProcessed, &r.ChangesTotal, &r.Messages, &r.WaitingForBacklog, &r.Error, &r.CreatedAt, &r.UpdatedAt)
 	if err != nil {
 		return nil, err
 	}

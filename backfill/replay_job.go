@@ -118,7 +118,11 @@ func (r *Runner) runReplay(ctx context.Context, id int64) error {
 	}
 	router := sink.NewRouter([]*sink.Sink{s.Sink})
 	rels := map[string]*sink.Relation{}
+	bound := min(100_000, max(2*replayChunk, 100*s.Config.BatchSize))
 	for rp.lastID < rp.hiID {
+		if stopped, err := r.waitReplayBacklog(ctx, id, s.ID, bound); err != nil || stopped {
+			return err
+		}
 		var chunk []outbox.NewMessage
 		var arena []byte
 		last, n, err := store.RetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
@@ -142,7 +146,7 @@ func (r *Runner) runReplay(ctx context.Context, id int64) error {
 		}
 		kept, err := store.EnqueueWith(ctx, chunk, func(tx pgx.Tx) (bool, error) {
 			tag, err := tx.Exec(ctx, `UPDATE replays SET last_id = $3, changes_processed = changes_processed + $4, messages = messages + $5,
-					state = $6, updated_at = now()
+					state = $6, backlog_wait = false, updated_at = now()
 				WHERE id = $1 AND state = 'running' AND last_id = $2`, id, rp.lastID, last, n, len(chunk), state)
 			if err != nil {
 				return false, fmt.Errorf("record progress of replay %d: %w", id, err)
@@ -161,4 +165,40 @@ func (r *Runner) runReplay(ctx context.Context, id int64) error {
 	}
 	log.Info().Int64("changes", rp.ChangesProcessed).Int64("messages", rp.Messages).Msg("replay done")
 	return nil
+}
+
+// waitReplayBacklog holds a replay while its sink has more than bound
+// messages waiting, as backfills do, so a large window never floods the
+// outbox; the replay shows it is waiting. stopped reports that the replay
+// is no longer running.
+func (r *Runner) waitReplayBacklog(ctx context.Context, id, sinkID int64, bound int) (stopped bool, err error) {
+	for waiting := false; ; waiting = true {
+		n, err := countWaiting(ctx, r.cfg.Store, sinkID, bound-replayChunk+1)
+		if err != nil {
+			return false, fmt.Errorf("replay %d: %w", id, err)
+		}
+		if n+replayChunk <= bound {
+			return false, nil
+		}
+		if !waiting {
+			tag, err := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET backlog_wait = true, updated_at = now() WHERE id = $1 AND state = 'running'`, id)
+			if err != nil {
+				return false, fmt.Errorf("replay %d: record its wait: %w", id, err)
+			}
+			if tag.RowsAffected() == 0 {
+				return true, nil
+			}
+		} else {
+			var running bool
+			if err := r.cfg.Store.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replays WHERE id = $1 AND state = 'running')`, id).Scan(&running); err != nil {
+				return false, fmt.Errorf("replay %d: %w", id, err)
+			}
+			if !running {
+				return true, nil
+			}
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return false, err
+		}
+	}
 }

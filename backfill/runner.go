@@ -607,11 +607,21 @@ func (j *job) waitBacklog(ctx context.Context) (bool, error) {
 // countBacklog counts the sink's waiting messages, up to just past the
 // bound: the count costs at most bound index entries.
 func (j *job) countBacklog(ctx context.Context) (int, error) {
-	var n int
-	err := j.r.cfg.Store.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
-		j.b.sinkID, j.bound+1).Scan(&n)
+	n, err := countWaiting(ctx, j.r.cfg.Store, j.b.sinkID, j.bound+1)
 	if err != nil {
-		return 0, fmt.Errorf("backfill %d: count backlog: %w", j.b.ID, err)
+		return 0, fmt.Errorf("backfill %d: %w", j.b.ID, err)
+	}
+	return n, nil
+}
+
+// countWaiting counts a sink's waiting messages, up to limit: the count
+// costs at most limit index entries.
+func countWaiting(ctx context.Context, store *outbox.Store, sinkID int64, limit int) (int, error) {
+	var n int
+	err := store.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
+		sinkID, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
 	}
 	return n, nil
 }

@@ -217,3 +217,60 @@ func TestReplayResumesAfterRestart(t *testing.T) {
 		t.Fatalf("%d distinct messages, want %d", len(seen), rows)
 	}
 }
+
+// A large replay waits while its sink's backlog is large, as a backfill
+// does: with the sink paused it stops short of the window, and it
+// finishes once the sink drains.
+func TestReplayWaitsForBacklog(t *testing.T) {
+	const rows = 12000 // three chunks; the bound is 10,000 waiting
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Retention = config.Retention{Tables: []string{"public.t"}, Keep: config.Duration(time.Hour)}
+	b.cfg.Sinks[0].BatchSize = 50
+	b.start(t)
+	st := stateStore(t, b.url)
+	ctx := context.Background()
+	from := clock(t, b)
+	b.exec(t, `INSERT INTO t SELECT generate_series(1, $1)`, rows)
+	b.recv.waitCount(t, rows, 60*time.Second)
+	to := clock(t, b)
+
+	if err := st.SetSinkPaused(ctx, "s", true); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: from, To: &to}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the replay to wait for the backlog", func() bool {
+		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.WaitingForBacklog || r.State != backfill.Running
+	})
+	counts, err := st.SinkCounts(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waiting int64
+	for _, c := range counts {
+		waiting += c.Pending
+	}
+	if r.State != backfill.Running || r.ChangesProcessed != 10000 || waiting != 10000 {
+		t.Fatalf("with the sink paused: %+v, %d waiting; want it running at 10000 of %d", r, waiting, rows)
+	}
+	if err := st.SetSinkPaused(ctx, "s", false); err != nil {
+		t.Fatal(err)
+	}
+	b.recv.waitCount(t, 2*rows, 60*time.Second)
+	waitFor(t, 30*time.Second, "the replay to end", func() bool {
+		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.State != backfill.Running
+	})
+	if r.State != backfill.Done || r.Messages != rows || r.WaitingForBacklog {
+		t.Fatalf("after the sink drained: %+v", r)
+	}
+}

@@ -155,8 +155,11 @@ func backfillStatus(b *backfill.Backfill) jobStatus {
 
 func replayStatus(r *backfill.Replay) jobStatus {
 	detail := fmt.Sprintf("%d messages", r.Messages)
-	if r.State != backfill.Running {
+	switch {
+	case r.State != backfill.Running:
 		detail += ", " + r.State
+	case r.WaitingForBacklog:
+		detail += ", waiting for the sink's backlog to drain"
 	}
 	return jobStatus{kind: "replay", id: r.ID, state: r.State, done: r.ChangesProcessed, total: r.ChangesTotal, unit: "changes", detail: detail}
 }
