@@ -54,7 +54,7 @@ func TestReplayWindow(t *testing.T) {
 		t.Fatalf("%d retained changes, want 16", retained)
 	}
 
-	res := runReplay(t, st, "s", from, to)
+	res := runReplay(t, st, from, to)
 	if res.ChangesProcessed != 9 || res.ChangesTotal != 9 || res.Messages != 8 {
 		t.Fatalf("replay: %+v, want 9 changes, 8 messages", res)
 	}
@@ -98,19 +98,15 @@ func TestReplayWindow(t *testing.T) {
 	}
 }
 
-// runReplay starts a replay of [from, to) and waits until it is done.
-func runReplay(t *testing.T, st *outbox.Store, sinkName string, from, to time.Time) *backfill.Replay {
+// runReplay starts a replay of [from, to) for sink "s" and waits until it
+// is done.
+func runReplay(t *testing.T, st *outbox.Store, from, to time.Time) *backfill.Replay {
 	t.Helper()
-	r, created, err := backfill.CreateReplay(context.Background(), st, sinkName, backfill.ReplayRequest{From: from, To: &to}, "")
+	r, created, err := backfill.CreateReplay(context.Background(), st, "s", backfill.ReplayRequest{From: from, To: &to}, "")
 	if err != nil || !created {
 		t.Fatalf("create replay: %v (created %v)", err, created)
 	}
-	waitFor(t, 30*time.Second, "the replay to end", func() bool {
-		if r, err = backfill.GetReplay(context.Background(), st, sinkName, r.ID); err != nil {
-			t.Fatal(err)
-		}
-		return r.State != backfill.Running
-	})
+	r = waitReplay(t, st, r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done {
 		t.Fatalf("replay %+v", r)
 	}
@@ -145,16 +141,9 @@ func TestRetentionPruning(t *testing.T) {
 // request for the window of a running replay gets that replay.
 func TestReplayResumesAfterRestart(t *testing.T) {
 	const rows = 12000 // three chunks
-	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
-	b.cfg.Retention = config.Retention{Tables: []string{"public.t"}, Keep: config.Duration(time.Hour)}
-	b.cfg.Sinks[0].BatchSize = 500
-	stop := b.start(t)
-	st := stateStore(t, b.url)
+	w := retainedWindow(t, rows, 500)
+	b, st, from, to, stop := w.b, w.st, w.from, w.to, w.stop
 	ctx := context.Background()
-	from := clock(t, b)
-	b.exec(t, `INSERT INTO t SELECT generate_series(1, $1)`, rows)
-	b.recv.waitCount(t, rows, 60*time.Second)
-	to := clock(t, b)
 
 	// The second chunk's commit fails until the gate is dropped: the
 	// replay is held running after its first chunk.
@@ -167,13 +156,7 @@ func TestReplayResumesAfterRestart(t *testing.T) {
 	if err != nil || !created {
 		t.Fatalf("create replay: %v (created %v)", err, created)
 	}
-	waitFor(t, 30*time.Second, "the first chunk", func() bool {
-		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.ChangesProcessed > 0
-	})
+	r = waitReplay(t, st, r.ID, "the first chunk", func(r *backfill.Replay) bool { return r.ChangesProcessed > 0 })
 	if r.State != backfill.Running || r.ChangesTotal != rows || r.ChangesProcessed != 5000 || r.Messages != 5000 {
 		t.Fatalf("after the first chunk: %+v", r)
 	}
@@ -186,13 +169,7 @@ func TestReplayResumesAfterRestart(t *testing.T) {
 
 	b.exec(t, `DROP TRIGGER gate ON walhook.replays`)
 	b.start(t)
-	waitFor(t, 30*time.Second, "the replay to end", func() bool {
-		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.State != backfill.Running
-	})
+	r = waitReplay(t, st, r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done || r.ChangesProcessed != rows || r.Messages != rows {
 		t.Fatalf("after the restart: %+v", r)
 	}
@@ -223,16 +200,9 @@ func TestReplayResumesAfterRestart(t *testing.T) {
 // finishes once the sink drains.
 func TestReplayWaitsForBacklog(t *testing.T) {
 	const rows = 12000 // three chunks; the bound is 10,000 waiting
-	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
-	b.cfg.Retention = config.Retention{Tables: []string{"public.t"}, Keep: config.Duration(time.Hour)}
-	b.cfg.Sinks[0].BatchSize = 50
-	b.start(t)
-	st := stateStore(t, b.url)
+	w := retainedWindow(t, rows, 50)
+	b, st, from, to := w.b, w.st, w.from, w.to
 	ctx := context.Background()
-	from := clock(t, b)
-	b.exec(t, `INSERT INTO t SELECT generate_series(1, $1)`, rows)
-	b.recv.waitCount(t, rows, 60*time.Second)
-	to := clock(t, b)
 
 	if err := st.SetSinkPaused(ctx, "s", true); err != nil {
 		t.Fatal(err)
@@ -241,13 +211,7 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the replay to wait for the backlog", func() bool {
-		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.WaitingForBacklog || r.State != backfill.Running
-	})
+	r = waitReplay(t, st, r.ID, "the replay to wait for the backlog", func(r *backfill.Replay) bool { return r.WaitingForBacklog || r.State != backfill.Running })
 	counts, err := st.SinkCounts(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -263,14 +227,45 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.recv.waitCount(t, 2*rows, 60*time.Second)
-	waitFor(t, 30*time.Second, "the replay to end", func() bool {
-		r, err = backfill.GetReplay(ctx, st, "s", r.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.State != backfill.Running
-	})
+	r = waitReplay(t, st, r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done || r.Messages != rows || r.WaitingForBacklog {
 		t.Fatalf("after the sink drained: %+v", r)
 	}
+}
+
+// replayWindow is a running service with a sink "s" on table t, whose
+// changes are retained, and the window [from, to) holding the insert of
+// rows rows, delivered once.
+type replayWindow struct {
+	b        *testBundle
+	st       *outbox.Store
+	from, to time.Time
+	stop     func()
+}
+
+func retainedWindow(t *testing.T, rows, batchSize int) replayWindow {
+	t.Helper()
+	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Retention = config.Retention{Tables: []string{"public.t"}, Keep: config.Duration(time.Hour)}
+	b.cfg.Sinks[0].BatchSize = batchSize
+	w := replayWindow{b: b, stop: b.start(t), st: stateStore(t, b.url)}
+	w.from = clock(t, b)
+	b.exec(t, `INSERT INTO t SELECT generate_series(1, $1)`, rows)
+	b.recv.waitCount(t, rows, 60*time.Second)
+	w.to = clock(t, b)
+	return w
+}
+
+// waitReplay polls replay id of sink "s" until done holds, and returns it.
+func waitReplay(t *testing.T, st *outbox.Store, id int64, what string, done func(*backfill.Replay) bool) *backfill.Replay {
+	t.Helper()
+	var r *backfill.Replay
+	waitFor(t, 30*time.Second, what, func() bool {
+		var err error
+		if r, err = backfill.GetReplay(context.Background(), st, "s", id); err != nil {
+			t.Fatal(err)
+		}
+		return done(r)
+	})
+	return r
 }
