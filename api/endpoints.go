@@ -179,7 +179,7 @@ func (s *Server) sealEndpoint(e config.HTTPEndpoint) (*outbox.Endpoint, error) {
 // credentials would be lost, and the receiver would get "********".
 func checkURLUnmasked(u string) error {
 	if strings.Contains(u, masked) || strings.Contains(u, "%2A%2A%2A%2A%2A%2A%2A%2A") {
-		return invalid("url", "%q holds the mask the API shows in place of credentials; give the whole URL", u)
+		return invalid("url", "%q holds the mask the API shows in place of credentials; give the whole URL", secrets.RedactURL(u))
 	}
 	return nil
 }
