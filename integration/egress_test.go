@@ -140,11 +140,11 @@ func TestEgressPolicy(t *testing.T) {
 	t.Cleanup(redirector.Close)
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(ok.URL(), "http://"))
 
-	e := egressEnv(t, config.Egress{Allow: []string{"127.0.0.0/8"}, Deny: []string{"169.254.0.0/16", "127.0.0.2"}}, map[string]string{
+	e := egressEnv(t, config.Egress{Allow: []string{"127.0.0.0/30"}, Deny: []string{"169.254.0.0/16", "127.0.0.2"}}, map[string]string{
 		"ok":       ok.URL(),
 		"meta":     "http://169.254.169.254/latest",
 		"denied":   "http://127.0.0.2:" + port,
-		"outside":  "http://[::1]:" + port,
+		"outside":  "http://127.0.0.9:" + port,
 		"redirect": redirector.URL,
 	})
 	e.exec(t, `INSERT INTO t VALUES (1)`)
@@ -153,7 +153,7 @@ func TestEgressPolicy(t *testing.T) {
 	for sink, want := range map[string]string{
 		"meta":    "egress policy refused 169.254.169.254: it is in egress.deny 169.254.0.0/16",
 		"denied":  "egress policy refused 127.0.0.2: it is in egress.deny 127.0.0.2/32",
-		"outside": "egress policy refused ::1: it is in no egress.allow CIDR",
+		"outside": "egress policy refused 127.0.0.9: it is in no egress.allow CIDR",
 	} {
 		if got := e.lastError(t, sink); !strings.Contains(got, want) {
 			t.Errorf("sink %s: last_error %q, want it to say %q", sink, got, want)
@@ -179,21 +179,16 @@ func TestEgressPolicy(t *testing.T) {
 // everything else is allowed.
 func TestEgressDefaults(t *testing.T) {
 	ok := newReceiver(t)
-	_, port, _ := net.SplitHostPort(strings.TrimPrefix(ok.URL(), "http://"))
 	e := egressEnv(t, config.Egress{}, map[string]string{
 		"ok":   ok.URL(),
 		"meta": "http://169.254.169.254/latest",
-		"v6":   "http://[fe80::1]:" + port,
 	})
 	e.exec(t, `INSERT INTO t VALUES (1)`)
 	waitRequests(t, ok, 1)
-	for sink, want := range map[string]string{
-		"meta": "egress policy refused 169.254.169.254: it is in egress.deny 169.254.0.0/16",
-		"v6":   "egress policy refused fe80::1: it is in egress.deny fe80::/10",
-	} {
-		if got := e.lastError(t, sink); !strings.Contains(got, want) {
-			t.Errorf("sink %s: last_error %q, want it to say %q", sink, got, want)
-		}
+	// (fe80::/10 is refused alike: egress.TestCheck; no IPv6 socket here,
+	// which some CI kernels cannot open.)
+	if got, want := e.lastError(t, "meta"), "egress policy refused 169.254.169.254: it is in egress.deny 169.254.0.0/16"; !strings.Contains(got, want) {
+		t.Errorf("last_error %q, want it to say %q", got, want)
 	}
 }
 
