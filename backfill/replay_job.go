@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,11 +14,16 @@ import (
 	"github.com/walhook/walhook/sink"
 )
 
-// replayLoop runs the running replays on the leader, one at a time, for
-// as long as the term lasts. A replay whose run failed for a passing
-// reason waits a little before it runs again; one that cannot succeed is
-// marked failed.
+// replayLoop runs the running replays on the leader, each in its own
+// goroutine (one waiting for its sink's backlog must not hold up the
+// others), for as long as the term lasts. A replay whose run failed for a
+// passing reason waits a little before it runs again; one that cannot
+// succeed is marked failed.
 func (r *Runner) replayLoop(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var mu sync.Mutex
+	active := map[int64]bool{}
 	retryAt := map[int64]time.Time{}
 	failures := map[int64]int{}
 	t := time.NewTicker(r.cfg.Poll)
@@ -27,31 +33,37 @@ func (r *Runner) replayLoop(ctx context.Context) {
 		if err != nil && ctx.Err() == nil {
 			r.cfg.Log.Error().Err(err).Msg("list running replays")
 		}
+		mu.Lock()
 		for _, id := range ids {
-			if ctx.Err() != nil {
-				return
-			}
-			if time.Now().Before(retryAt[id]) {
+			if active[id] || time.Now().Before(retryAt[id]) {
 				continue
 			}
-			err := r.runReplay(ctx, id)
-			switch {
-			case err == nil, ctx.Err() != nil:
-				delete(failures, id)
-				delete(retryAt, id)
-			case permanent(err):
-				r.cfg.Log.Error().Err(err).Int64("replay", id).Msg("replay failed")
-				if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
-					id, err.Error()); ferr != nil {
-					r.cfg.Log.Error().Err(ferr).Int64("replay", id).Msg("record the replay's failure")
+			active[id] = true
+			wg.Go(func() {
+				err := r.runReplay(ctx, id)
+				failed := err != nil && ctx.Err() == nil && permanent(err)
+				if failed {
+					r.cfg.Log.Error().Err(err).Int64("replay", id).Msg("replay failed")
+					if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
+						id, err.Error()); ferr != nil {
+						r.cfg.Log.Error().Err(ferr).Int64("replay", id).Msg("record the replay's failure")
+					}
 				}
-			default:
+				mu.Lock()
+				defer mu.Unlock()
+				delete(active, id)
+				if err == nil || failed || ctx.Err() != nil {
+					delete(failures, id)
+					delete(retryAt, id)
+					return
+				}
 				failures[id]++
 				wait := min(time.Duration(failures[id])*5*time.Second, time.Minute)
 				retryAt[id] = time.Now().Add(wait)
 				r.cfg.Log.Error().Err(err).Int64("replay", id).Dur("retry_in", wait).Msg("replay interrupted; it resumes after its last chunk")
-			}
+			})
 		}
+		mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return

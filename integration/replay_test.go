@@ -106,7 +106,7 @@ func runReplay(t *testing.T, st *outbox.Store, from, to time.Time) *backfill.Rep
 	if err != nil || !created {
 		t.Fatalf("create replay: %v (created %v)", err, created)
 	}
-	r = waitReplay(t, st, r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
+	r = waitReplay(t, st, "s", r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done {
 		t.Fatalf("replay %+v", r)
 	}
@@ -156,7 +156,7 @@ func TestReplayResumesAfterRestart(t *testing.T) {
 	if err != nil || !created {
 		t.Fatalf("create replay: %v (created %v)", err, created)
 	}
-	r = waitReplay(t, st, r.ID, "the first chunk", func(r *backfill.Replay) bool { return r.ChangesProcessed > 0 })
+	r = waitReplay(t, st, "s", r.ID, "the first chunk", func(r *backfill.Replay) bool { return r.ChangesProcessed > 0 })
 	if r.State != backfill.Running || r.ChangesTotal != rows || r.ChangesProcessed != 5000 || r.Messages != 5000 {
 		t.Fatalf("after the first chunk: %+v", r)
 	}
@@ -169,7 +169,7 @@ func TestReplayResumesAfterRestart(t *testing.T) {
 
 	b.exec(t, `DROP TRIGGER gate ON walhook.replays`)
 	b.start(t)
-	r = waitReplay(t, st, r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
+	r = waitReplay(t, st, "s", r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done || r.ChangesProcessed != rows || r.Messages != rows {
 		t.Fatalf("after the restart: %+v", r)
 	}
@@ -211,7 +211,7 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = waitReplay(t, st, r.ID, "the replay to wait for the backlog", func(r *backfill.Replay) bool { return r.WaitingForBacklog || r.State != backfill.Running })
+	r = waitReplay(t, st, "s", r.ID, "the replay to wait for the backlog", func(r *backfill.Replay) bool { return r.WaitingForBacklog || r.State != backfill.Running })
 	counts, err := st.SinkCounts(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -223,11 +223,30 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	if r.State != backfill.Running || r.ChangesProcessed != 10000 || waiting != 10000 {
 		t.Fatalf("with the sink paused: %+v, %d waiting; want it running at 10000 of %d", r, waiting, rows)
 	}
+
+	// A waiting replay holds up no other sink's replay.
+	s2 := config.Sink{Name: "s2", Endpoint: "recv", Path: "/hook2", Tables: []string{"public.t"}, BatchSize: 100}
+	s2.ApplyDefaults()
+	if _, err := st.PutSink(ctx, s2); err != nil {
+		t.Fatal(err)
+	}
+	r2, _, err := backfill.CreateReplay(ctx, st, "s2", backfill.ReplayRequest{From: from, To: &to}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 = waitReplay(t, st, "s2", r2.ID, "the other sink's replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
+	if r2.State != backfill.Done || r2.Messages != rows {
+		t.Fatalf("the other sink's replay: %+v", r2)
+	}
+	if r, err = backfill.GetReplay(ctx, st, "s", r.ID); err != nil || r.State != backfill.Running || !r.WaitingForBacklog {
+		t.Fatalf("the paused sink's replay meanwhile: %+v, %v", r, err)
+	}
+
 	if err := st.SetSinkPaused(ctx, "s", false); err != nil {
 		t.Fatal(err)
 	}
-	b.recv.waitCount(t, 2*rows, 60*time.Second)
-	r = waitReplay(t, st, r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
+	b.recv.waitCount(t, 3*rows, 60*time.Second)
+	r = waitReplay(t, st, "s", r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done || r.Messages != rows || r.WaitingForBacklog {
 		t.Fatalf("after the sink drained: %+v", r)
 	}
@@ -256,13 +275,13 @@ func retainedWindow(t *testing.T, rows, batchSize int) replayWindow {
 	return w
 }
 
-// waitReplay polls replay id of sink "s" until done holds, and returns it.
-func waitReplay(t *testing.T, st *outbox.Store, id int64, what string, done func(*backfill.Replay) bool) *backfill.Replay {
+// waitReplay polls replay id of a sink until done holds, and returns it.
+func waitReplay(t *testing.T, st *outbox.Store, sinkName string, id int64, what string, done func(*backfill.Replay) bool) *backfill.Replay {
 	t.Helper()
 	var r *backfill.Replay
 	waitFor(t, 30*time.Second, what, func() bool {
 		var err error
-		if r, err = backfill.GetReplay(context.Background(), st, "s", id); err != nil {
+		if r, err = backfill.GetReplay(context.Background(), st, sinkName, id); err != nil {
 			t.Fatal(err)
 		}
 		return done(r)
