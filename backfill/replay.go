@@ -186,7 +186,7 @@ func GetReplay(ctx context.Context, store *outbox.Store, sinkName string, id int
 // changes nothing. It returns the replay as it is now.
 func CancelReplay(ctx context.Context, store *outbox.Store, sinkName string, id int64) (*Replay, error) {
 	_, err := store.Pool.Exec(ctx, `
-		UPDATE replays r SET state = 'cancelled', updated_at = now()
+		UPDATE replays r SET state = 'cancelled', backlog_wait = false, updated_at = now()
 		FROM sinks s WHERE s.id = r.sink_id AND s.name = $1 AND r.id = $2 AND r.state = 'running'`, sinkName, id)
 	if err != nil {
 		return nil, fmt.Errorf("cancel replay %d of sink %q: %w", id, sinkName, err)

@@ -44,7 +44,7 @@ func (r *Runner) replayLoop(ctx context.Context) {
 				failed := err != nil && ctx.Err() == nil && permanent(err)
 				if failed {
 					r.cfg.Log.Error().Err(err).Int64("replay", id).Msg("replay failed")
-					if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
+					if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, backlog_wait = false, updated_at = now() WHERE id = $1 AND state = 'running'`,
 						id, err.Error()); ferr != nil {
 						r.cfg.Log.Error().Err(ferr).Int64("replay", id).Msg("record the replay's failure")
 					}

@@ -607,6 +607,12 @@ func TestBackfillAPIAndCLI(t *testing.T) {
 	if st3, _ := post(`{"from": "2024-01-01T00:00:00Z"}`); st3 != 409 {
 		t.Errorf("the key with another window: %d, want 409", st3)
 	}
+	// DELETE cancels a running replay; one that ended stays as it was.
+	replayPath := fmt.Sprintf("/api/sinks/s/replays/%d", res.ID)
+	if got := decodeAs[backfill.Replay](t, e.must(t, 200, "DELETE", replayPath, nil)); got.State != "done" {
+		t.Errorf("DELETE of a done replay changed it: %+v", got)
+	}
+	e.must(t, 404, "DELETE", "/api/sinks/s/replays/999", nil)
 	e.must(t, 404, "GET", "/api/sinks/s/replays/999", nil)
 	e.must(t, 404, "GET", "/api/sinks/s/replays/x", nil)
 	e.must(t, 400, "POST", "/api/sinks/s/replays", `{"to": "2024-01-01T00:00:00Z"}`)

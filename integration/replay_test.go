@@ -242,6 +242,17 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 		t.Fatalf("the paused sink's replay meanwhile: %+v, %v", r, err)
 	}
 
+	// A waiting replay can be cancelled; it queues nothing more.
+	earlier := to.Add(-time.Millisecond)
+	r3, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: from, To: &earlier}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReplay(t, st, "s", r3.ID, "the second replay to wait", func(r *backfill.Replay) bool { return r.WaitingForBacklog })
+	if r3, err = backfill.CancelReplay(ctx, st, "s", r3.ID); err != nil || r3.State != backfill.Cancelled || r3.Messages != 0 || r3.WaitingForBacklog {
+		t.Fatalf("cancel a waiting replay: %+v, %v", r3, err)
+	}
+
 	if err := st.SetSinkPaused(ctx, "s", false); err != nil {
 		t.Fatal(err)
 	}
@@ -249,6 +260,9 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	r = waitReplay(t, st, "s", r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
 	if r.State != backfill.Done || r.Messages != rows || r.WaitingForBacklog {
 		t.Fatalf("after the sink drained: %+v", r)
+	}
+	if r3, err = backfill.GetReplay(ctx, st, "s", r3.ID); err != nil || r3.State != backfill.Cancelled || r3.Messages != 0 {
+		t.Fatalf("the cancelled replay after the sink drained: %+v, %v", r3, err)
 	}
 }
 
