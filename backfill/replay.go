@@ -38,13 +38,13 @@ type Replay struct {
 	ChangesProcessed int64     `json:"changes_processed"`
 	ChangesTotal     int64     `json:"changes_total"`
 	Messages         int64     `json:"messages"`
-	// WaitingForBacklog says the replay waits for its sink's backlog to
-	// drain before it queues more (a paused sink holds it here).
-	WaitingForBacklog bool      `json:"waiting_for_backlog"`
-	IdempotencyKey    string    `json:"idempotency_key,omitempty"`
-	Error             string    `json:"error,omitempty"`
-	CreatedAt         time.Time `json:"created_at"`
-	UpdatedAt         time.Time `json:"updated_at"`
+	// WaitingFor says what a running replay waits for: WaitCapture or
+	// WaitBacklog (a paused sink holds it there); empty when it works.
+	WaitingFor     string    `json:"waiting_for,omitempty"`
+	IdempotencyKey string    `json:"idempotency_key,omitempty"`
+	Error          string    `json:"error,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
 
 	toAsked  *time.Time
 	resolved bool
@@ -54,18 +54,28 @@ type Replay struct {
 
 const selectReplay = `
 	SELECT r.id, s.name, r.state, r.from_time, r.to_time, r.to_asked, COALESCE(r.idempotency_key, ''), r.resolved, r.last_id, r.hi_id,
-		r.changes_processed, r.changes_total, r.messages, r.backlog_wait, COALESCE(r.error, ''), r.created_at, r.updated_at
+		r.changes_processed, r.changes_total, r.messages, COALESCE(r.waiting_for, ''), COALESCE(r.error, ''), r.created_at, r.updated_at
 	FROM replays r JOIN sinks s ON s.id = r.sink_id`
 
 func scanReplay(row pgx.Row) (*Replay, error) {
 	var r Replay
 	err := row.Scan(&r.ID, &r.Sink, &r.State, &r.From, &r.To, &r.toAsked, &r.IdempotencyKey, &r.resolved, &r.lastID, &r.hiID,
-		&r.ChangesProcessed, &r.ChangesTotal, &r.Messages, &r.WaitingForBacklog, &r.Error, &r.CreatedAt, &r.UpdatedAt)
+		&r.ChangesProcessed, &r.ChangesTotal, &r.Messages, &r.WaitingFor, &r.Error, &r.CreatedAt, &r.UpdatedAt)
 	if err != nil {
 		return nil, err
 	}
 	return &r, nil
 }
+
+// What a running replay may wait for (Replay.WaitingFor).
+const (
+	// WaitCapture: the stream has not yet captured every change committed
+	// before the window's end; the window is bounded once it has.
+	WaitCapture = "capture"
+	// WaitBacklog: the sink has too many messages waiting for another
+	// chunk.
+	WaitBacklog = "backlog"
+)
 
 // ErrKeyReused marks an Idempotency-Key already used for a different
 // replay window of the sink. The API answers it with 409.
@@ -186,7 +196,7 @@ func GetReplay(ctx context.Context, store *outbox.Store, sinkName string, id int
 // changes nothing. It returns the replay as it is now.
 func CancelReplay(ctx context.Context, store *outbox.Store, sinkName string, id int64) (*Replay, error) {
 	_, err := store.Pool.Exec(ctx, `
-		UPDATE replays r SET state = 'cancelled', backlog_wait = false, updated_at = now()
+		UPDATE replays r SET state = 'cancelled', waiting_for = NULL, updated_at = now()
 		FROM sinks s WHERE s.id = r.sink_id AND s.name = $1 AND r.id = $2 AND r.state = 'running'`, sinkName, id)
 	if err != nil {
 		return nil, fmt.Errorf("cancel replay %d of sink %q: %w", id, sinkName, err)

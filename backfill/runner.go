@@ -41,6 +41,10 @@ type Config struct {
 	// changes can slip between the page and the stream).
 	SourceURL   string
 	Publication string
+	// Slot is the replication slot whose captured position a replay waits
+	// for (replication_state), so its window misses no change that was
+	// committed but not yet captured.
+	Slot string
 	// RetentionKeep, when positive, prunes retained changes older than it.
 	RetentionKeep time.Duration
 	Log           zerolog.Logger
@@ -120,7 +124,7 @@ func (r *Runner) Run(ctx context.Context) {
 	if r.cfg.RetentionKeep > 0 {
 		wg.Go(func() { r.pruneLoop(ctx) })
 	}
-	wg.Go(func() { r.replayLoop(ctx) })
+	wg.Go(func() { r.replayLoop(ctx, source) })
 
 	var mu sync.Mutex
 	active := map[int64]bool{}

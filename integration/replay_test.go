@@ -211,7 +211,9 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r = waitReplay(t, st, "s", r.ID, "the replay to wait for the backlog", func(r *backfill.Replay) bool { return r.WaitingForBacklog || r.State != backfill.Running })
+	r = waitReplay(t, st, "s", r.ID, "the replay to wait for the backlog", func(r *backfill.Replay) bool {
+		return r.WaitingFor == backfill.WaitBacklog || r.State != backfill.Running
+	})
 	counts, err := st.SinkCounts(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +240,7 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	if r2.State != backfill.Done || r2.Messages != rows {
 		t.Fatalf("the other sink's replay: %+v", r2)
 	}
-	if r, err = backfill.GetReplay(ctx, st, "s", r.ID); err != nil || r.State != backfill.Running || !r.WaitingForBacklog {
+	if r, err = backfill.GetReplay(ctx, st, "s", r.ID); err != nil || r.State != backfill.Running || r.WaitingFor != backfill.WaitBacklog {
 		t.Fatalf("the paused sink's replay meanwhile: %+v, %v", r, err)
 	}
 
@@ -248,8 +250,8 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitReplay(t, st, "s", r3.ID, "the second replay to wait", func(r *backfill.Replay) bool { return r.WaitingForBacklog })
-	if r3, err = backfill.CancelReplay(ctx, st, "s", r3.ID); err != nil || r3.State != backfill.Cancelled || r3.Messages != 0 || r3.WaitingForBacklog {
+	waitReplay(t, st, "s", r3.ID, "the second replay to wait", func(r *backfill.Replay) bool { return r.WaitingFor == backfill.WaitBacklog })
+	if r3, err = backfill.CancelReplay(ctx, st, "s", r3.ID); err != nil || r3.State != backfill.Cancelled || r3.Messages != 0 || r3.WaitingFor != "" {
 		t.Fatalf("cancel a waiting replay: %+v, %v", r3, err)
 	}
 
@@ -258,7 +260,7 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	}
 	b.recv.waitCount(t, 3*rows, 60*time.Second)
 	r = waitReplay(t, st, "s", r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
-	if r.State != backfill.Done || r.Messages != rows || r.WaitingForBacklog {
+	if r.State != backfill.Done || r.Messages != rows || r.WaitingFor != "" {
 		t.Fatalf("after the sink drained: %+v", r)
 	}
 	if r3, err = backfill.GetReplay(ctx, st, "s", r3.ID); err != nil || r3.State != backfill.Cancelled || r3.Messages != 0 {
@@ -301,4 +303,45 @@ func waitReplay(t *testing.T, st *outbox.Store, sinkName string, id int64, what 
 		return done(r)
 	})
 	return r
+}
+
+// A replay up to now includes a change committed just before it was
+// asked for, even while capture lags: it bounds its window only once the
+// stream has captured past the request.
+func TestReplayWaitsForCapture(t *testing.T) {
+	w := retainedWindow(t, 3, 10)
+	b, st := w.b, w.st
+	ctx := context.Background()
+
+	// Capture cannot commit while the stream position is locked.
+	lock, err := b.db.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(context.Background()) //nolint:errcheck // committed below
+	if _, err := lock.Exec(ctx, `LOCK TABLE walhook.replication_state IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	b.exec(t, `INSERT INTO t VALUES (100)`)
+	r, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: w.to}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = waitReplay(t, st, "s", r.ID, "the replay to wait for capture", func(r *backfill.Replay) bool {
+		return r.WaitingFor == backfill.WaitCapture || r.State != backfill.Running
+	})
+	if r.State != backfill.Running || r.ChangesTotal != 0 {
+		t.Fatalf("while capture lags: %+v", r)
+	}
+	if err := lock.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r = waitReplay(t, st, "s", r.ID, "the replay to end", func(r *backfill.Replay) bool { return r.State != backfill.Running })
+	if r.State != backfill.Done || r.ChangesTotal != 1 || r.Messages != 1 || r.WaitingFor != "" {
+		t.Fatalf("after capture caught up: %+v", r)
+	}
+	msgs := b.recv.waitCount(t, 3+2, 20*time.Second)
+	if n := len(msgs); n != 5 || msgs[3].Record["id"] != float64(100) || msgs[4].Record["id"] != float64(100) {
+		t.Errorf("deliveries: %d, want the 3 first rows, then row 100 live and replayed", n)
+	}
 }

@@ -109,7 +109,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	s.Capture.SetRetention(cfg.Retention.Tables)
 	s.Backfills = backfill.NewRunner(backfill.Config{
 		Store: store, Capture: s.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
-		RetentionKeep: cfg.Retention.Keep.D(), Log: log,
+		Slot: cfg.Database.Slot, RetentionKeep: cfg.Retention.Keep.D(), Log: log,
 	})
 	s.Delivery = delivery.NewManager(delivery.Config{Store: store, Box: box, Log: log, Worker: s.Worker, Egress: policy})
 	return s, nil

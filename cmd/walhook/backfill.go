@@ -158,8 +158,10 @@ func replayStatus(r *backfill.Replay) jobStatus {
 	switch {
 	case r.State != backfill.Running:
 		detail += ", " + r.State
-	case r.WaitingForBacklog:
+	case r.WaitingFor == backfill.WaitBacklog:
 		detail += ", waiting for the sink's backlog to drain"
+	case r.WaitingFor == backfill.WaitCapture:
+		detail += ", waiting for capture to reach the window's end"
 	}
 	return jobStatus{kind: "replay", id: r.ID, state: r.State, done: r.ChangesProcessed, total: r.ChangesTotal, unit: "changes", detail: detail}
 }

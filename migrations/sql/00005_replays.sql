@@ -13,8 +13,10 @@
 -- replay is created, so a resumed replay covers the same window.
 -- resolved: the leader has bounded the window's retained changes to the
 -- ids (last_id, hi_id] and counted them (changes_total); last_id then
--- advances with each chunk. backlog_wait: the replay waits for its sink's
--- backlog to drain before its next chunk. idempotency_key: from the request's
+-- advances with each chunk. waiting_for: what a running replay waits for:
+-- 'capture' (the stream to have captured every change committed before
+-- to_time, before the window is bounded), 'backlog' (its sink's backlog
+-- to drain before the next chunk), NULL. idempotency_key: from the request's
 -- Idempotency-Key header; a retried request with the same key gets the
 -- same replay. A request identical to a running replay (same sink, from
 -- and to as asked) gets that replay too: replays_same_running_idx.
@@ -32,7 +34,7 @@ CREATE TABLE replays (
     changes_processed bigint NOT NULL DEFAULT 0,
     changes_total     bigint NOT NULL DEFAULT 0,
     messages          bigint NOT NULL DEFAULT 0,
-    backlog_wait      boolean NOT NULL DEFAULT false,
+    waiting_for       text CHECK (waiting_for IN ('capture', 'backlog')),
     error             text,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now()
