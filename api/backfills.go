@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/outbox"
@@ -21,7 +20,7 @@ func (s *Server) backfillRoutes() {
 	s.handle("POST /api/sinks/{name}/backfills", s.createBackfill)
 	s.handle("GET /api/sinks/{name}/backfills/{id}", s.getBackfill)
 	s.handle("DELETE /api/sinks/{name}/backfills/{id}", s.cancelBackfill)
-	s.handle("POST /api/sinks/{name}/replays", s.replay)
+	s.replayRoutes() // replays.go
 }
 
 // backfillError turns the backfill package's errors into API errors: its
@@ -67,10 +66,14 @@ func (s *Server) createBackfill(w http.ResponseWriter, r *http.Request) {
 
 // backfillID reads the {id} of a backfill route; anything but a positive
 // number names no backfill (a 404, unlike pathID's 400).
-func backfillID(r *http.Request) (int64, error) {
-	id, err := pathID(r, "backfill")
+func backfillID(r *http.Request) (int64, error) { return jobID(r, "backfill") }
+
+// jobID reads the {id} of a backfill or replay route: anything but a
+// positive number names no job, a 404.
+func jobID(r *http.Request, what string) (int64, error) {
+	id, err := pathID(r, what)
 	if err != nil {
-		return 0, fmt.Errorf("backfill %q of sink %q: %w", r.PathValue("id"), r.PathValue("name"), outbox.ErrNotFound)
+		return 0, fmt.Errorf("%s %q of sink %q: %w", what, r.PathValue("id"), r.PathValue("name"), outbox.ErrNotFound)
 	}
 	return id, nil
 }
@@ -105,34 +108,4 @@ func (s *Server) cancelBackfill(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info().Str("sink", b.Sink).Int64("backfill", b.ID).Str("state", b.State).Msg("backfill cancelled through the API")
 	writeJSON(w, http.StatusOK, b)
-}
-
-// replay enqueues the retained changes committed in [from, to) again for
-// the sink and answers how many.
-func (s *Server) replay(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	var req backfill.ReplayRequest
-	if err := decodeStrict(body, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if req.From.IsZero() {
-		s.fail(w, r, invalid("from", "is required: an RFC 3339 time"))
-		return
-	}
-	var to time.Time
-	if req.To != nil {
-		to = *req.To
-	}
-	res, err := backfill.Replay(r.Context(), s.d.Store, r.PathValue("name"), req.From, to)
-	if err != nil {
-		s.fail(w, r, backfillError(err))
-		return
-	}
-	s.log.Info().Str("sink", res.Sink).Int64("messages", res.Messages).Time("from", res.From).Msg("replay enqueued through the API")
-	writeJSON(w, http.StatusOK, res)
 }

@@ -11,10 +11,12 @@ import (
 
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/secrets"
 )
 
 // endpointView is an HTTP endpoint as the API shows it: encrypted header
-// values are masked, only their names leave the process.
+// values are masked, only their names leave the process, and so are the
+// credentials of its URL (see secrets.RedactURL).
 type endpointView struct {
 	ID               int64             `json:"id"`
 	Name             string            `json:"name"`
@@ -27,7 +29,7 @@ type endpointView struct {
 
 func newEndpointView(e *outbox.Endpoint) endpointView {
 	v := endpointView{
-		ID: e.ID, Name: e.Name, URL: e.URL, Headers: e.Headers, EncryptedHeaders: map[string]string{},
+		ID: e.ID, Name: e.Name, URL: secrets.RedactURL(e.URL), Headers: e.Headers, EncryptedHeaders: map[string]string{},
 		CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
 	}
 	if v.Headers == nil {
@@ -79,6 +81,10 @@ func (s *Server) createEndpoint(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if err := checkURLUnmasked(e.URL); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	row, err := s.sealEndpoint(e)
 	if err != nil {
 		s.fail(w, r, err)
@@ -113,6 +119,13 @@ func (s *Server) patchEndpoint(w http.ResponseWriter, r *http.Request) {
 	}
 	if e.Name != name {
 		s.fail(w, r, invalid("name", "cannot be changed (create a new endpoint instead)"))
+		return
+	}
+	// The URL as shown (credentials masked) keeps the stored one.
+	if e.URL == view.URL {
+		e.URL = cur.URL
+	} else if err := checkURLUnmasked(e.URL); err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	// Masked values keep what is stored; only then is anything opened.
@@ -160,6 +173,15 @@ func (s *Server) sealEndpoint(e config.HTTPEndpoint) (*outbox.Endpoint, error) {
 		Name: e.Name, URL: e.URL, Headers: e.Headers, EncryptedHeaders: sealed,
 		EncryptedHeaderNames: slices.Sorted(maps.Keys(e.EncryptedHeaders)),
 	}, nil
+}
+
+// checkURLUnmasked refuses a new URL that still holds the mask: its
+// credentials would be lost, and the receiver would get "********".
+func checkURLUnmasked(u string) error {
+	if strings.Contains(u, masked) || strings.Contains(u, "%2A%2A%2A%2A%2A%2A%2A%2A") {
+		return invalid("url", "%q holds the mask the API shows in place of credentials; give the whole URL", secrets.RedactURL(u))
+	}
+	return nil
 }
 
 func (s *Server) respondEndpoint(ctx context.Context, w http.ResponseWriter, r *http.Request, name string, status int) {

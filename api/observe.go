@@ -1,11 +1,13 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,7 +23,7 @@ const (
 	observeMinGap    = 50 * time.Millisecond  // between looks, however busy
 	observeKeepalive = 15 * time.Second       // SSE comment so proxies keep the stream
 	observeBuffer    = 1024                   // events a slow client may lag behind
-	observeMaxSeen   = 200000                 // bound on remembered ids
+	observeMaxHoles  = 10000                  // bound on remembered holes and checkpoints
 	observeHeadRetry = 500 * time.Millisecond // before retrying a failed look
 )
 
@@ -232,11 +234,13 @@ type checkpoint struct {
 	xmax    uint64 // that look's snapshot xmax
 }
 
-// tail follows the outbox. Ids are taken before commit, so a message can
-// become visible below ids seen already; the tail therefore re-reads from
-// a floor below which nothing can still appear, and remembers the ids it
-// sent above it. The floor rises to a look's highest id once a later
-// look's snapshot shows every transaction of that time has ended.
+// tail follows the outbox. Each look pages on from the highest id sent.
+// Ids are taken before commit, so a message can become visible below ids
+// sent already: the ids skipped between sent ones are kept as holes, and
+// each look reads only those (an index probe each) besides the new ids,
+// never the messages it has sent, however long another transaction keeps
+// its snapshot open. A hole is forgotten once a later look's snapshot
+// shows that every transaction in progress when it was seen has ended.
 func (h *hub) tail(ctx context.Context, run *tailRun) {
 	started := func(err error) {
 		run.err = err
@@ -275,8 +279,8 @@ func (h *hub) tail(ctx context.Context, run *tailRun) {
 	}
 	started(nil)
 
-	floor, highest := head, head
-	seen := map[int64]struct{}{}
+	highest := head
+	var gaps holes
 	var checkpoints []checkpoint
 	poll := time.NewTicker(observePoll)
 	defer poll.Stop()
@@ -287,7 +291,7 @@ func (h *hub) tail(ctx context.Context, run *tailRun) {
 		case <-notify:
 		case <-poll.C:
 		}
-		page, err := h.store.ObserveSince(ctx, floor, observePage)
+		page, err := h.store.ObserveSince(ctx, highest, gaps.ranges, observePage)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -297,36 +301,89 @@ func (h *hub) tail(ctx context.Context, run *tailRun) {
 			continue
 		}
 		for _, m := range page.Messages {
-			if _, ok := seen[m.ID]; ok {
-				continue
+			if m.ID > highest {
+				gaps.add(highest+1, m.ID-1)
+				highest = m.ID
+			} else if !gaps.remove(m.ID) {
+				continue // already sent
 			}
-			seen[m.ID] = struct{}{}
-			highest = max(highest, m.ID)
 			h.broadcast(ctx, m)
 		}
 		if len(checkpoints) == 0 || checkpoints[len(checkpoints)-1].highest < highest {
+			// Dropping a checkpoint only delays forgetting holes.
+			if len(checkpoints) >= observeMaxHoles {
+				checkpoints = checkpoints[1:]
+			}
 			checkpoints = append(checkpoints, checkpoint{highest: highest, xmax: page.Xmax})
 		}
 		i := 0
-		for i < len(checkpoints) && (checkpoints[i].xmax <= page.Xmin || len(seen) > observeMaxSeen) {
-			floor = max(floor, checkpoints[i].highest)
+		for i < len(checkpoints) && checkpoints[i].xmax <= page.Xmin {
+			gaps.forgetThrough(checkpoints[i].highest)
 			i++
 		}
 		checkpoints = checkpoints[i:]
-		if i > 0 {
-			for id := range seen {
-				if id <= floor {
-					delete(seen, id)
-				}
-			}
-		}
-		if len(page.Messages) == observePage {
+		gaps.bound(observeMaxHoles)
+		if page.More {
 			select {
 			case notify <- struct{}{}:
 			default:
 			}
 		}
 		sleepCtx(ctx, observeMinGap)
+	}
+}
+
+// holes are the ids below the highest sent that were not visible when
+// the tail passed them, as sorted, disjoint, inclusive ranges.
+type holes struct {
+	ranges []outbox.IDRange
+}
+
+// add records a new hole above every known one.
+func (g *holes) add(lo, hi int64) {
+	if lo <= hi {
+		g.ranges = append(g.ranges, outbox.IDRange{Lo: lo, Hi: hi})
+	}
+}
+
+// remove takes id out of the holes; false when it was in none (sent).
+func (g *holes) remove(id int64) bool {
+	i, found := slices.BinarySearchFunc(g.ranges, id, func(r outbox.IDRange, id int64) int { return cmp.Compare(r.Hi, id) })
+	if !found && (i == len(g.ranges) || g.ranges[i].Lo > id) {
+		return false
+	}
+	r := g.ranges[i]
+	switch {
+	case r.Lo == id && r.Hi == id:
+		g.ranges = slices.Delete(g.ranges, i, i+1)
+	case r.Lo == id:
+		g.ranges[i].Lo++
+	case r.Hi == id:
+		g.ranges[i].Hi--
+	default:
+		g.ranges = slices.Insert(g.ranges, i+1, outbox.IDRange{Lo: id + 1, Hi: r.Hi})
+		g.ranges[i].Hi = id - 1
+	}
+	return true
+}
+
+// forgetThrough drops the holes at or below id: nothing can appear there
+// any more.
+func (g *holes) forgetThrough(id int64) {
+	i := 0
+	for i < len(g.ranges) && g.ranges[i].Hi <= id {
+		i++
+	}
+	g.ranges = g.ranges[i:]
+	if len(g.ranges) > 0 && g.ranges[0].Lo <= id {
+		g.ranges[0].Lo = id + 1
+	}
+}
+
+// bound keeps at most n holes, forgetting the oldest: a look probes each.
+func (g *holes) bound(n int) {
+	if len(g.ranges) > n {
+		g.ranges = slices.Delete(g.ranges, 0, len(g.ranges)-n)
 	}
 }
 

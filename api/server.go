@@ -73,7 +73,7 @@ type Server struct {
 	stopOnce sync.Once
 	bg       sync.WaitGroup
 
-	metricsMu sync.Mutex
+	gauges gaugeCache
 }
 
 // maxRequestBody bounds management API request bodies (ingest bodies are

@@ -11,12 +11,13 @@ import (
 
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/secrets"
 	"github.com/walhook/walhook/sink"
 )
 
 // masked replaces secret values in answers. Sent back unchanged in a
 // PATCH (or a POST that repeats a GET), it keeps the stored value.
-const masked = "********"
+const masked = secrets.Mask
 
 // sinkView is a sink as the API shows it: its settings as in the config
 // file, plus identity, status and message counts.
@@ -306,8 +307,9 @@ func (s *Server) applied(ctx context.Context, tables []string) error {
 func (s *Server) deleteSink(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := r.PathValue("name")
-	id, err := s.d.Store.DeleteSink(ctx, name)
-	if err != nil {
+	// Messages capture writes for the sink after this are purged by
+	// delivery's housekeeping.
+	if _, err := s.d.Store.DeleteSink(ctx, name); err != nil {
 		s.fail(w, r, err)
 		return
 	}
@@ -316,29 +318,7 @@ func (s *Server) deleteSink(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.purgeLater(id)
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// purgeLater sweeps messages that capture wrote for a deleted sink with
-// the routing it loaded before the delete: once now, once after capture's
-// buffer has surely been flushed.
-func (s *Server) purgeLater(sinkID int64) {
-	s.bg.Go(func() {
-		for _, wait := range []time.Duration{0, 5 * time.Second} {
-			select {
-			case <-s.stop:
-				return
-			case <-time.After(wait):
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			err := s.d.Store.PurgeSink(ctx, sinkID)
-			cancel()
-			if err != nil {
-				s.log.Warn().Err(err).Msg("purge messages of a deleted sink")
-			}
-		}
-	})
 }
 
 func (s *Server) pauseSink(w http.ResponseWriter, r *http.Request)  { s.setPaused(w, r, true) }

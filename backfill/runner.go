@@ -42,6 +42,10 @@ type Config struct {
 	// changes can slip between the page and the stream).
 	SourceURL   string
 	Publication string
+	// Slot is the replication slot whose captured position a replay waits
+	// for (replication_state), so its window misses no change that was
+	// committed but not yet captured.
+	Slot string
 	// RetentionKeep, when positive, prunes retained changes older than it.
 	RetentionKeep time.Duration
 	Log           zerolog.Logger
@@ -61,8 +65,8 @@ type Config struct {
 	Poll time.Duration
 }
 
-// Runner runs backfills and prunes retained changes. It runs on the
-// leader only, for one leadership term at a time: Run returns when the
+// Runner runs backfills and replays, and prunes retained changes. It runs
+// on the leader only, for one leadership term at a time: Run returns when the
 // term's context ends.
 type Runner struct {
 	cfg Config
@@ -109,7 +113,7 @@ func OpenSource(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool,
 }
 
 // Run works until ctx ends: it runs every running backfill (each in its
-// own goroutine) and prunes retained changes.
+// own goroutine) and replay (one at a time), and prunes retained changes.
 func (r *Runner) Run(ctx context.Context) {
 	source, err := OpenSource(ctx, r.cfg.SourceURL, 8)
 	if err != nil {
@@ -122,6 +126,7 @@ func (r *Runner) Run(ctx context.Context) {
 	if r.cfg.RetentionKeep > 0 {
 		wg.Go(func() { r.pruneLoop(ctx) })
 	}
+	wg.Go(func() { r.replayLoop(ctx, source) })
 
 	var mu sync.Mutex
 	active := map[int64]bool{}
@@ -608,11 +613,21 @@ func (j *job) waitBacklog(ctx context.Context) (bool, error) {
 // countBacklog counts the sink's waiting messages, up to just past the
 // bound: the count costs at most bound index entries.
 func (j *job) countBacklog(ctx context.Context) (int, error) {
-	var n int
-	err := j.r.cfg.Store.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
-		j.b.sinkID, j.bound+1).Scan(&n)
+	n, err := countWaiting(ctx, j.r.cfg.Store, j.b.sinkID, j.bound+1)
 	if err != nil {
-		return 0, fmt.Errorf("backfill %d: count backlog: %w", j.b.ID, err)
+		return 0, fmt.Errorf("backfill %d: %w", j.b.ID, err)
+	}
+	return n, nil
+}
+
+// countWaiting counts a sink's waiting messages, up to limit: the count
+// costs at most limit index entries.
+func countWaiting(ctx context.Context, store *outbox.Store, sinkID int64, limit int) (int, error) {
+	var n int
+	err := store.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
+		sinkID, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
 	}
 	return n, nil
 }

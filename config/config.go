@@ -14,6 +14,7 @@ type Config struct {
 	Server         Server          `yaml:"server" json:"server"`
 	EncryptionKey  string          `yaml:"encryption_key" json:"-"`
 	Log            Log             `yaml:"log" json:"log"`
+	Egress         Egress          `yaml:"egress" json:"egress"`
 	HTTPEndpoints  []HTTPEndpoint  `yaml:"http_endpoints" json:"http_endpoints"`
 	WebhookSources []WebhookSource `yaml:"webhook_sources" json:"webhook_sources"`
 	Retention      Retention       `yaml:"retention" json:"retention"`
@@ -53,6 +54,17 @@ type Server struct {
 type Log struct {
 	Level  string `yaml:"level" json:"level"`
 	Format string `yaml:"format" json:"format"`
+}
+
+// Egress limits where delivery may connect, checked on the resolved
+// address: endpoint URLs are user input, and link-local addresses (cloud
+// metadata services) must not be reachable through them by default. Deny
+// wins over allow; a nil Deny means the default (link-local), an empty one
+// refuses nothing. Through an HTTP proxy from the environment, only the
+// proxy's address is checked: the proxy resolves the endpoint's name.
+type Egress struct {
+	Allow []string `yaml:"allow" json:"allow"`
+	Deny  []string `yaml:"deny" json:"deny"`
 }
 
 // HTTPEndpoint is a receiver base URL with its headers. EncryptedHeaders are

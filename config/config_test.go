@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -214,6 +215,7 @@ func TestDefaults(t *testing.T) {
 		State:    State{URL: "postgres://app@localhost:5432/app", Schema: "walhook"},
 		Server:   Server{Listen: "127.0.0.1:7376", PublicURL: "http://127.0.0.1:7376"},
 		Log:      Log{Level: "info", Format: "json"},
+		Egress:   Egress{Deny: []string{"169.254.0.0/16", "fe80::/10"}},
 		HTTPEndpoints: []HTTPEndpoint{
 			{Name: "api", URL: "http://localhost:8080"},
 		},
@@ -413,6 +415,9 @@ func TestValidation(t *testing.T) {
 		{"encryption key short", top("encryption_key: c2hvcnQ=\n"), []string{"walhook.yaml:2: encryption_key:", "decodes to 5 bytes, want 32"}},
 		{"encryption key not base64", top("encryption_key: '!!!'\n"), []string{"walhook.yaml:2: encryption_key:", "not valid base64"}},
 		{"encryption key required", top("http_endpoints:\n  - {name: e, url: 'http://h', encrypted_headers: {A: b}}\n"), []string{"walhook.yaml: encryption_key: is required because http_endpoints[e] has encrypted_headers"}},
+		// egress
+		{"egress allow not a cidr", top("egress: {allow: [10.0.0.0/8, 'not-a-net']}\n"), []string{"walhook.yaml:2: egress.allow[1]:", `"not-a-net" is not a CIDR`}},
+		{"egress deny bad mask", top("egress:\n  deny: [10.0.0.0/33]\n"), []string{"walhook.yaml:3: egress.deny[0]:", `"10.0.0.0/33" is not a CIDR`}},
 		// endpoints
 		{"endpoint name dup", top("http_endpoints:\n  - {name: e, url: 'http://h'}\n  - {name: e, url: 'http://h'}\n"), []string{"walhook.yaml:4: http_endpoints[e].name:", `"e" is already used by http_endpoints[0] (line 3)`}},
 		{"endpoint name empty", top("http_endpoints:\n  - {url: 'http://h'}\n"), []string{"walhook.yaml:3: http_endpoints[0].name: is required"}},
@@ -730,6 +735,27 @@ func assertErr(t *testing.T, err error, want ...string) {
 	for l := range strings.SplitSeq(msg, "\n") {
 		if !strings.HasPrefix(l, file) {
 			t.Errorf("error line does not name the file: %q", l)
+		}
+	}
+}
+
+// An explicit deny list replaces the link-local default; "deny: []" refuses
+// nothing, which is how an operator reaches a link-local receiver on
+// purpose.
+func TestEgressDenyDefault(t *testing.T) {
+	db := "database: {url: 'postgres://app@h/db'}\n"
+	for _, tt := range []struct {
+		src  string
+		want []string
+	}{
+		{db, []string{"169.254.0.0/16", "fe80::/10"}},
+		{db + "egress: {allow: [10.0.0.0/8]}\n", []string{"169.254.0.0/16", "fe80::/10"}},
+		{db + "egress: {deny: []}\n", []string{}},
+		{db + "egress: {deny: [10.1.0.0/16]}\n", []string{"10.1.0.0/16"}},
+	} {
+		c := mustParse(t, tt.src, nil)
+		if !slices.Equal(c.Egress.Deny, tt.want) || c.Egress.Deny == nil {
+			t.Errorf("%q: egress.deny = %#v, want %#v", tt.src, c.Egress.Deny, tt.want)
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/walhook/walhook/egress"
 )
 
 // Log defaults (SPEC §2).
@@ -50,6 +52,9 @@ func (c *Config) applyDefaults(set func(key string) bool) {
 	}
 	if c.Log.Format == "" {
 		c.Log.Format = DefaultLogFormat
+	}
+	if c.Egress.Deny == nil && !isSet(set, "egress.deny") {
+		c.Egress.Deny = slices.Clone(egress.DefaultDeny)
 	}
 	for i := range c.WebhookSources {
 		c.WebhookSources[i].applyDefaults(under(set, (&keyPath{}).field("webhook_sources").index(i, "")))

@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/walhook/walhook/egress"
+	"github.com/walhook/walhook/secrets"
 )
 
 // Limits of the SPEC (§2) and of this implementation.
@@ -210,6 +213,18 @@ func (c *Config) validate(ch *checker) {
 	checkOneOf(ch, lg.field("level"), c.Log.Level, LogLevels)
 	checkOneOf(ch, lg.field("format"), c.Log.Format, LogFormats)
 
+	eg := root.field("egress")
+	for _, list := range []struct {
+		key   string
+		rules []string
+	}{{"allow", c.Egress.Allow}, {"deny", c.Egress.Deny}} {
+		for i, r := range list.rules {
+			if _, err := egress.ParsePrefix(r); err != nil {
+				ch.errorf(eg.field(list.key).index(i, ""), "%s", err)
+			}
+		}
+	}
+
 	endpoints := map[string]bool{}
 	seen := map[string]*keyPath{}
 	for i := range c.HTTPEndpoints {
@@ -320,19 +335,23 @@ func checkListen(ch *checker, p *keyPath, s string) bool {
 }
 
 // checkHTTPURL requires an absolute http(s) URL with a host. The shown
-// value has any password masked.
+// value has its credentials (password, query values) masked.
 func checkHTTPURL(ch *checker, p *keyPath, s string) {
 	if s == "" {
 		ch.errorf(p, "is required (an absolute http:// or https:// URL)")
 		return
 	}
 	u, err := url.Parse(s)
+	shown := redactConn(s)
+	if err == nil {
+		shown = secrets.RedactURL(s)
+	}
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {
-		ch.errorf(p, "%s is not an absolute http:// or https:// URL", quote(redactConn(s)))
+		ch.errorf(p, "%s is not an absolute http:// or https:// URL", quote(shown))
 		return
 	}
 	if u.Fragment != "" {
-		ch.errorf(p, "%s must not have a #fragment", quote(redactConn(s)))
+		ch.errorf(p, "%s must not have a #fragment", quote(shown))
 	}
 }
 

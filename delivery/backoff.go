@@ -48,3 +48,14 @@ func RetryAfter(resp *http.Response, now time.Time) time.Duration {
 	}
 	return 0
 }
+
+// MinRetryAfterCap is the least a Retry-After may hold a sink for, however
+// short max_backoff is: a receiver may ask for a long pause, but not hold
+// a sink for years.
+const MinRetryAfterCap = time.Hour
+
+// CapRetryAfter bounds a Retry-After wait at max_backoff or
+// MinRetryAfterCap, whichever is larger.
+func CapRetryAfter(d, maxBackoff time.Duration) time.Duration {
+	return min(d, max(maxBackoff, MinRetryAfterCap))
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/walhook/walhook/egress"
 	"github.com/walhook/walhook/metrics"
 	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/secrets"
@@ -48,6 +49,9 @@ type Config struct {
 	Poll time.Duration
 	// Client overrides the HTTP client (tests).
 	Client *http.Client
+	// Egress says where requests may connect; nil means the default
+	// (link-local refused).
+	Egress *egress.Policy
 }
 
 // Manager runs one set of workers per sink and keeps them in line with the
@@ -77,6 +81,7 @@ func NewManager(cfg Config) *Manager {
 		tr.MaxIdleConns = 1024
 		tr.MaxIdleConnsPerHost = 256
 		tr.IdleConnTimeout = 90 * time.Second
+		tr.DialContext = policyOrDefault(cfg.Egress).DialContext
 		client = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
 	return &Manager{cfg: cfg, client: client, runners: map[int64]*runner{}, reload: make(chan struct{}, 1), history: newHistory()}
@@ -275,7 +280,7 @@ const vacuumAfter = 20_000
 
 // housekeep writes the delivery history, revokes the claims of dead
 // workers (every second), ends claims whose lease ran out, trims the
-// history and vacuums the queue tables.
+// history, purges deleted sinks' messages and vacuums the queue tables.
 func (m *Manager) housekeep(ctx context.Context) {
 	tick := time.NewTicker(historyEvery)
 	defer tick.Stop()
@@ -310,6 +315,7 @@ func (m *Manager) housekeep(ctx context.Context) {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
 			}
+			m.purgeDeleted(ctx)
 		}
 		if n%16 == 0 {
 			if _, err := m.cfg.Store.VacuumQueues(ctx, vacuumAfter); err != nil && ctx.Err() == nil {
@@ -380,7 +386,7 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 		return nil, fmt.Errorf("sink %s: %w", s.Name, err)
 	}
 	return &runner{
-		m: m, sink: s, url: strings.TrimRight(ep.URL, "/") + s.Config.Path, headers: h, signer: signer,
+		m: m, sink: s, url: joinURL(ep.URL, s.Config.Path), headers: h, signer: signer,
 		fp: fp, wake: make(doorbell, 1), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
 	}, nil
 }
@@ -428,7 +434,9 @@ func (r *runner) ack(ctx context.Context) {
 		for i, j := range jobs {
 			batches[i] = j.b
 		}
+		ackStart := time.Now()
 		ended, err := r.m.cfg.Store.AckAll(ctx, r.sink.ID, batches)
+		metrics.AckDuration.WithLabelValues(r.sink.Name, "ack").Observe(time.Since(ackStart).Seconds())
 		if err != nil {
 			r.log.Error().Err(err).Int("batches", len(jobs)).Msg("ack (messages will be delivered again)")
 			continue
@@ -462,7 +470,9 @@ func (r *runner) work(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		req.WorkerID = r.m.worker.Load().ID
+		claimStart := time.Now()
 		b, err := r.m.cfg.Store.Claim(ctx, req)
+		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(time.Since(claimStart).Seconds())
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Error().Err(err).Msg("claim")
@@ -510,6 +520,7 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 		attempt = max(attempt, int(m.DeliverCount)+1)
 	}
 	wait := Backoff(attempt, cfg.Retry.InitialBackoff.D(), cfg.Retry.MaxBackoff.D())
+	retryAfter = CapRetryAfter(retryAfter, cfg.Retry.MaxBackoff.D())
 	if retryAfter > 0 {
 		wait = max(wait, retryAfter)
 		if err := r.m.cfg.Store.Hold(bg, r.sink.ID, time.Now().Add(retryAfter)); err != nil {
@@ -518,8 +529,9 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	}
 	msg := snippet
 	if err != nil {
-		msg = err.Error()
+		msg = redactError(err, r.url)
 	}
+	nackStart := time.Now()
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
 	})
@@ -527,6 +539,7 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 		r.log.Warn().Err(nerr).Msg("delivery failed, but the claim had ended: nothing recorded")
 		return
 	}
+	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if nerr != nil {
 		r.log.Error().Err(nerr).Msg("record failed delivery")
 		return

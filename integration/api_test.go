@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -738,9 +737,10 @@ func TestMessagesStatesAndRedeliver(t *testing.T) {
 	if s := decodeAs[apiSink](t, e.must(t, 200, "GET", "/api/sinks/s", nil)); s.RawCounts["failed"] != 1 || s.RawCounts["pending"] != 0 {
 		t.Errorf("counts: %v", s.RawCounts)
 	}
-	if metrics := string(e.must(t, 200, "GET", "/metrics", nil)); !strings.Contains(metrics, `walhook_backlog_messages{sink="s",state="failed"} 1`) {
-		t.Errorf("metrics lack the failed backlog")
-	}
+	// The per-sink gauges are refreshed every few seconds.
+	waitFor(t, 20*time.Second, "the failed backlog in the metrics", func() bool {
+		return strings.Contains(string(e.must(t, 200, "GET", "/metrics", nil)), `walhook_backlog_messages{sink="s",state="failed"} 1`)
+	})
 
 	// Redeliver one.
 	healthy.Store(true)
@@ -811,18 +811,7 @@ func TestObserveSSE(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", e.base+"/api/observe?sink=s", nil)
-	req.Header.Set("Authorization", "Bearer "+apiToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	if !sc.Scan() || sc.Text() != ": observing" {
-		t.Fatalf("first line %q", sc.Text())
-	}
+	sc := e.observe(ctx, t, "s")
 	b.exec(t, `INSERT INTO t VALUES (42, 'x')`)
 	e.must(t, 200, "POST", "/api/webhook/hook", `{"hello": "sse"}`)
 	var events []map[string]any

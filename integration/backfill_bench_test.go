@@ -31,7 +31,7 @@ func startBench(tb testing.TB, cfg *config.Config, level string, maxBacklog int)
 	return startService(tb, cfg, lvl, func(svc *service.Service, log zerolog.Logger) {
 		if maxBacklog > 0 || benchMaxPage() > 0 {
 			svc.Backfills = backfill.NewRunner(backfill.Config{
-				Store: svc.Store, Capture: svc.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
+				Store: svc.Store, Capture: svc.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication, Slot: cfg.Database.Slot,
 				RetentionKeep: cfg.Retention.Keep.D(), Log: log, MaxBacklog: maxBacklog, MaxPage: benchMaxPage(),
 			})
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -562,14 +563,58 @@ func TestBackfillAPIAndCLI(t *testing.T) {
 	// before walhook started were never captured).
 	b.exec(t, `INSERT INTO t SELECT i, 'new' FROM generate_series(3001, 3005) i`)
 	b.recv.waitCount(t, 4015, 20*time.Second)
-	if out := c.ok(t, "replay", "s", "--from", "1h"); out != "replayed 5 messages to sink s (5 retained changes in the window)\n" {
-		t.Errorf("replay: %q", out)
+	if out := c.ok(t, "replay", "s", "--from", "1h", "--wait"); !strings.HasSuffix(out, " done: 5 messages to sink s (5 retained changes in the window)\n") ||
+		!strings.Contains(out, "5/~5 changes  5 messages, done\n") {
+		t.Errorf("replay --wait: %q", out)
 	}
 	b.recv.waitCount(t, 4020, 20*time.Second)
-	res := decodeAs[backfill.ReplayResult](t, e.must(t, 200, "POST", "/api/sinks/s/replays", map[string]any{"from": time.Now().Add(-time.Hour), "to": time.Now().Add(-time.Minute)}))
-	if res.Messages != 0 || res.Changes != 0 {
+	res := decodeAs[backfill.Replay](t, e.must(t, 201, "POST", "/api/sinks/s/replays", map[string]any{"from": time.Now().Add(-time.Hour), "to": time.Now().Add(-time.Minute)}))
+	waitFor(t, 20*time.Second, "the empty replay to end", func() bool {
+		res = decodeAs[backfill.Replay](t, e.must(t, 200, "GET", fmt.Sprintf("/api/sinks/s/replays/%d", res.ID), nil))
+		return res.State != "running"
+	})
+	if res.State != "done" || res.Messages != 0 || res.ChangesTotal != 0 {
 		t.Errorf("replay of an empty window: %+v", res)
 	}
+	if list := decodeAs[struct{ Data []backfill.Replay }](t, e.must(t, 200, "GET", "/api/sinks/s/replays", nil)); len(list.Data) != 2 || list.Data[0].ID != res.ID {
+		t.Errorf("replays: %+v", list)
+	}
+	out = c.ok(t, "replay", "s", "--from", "2h", "--to", "1h", "--json")
+	if started := decodeAs[backfill.Replay](t, []byte(out)); started.ID == 0 || started.Sink != "s" {
+		t.Errorf("replay --json: %s", out)
+	}
+	// A retried POST with the same Idempotency-Key gets the same replay;
+	// the key with another window is a conflict.
+	window := fmt.Sprintf(`{"from": %q, "to": %q}`, time.Now().Add(-3*time.Hour).Format(time.RFC3339), time.Now().Add(-2*time.Hour).Format(time.RFC3339))
+	post := func(body string) (int, backfill.Replay) {
+		req, _ := http.NewRequest("POST", e.base+"/api/sinks/s/replays", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+apiToken)
+		req.Header.Set("Idempotency-Key", "k-1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rp backfill.Replay
+		_ = json.NewDecoder(resp.Body).Decode(&rp)
+		return resp.StatusCode, rp
+	}
+	st1, first := post(window)
+	st2, second := post(window)
+	if st1 != 201 || st2 != 200 || first.ID == 0 || second.ID != first.ID || second.IdempotencyKey != "k-1" {
+		t.Errorf("POST twice with one Idempotency-Key: %d %+v, then %d %+v", st1, first, st2, second)
+	}
+	if st3, _ := post(`{"from": "2024-01-01T00:00:00Z"}`); st3 != 409 {
+		t.Errorf("the key with another window: %d, want 409", st3)
+	}
+	// DELETE cancels a running replay; one that ended stays as it was.
+	replayPath := fmt.Sprintf("/api/sinks/s/replays/%d", res.ID)
+	if got := decodeAs[backfill.Replay](t, e.must(t, 200, "DELETE", replayPath, nil)); got.State != "done" {
+		t.Errorf("DELETE of a done replay changed it: %+v", got)
+	}
+	e.must(t, 404, "DELETE", "/api/sinks/s/replays/999", nil)
+	e.must(t, 404, "GET", "/api/sinks/s/replays/999", nil)
+	e.must(t, 404, "GET", "/api/sinks/s/replays/x", nil)
 	e.must(t, 400, "POST", "/api/sinks/s/replays", `{"to": "2024-01-01T00:00:00Z"}`)
 	e.must(t, 400, "POST", "/api/sinks/s/replays", `{"from": "yesterday"}`)
 	e.must(t, 404, "POST", "/api/sinks/nope/replays", `{"from": "2024-01-01T00:00:00Z"}`)

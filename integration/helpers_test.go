@@ -139,6 +139,7 @@ type message struct {
 // request is one POST the receiver got.
 type request struct {
 	Path    string
+	Query   string
 	Header  http.Header
 	Body    []byte
 	Data    []message
@@ -169,7 +170,7 @@ func (r *receiver) URL() string { return r.srv.URL }
 
 func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
-	rq := request{Path: req.URL.Path, Header: req.Header.Clone(), Body: body, Started: time.Now()}
+	rq := request{Path: req.URL.Path, Query: req.URL.RawQuery, Header: req.Header.Clone(), Body: body, Started: time.Now()}
 	var env struct {
 		Data []json.RawMessage `json:"data"`
 	}

@@ -126,8 +126,10 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 		}
 		done <- nil
 	}()
-	for range 3 {
-		if _, err := backfill.Replay(ctx, st, "s", from, to); err != nil {
+	for i := range 3 {
+		// Distinct windows, so each is a replay of its own.
+		end := to.Add(time.Duration(i) * time.Microsecond)
+		if _, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: from, To: &end}, ""); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -37,7 +37,9 @@ var (
 		Name: "walhook_delivery_request_seconds", Help: "HTTP request duration.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 	}, []string{"sink"})
-	// Backlog is the number of outbox messages per sink and state.
+	// Backlog is the number of outbox messages per sink and state; its
+	// "failed" series is the failed count per sink to alert on. Refreshed
+	// every few seconds, not per scrape.
 	Backlog = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "walhook_backlog_messages", Help: "Outbox messages by sink and state.",
 	}, []string{"sink", "state"})
@@ -57,6 +59,28 @@ var (
 	Leader = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "walhook_replication_leader", Help: "1 when this process streams the slot.",
 	})
+	// OldestWaiting is the age of each sink's oldest waiting (not failed)
+	// message: a stuck sink shows here before its backlog is large.
+	OldestWaiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "walhook_oldest_waiting_message_age_seconds", Help: "Age of the oldest message waiting for delivery (failed ones excluded), per sink; 0 when none waits.",
+	}, []string{"sink"})
+	// ReplicationLagSeconds is how old the latest transaction read from the
+	// slot was when the server sent it: 0 once walhook has caught up.
+	ReplicationLagSeconds = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "walhook_replication_lag_seconds", Help: "Commit-to-send delay of the latest transaction read from the slot (server clock); 0 when caught up.",
+	})
+	// ClaimDuration is the time a worker's claim of a batch takes in the
+	// state database: it grows when the outbox or its indexes bloat.
+	ClaimDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "walhook_claim_seconds", Help: "Duration of claiming a batch in the state database.",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+	}, []string{"sink"})
+	// AckDuration is the time recording a batch's outcome takes: outcome
+	// "ack" (delivered) or "nack" (failed, backing off).
+	AckDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "walhook_ack_seconds", Help: "Duration of recording a batch's outcome in the state database.",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+	}, []string{"sink", "outcome"})
 	// WebhooksReceived counts ingested webhooks per source and result.
 	WebhooksReceived = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "walhook_webhooks_received_total", Help: "Inbound webhooks by source and HTTP status.",
@@ -65,5 +89,6 @@ var (
 
 func init() {
 	Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		Captured, Delivered, Failed, Attempts, Latency, RequestDuration, Backlog, Truncates, SlotLag, Position, Leader, WebhooksReceived)
+		Captured, Delivered, Failed, Attempts, Latency, RequestDuration, Backlog, Truncates, SlotLag, Position, Leader, WebhooksReceived,
+		OldestWaiting, ReplicationLagSeconds, ClaimDuration, AckDuration)
 }

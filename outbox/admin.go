@@ -72,15 +72,16 @@ func sinkSettings(cfg config.Sink) ([]byte, []string, error) {
 
 // DeleteSink removes a sink with everything queued for it: its outbox,
 // its claims and its delivered history go in the same transaction, so no
-// worker can claim a message of a sink that no longer exists. It returns
-// the sink's id for PurgeSink.
+// worker can claim a message of a sink that no longer exists. Messages
+// written for it later are left to PurgeDeletedSinks. It returns the
+// sink's id.
 func (s *Store) DeleteSink(ctx context.Context, name string) (int64, error) {
 	var id int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `SELECT id FROM sinks WHERE name = $1 FOR UPDATE`, name).Scan(&id); err != nil {
 			return err
 		}
-		return purgeSink(ctx, tx, id, true)
+		return purgeSink(ctx, tx, id)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, fmt.Errorf("sink %q: %w", name, ErrNotFound)
@@ -91,33 +92,13 @@ func (s *Store) DeleteSink(ctx context.Context, name string) (int64, error) {
 	return id, nil
 }
 
-func purgeSink(ctx context.Context, tx pgx.Tx, id int64, andSink bool) error {
+func purgeSink(ctx context.Context, tx pgx.Tx, id int64) error {
 	b := &pgx.Batch{}
 	b.Queue(`DELETE FROM claims WHERE sink_id = $1`, id)
 	b.Queue(`DELETE FROM outbox WHERE sink_id = $1`, id)
 	b.Queue(`DELETE FROM delivered WHERE sink_id = $1`, id)
-	if andSink {
-		b.Queue(`DELETE FROM sinks WHERE id = $1`, id)
-	}
+	b.Queue(`DELETE FROM sinks WHERE id = $1`, id)
 	return tx.SendBatch(ctx, b).Close()
-}
-
-// PurgeSink deletes what is still queued for a deleted sink. Capture
-// routes with the router it loaded when a source transaction began, so a
-// transaction in progress while a sink is deleted can still write for
-// it; this sweeps those rows up. It does nothing while the sink exists.
-func (s *Store) PurgeSink(ctx context.Context, id int64) error {
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM sinks WHERE id = $1)`, id).Scan(&exists); err != nil || exists {
-			return err
-		}
-		return purgeSink(ctx, tx, id, false)
-	})
-	if err != nil {
-		return fmt.Errorf("purge messages of deleted sink %d: %w", id, err)
-	}
-	return nil
 }
 
 // SetSinkPaused pauses or resumes delivery of a sink. Capture goes on

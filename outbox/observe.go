@@ -65,13 +65,20 @@ type Observed struct {
 
 // ObservePage is one look at the outbox for a live tail.
 type ObservePage struct {
+	// Messages are in id order: first those found in the holes asked
+	// for, then new ones.
 	Messages []Observed
+	// More says a part of the look stopped at its limit: look again now.
+	More bool
 	// Xmin and Xmax are the look's snapshot bounds (xid8): once a later
 	// look's Xmin reaches this Xmax, every transaction in progress during
 	// this look has ended, so no message with an id up to this look's
 	// highest can still appear.
 	Xmin, Xmax uint64
 }
+
+// IDRange is an inclusive range of message ids.
+type IDRange struct{ Lo, Hi int64 }
 
 // ObserveHead is the highest message id handed out so far, where a live
 // tail starts. (The outbox's sequence, not its rows: a message acked a
@@ -85,11 +92,17 @@ func (s *Store) ObserveHead(ctx context.Context) (int64, error) {
 	return id, nil
 }
 
-// ObserveSince returns messages with an id above after, from the outbox
-// and, for those delivered already, the history, in id order. Ids are
-// assigned before commit, so a message can appear below ids seen before;
-// callers use the snapshot bounds to know when that can no longer happen.
-func (s *Store) ObserveSince(ctx context.Context, after int64, limit int) (ObservePage, error) {
+// observeColumns is what a look reads of a message, from the outbox and,
+// for those delivered already, the history.
+const observeColumns = `id, sink_id, group_key, commit_lsn, commit_idx, payload`
+
+// ObserveSince returns, in one snapshot, the messages in holes (ids below
+// after that were not visible at earlier looks: ids are assigned before
+// commit, so a message can appear below ids seen already) and up to limit
+// messages with an id above after, in id order. Only those ids are read,
+// never the messages a tail has seen, however long a transaction holds
+// the snapshot's xmin back.
+func (s *Store) ObserveSince(ctx context.Context, after int64, holes []IDRange, limit int) (ObservePage, error) {
 	var page ObservePage
 	err := pgx.BeginTxFunc(ctx, s.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var xmin, xmax string
@@ -103,25 +116,54 @@ func (s *Store) ObserveSince(ctx context.Context, after int64, limit int) (Obser
 		if page.Xmax, err = strconv.ParseUint(xmax, 10, 64); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `
-			SELECT m.id, m.sink_id, COALESCE(s.name, ''), m.group_key, m.commit_lsn, m.commit_idx, m.payload FROM (
-				(SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload FROM outbox WHERE id > $1 ORDER BY id LIMIT $2)
+		if len(holes) > 0 {
+			los, his := make([]int64, len(holes)), make([]int64, len(holes))
+			for i, h := range holes {
+				los[i], his[i] = h.Lo, h.Hi
+			}
+			found, err := observeQuery(ctx, tx, `
+				SELECT `+observeColumns+` FROM unnest($1::bigint[], $2::bigint[]) r(lo, hi)
+					CROSS JOIN LATERAL (SELECT `+observeColumns+` FROM outbox WHERE id BETWEEN r.lo AND r.hi) o
 				UNION ALL
-				(SELECT id, sink_id, group_key, commit_lsn, commit_idx, payload FROM delivered WHERE id > $1 ORDER BY id LIMIT $2)
-			) m LEFT JOIN sinks s ON s.id = m.sink_id
-			ORDER BY m.id LIMIT $2`, after, limit)
+				SELECT `+observeColumns+` FROM unnest($1::bigint[], $2::bigint[]) r(lo, hi)
+					CROSS JOIN LATERAL (SELECT `+observeColumns+` FROM delivered WHERE id BETWEEN r.lo AND r.hi) d`, limit, los, his)
+			if err != nil {
+				return err
+			}
+			page.Messages = found
+			page.More = len(found) == limit
+		}
+		fresh, err := observeQuery(ctx, tx, `
+			(SELECT `+observeColumns+` FROM outbox WHERE id > $1 ORDER BY id LIMIT $2)
+			UNION ALL
+			(SELECT `+observeColumns+` FROM delivered WHERE id > $1 ORDER BY id LIMIT $2)`, limit, after, limit)
 		if err != nil {
 			return err
 		}
-		page.Messages, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observed, error) {
-			var o Observed
-			err := r.Scan(&o.ID, &o.SinkID, &o.Sink, &o.Group, &o.CommitLSN, &o.CommitIdx, &o.Payload)
-			return o, err
-		})
-		return err
+		page.Messages = append(page.Messages, fresh...)
+		page.More = page.More || len(fresh) == limit
+		return nil
 	})
 	if err != nil {
 		return ObservePage{}, fmt.Errorf("observe outbox: %w", err)
 	}
 	return page, nil
+}
+
+// observeQuery runs one part of a look (inner selects the messages) and
+// returns up to limit of them in id order, with their sink's name.
+func observeQuery(ctx context.Context, tx pgx.Tx, inner string, limit int, args ...any) ([]Observed, error) {
+	n := len(args) + 1
+	rows, err := tx.Query(ctx, `
+		SELECT m.id, m.sink_id, COALESCE(s.name, ''), m.group_key, m.commit_lsn, m.commit_idx, m.payload
+		FROM (`+inner+`) m LEFT JOIN sinks s ON s.id = m.sink_id
+		ORDER BY m.id LIMIT $`+strconv.Itoa(n), append(args, limit)...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observed, error) {
+		var o Observed
+		err := r.Scan(&o.ID, &o.SinkID, &o.Sink, &o.Group, &o.CommitLSN, &o.CommitIdx, &o.Payload)
+		return o, err
+	})
 }

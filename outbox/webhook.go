@@ -20,10 +20,14 @@ type WebhookMessage struct {
 
 // IngestWebhook queues one inbound webhook for its sinks in one
 // transaction with a NOTIFY, so webhook messages get the same delivery
-// guarantees as changes. A message whose key is still in a sink's outbox
-// is not queued twice: the waiting one stands. The key is the group too,
-// so a group never holds more than one message and each message heads
-// its group. It returns the ids of the sinks that got a new message.
+// guarantees as changes. A message whose key is still waiting in a sink's
+// outbox is not queued twice: the waiting one stands. A failed one (past
+// retry.max_age) does not count as waiting: the sender sent the body
+// again, so it is queued afresh in place of the failed message, which it
+// replaces (one message per key and sink, the unique dedupe index). The
+// key is the group too, so a group never holds more than one message and
+// each message heads its group. It returns the ids of the sinks that got
+// a new message.
 func (s *Store) IngestWebhook(ctx context.Context, msgs []WebhookMessage) ([]int64, error) {
 	if len(msgs) == 0 {
 		return nil, nil
@@ -41,6 +45,11 @@ func (s *Store) IngestWebhook(ctx context.Context, msgs []WebhookMessage) ([]int
 	var queued []int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		queued = nil
+		if _, err := tx.Exec(ctx, `
+			DELETE FROM outbox o USING unnest($1::bigint[], $2::text[]) AS u(s, k)
+			WHERE o.sink_id = u.s AND o.dedupe_key = u.k AND o.failed_at IS NOT NULL`, sinks, keys); err != nil {
+			return fmt.Errorf("replace failed duplicates: %w", err)
+		}
 		rows, err := tx.Query(ctx, `
 			INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, dedupe_key, payload, head)
 			SELECT s, k, 0, 0, k, p, true FROM unnest($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY AS u(s, k, p, n) ORDER BY n

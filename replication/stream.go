@@ -39,6 +39,9 @@ type Status struct {
 	// Received is the end of the WAL the server reported; Confirmed what
 	// walhook confirmed to the slot.
 	Received, Confirmed uint64
+	// Lag is how old the latest transaction read was when the server sent
+	// it (both times from the server's clock); 0 once caught up.
+	Lag time.Duration
 }
 
 // Stream reads the slot. One Stream runs at a time per slot (the leader).
@@ -49,6 +52,7 @@ type Stream struct {
 	streaming atomic.Bool
 	received  atomic.Uint64
 	confirmed atomic.Uint64
+	lag       atomic.Int64 // nanoseconds
 }
 
 // NewStream uses pool (the source database) for catalog look-ups.
@@ -67,7 +71,7 @@ func NewStream(cfg Config, pool *pgxpool.Pool) *Stream {
 
 // Status returns the stream's current position.
 func (s *Stream) Status() Status {
-	return Status{Streaming: s.streaming.Load(), Received: s.received.Load(), Confirmed: s.confirmed.Load()}
+	return Status{Streaming: s.streaming.Load(), Received: s.received.Load(), Confirmed: s.confirmed.Load(), Lag: time.Duration(s.lag.Load())}
 }
 
 // replicationConfig is the source URL as a replication connection, with
@@ -203,6 +207,9 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 				confirmed = uint64(ka.ServerWALEnd)
 				s.confirmed.Store(confirmed)
 			}
+			if confirmed >= uint64(ka.ServerWALEnd) {
+				s.lag.Store(0) // caught up
+			}
 			if ka.ReplyRequested || time.Since(lastStatus) >= s.cfg.StatusInterval {
 				if err := sendStatus(); err != nil {
 					return err
@@ -219,6 +226,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 				return err
 			}
 			if wasInTx && !dec.inTx { // a commit
+				s.lag.Store(int64(max(xld.ServerTime.Sub(dec.commitTime), 0)))
 				if dirtySince.IsZero() {
 					dirtySince = time.Now()
 				}

@@ -23,6 +23,7 @@ import (
 	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/delivery"
+	"github.com/walhook/walhook/egress"
 	"github.com/walhook/walhook/leader"
 	"github.com/walhook/walhook/metrics"
 	"github.com/walhook/walhook/migrations"
@@ -61,6 +62,10 @@ type Service struct {
 // New migrates the state schema, connects, checks the source database and
 // applies the config file's objects. Errors name what is wrong.
 func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service, error) {
+	policy, err := egress.New(cfg.Egress.Allow, cfg.Egress.Deny)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := migrations.Up(ctx, cfg.State.URL, cfg.State.Schema); err != nil {
 		return nil, err
 	}
@@ -105,9 +110,9 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	s.Capture.SetRetention(cfg.Retention.Tables)
 	s.Backfills = backfill.NewRunner(backfill.Config{
 		Store: store, Capture: s.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
-		RetentionKeep: cfg.Retention.Keep.D(), Log: log,
+		Slot: cfg.Database.Slot, RetentionKeep: cfg.Retention.Keep.D(), Log: log,
 	})
-	s.Delivery = delivery.NewManager(delivery.Config{Store: store, Box: box, Log: log, Worker: s.Worker})
+	s.Delivery = delivery.NewManager(delivery.Config{Store: store, Box: box, Log: log, Worker: s.Worker, Egress: policy})
 	return s, nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -67,21 +68,9 @@ unless it is done.`,
 			return err
 		}
 		bar := newProgress(out, opts.JSON)
-		for b.State == backfill.Running {
-			bar.show(&b)
-			select {
-			case <-cmd.Context().Done():
-				bar.done()
-				return fmt.Errorf("stopped waiting; backfill %d goes on (cancel it with DELETE /api/sinks/%s/backfills/%d)", b.ID, b.Sink, b.ID)
-			case <-time.After(backfillPoll):
-			}
-			if err := c.get(cmd.Context(), pathOf("sinks", args[0], "backfills", fmt.Sprint(b.ID)), nil, &b); err != nil {
-				bar.done()
-				return err
-			}
+		if err := waitJob(cmd.Context(), c, bar, pathOf("sinks", args[0], "backfills", fmt.Sprint(b.ID)), &b, backfillStatus); err != nil {
+			return err
 		}
-		bar.show(&b)
-		bar.done()
 		if opts.JSON {
 			if err := printJSON(out, b); err != nil {
 				return err
@@ -103,6 +92,25 @@ unless it is done.`,
 	return cmd
 }
 
+// waitJob polls a backfill or a replay at path until it ends, drawing
+// its progress; job holds the last answer.
+func waitJob[T any](ctx context.Context, c *apiClient, bar *progress, path string, job *T, status func(*T) jobStatus) error {
+	defer bar.done()
+	for st := status(job); st.state == backfill.Running; st = status(job) {
+		bar.show(st)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stopped waiting; %s %d goes on (cancel it with DELETE %s)", st.kind, st.id, path)
+		case <-time.After(backfillPoll):
+		}
+		if err := c.get(ctx, path, nil, job); err != nil {
+			return err
+		}
+	}
+	bar.show(status(job))
+	return nil
+}
+
 func tablesOf(b *backfill.Backfill) string {
 	if len(b.Tables) == 0 {
 		return "all of its tables"
@@ -110,7 +118,7 @@ func tablesOf(b *backfill.Backfill) string {
 	return strings.Join(b.Tables, ", ")
 }
 
-// progress draws a backfill's progress: a bar redrawn in place on a
+// progress draws a backfill's or a replay's progress: a bar redrawn in place on a
 // terminal, a line every few seconds elsewhere (logs, pipes), nothing
 // with --json.
 type progress struct {
@@ -132,31 +140,57 @@ func newProgress(w io.Writer, quiet bool) *progress {
 // barWidth is the bar's width in characters.
 const barWidth = 30
 
-func (p *progress) show(b *backfill.Backfill) {
+// jobStatus is what the bar shows of a backfill or a replay.
+type jobStatus struct {
+	kind         string // "backfill", "replay"
+	id           int64
+	state        string
+	done, total  int64
+	unit, detail string
+}
+
+func backfillStatus(b *backfill.Backfill) jobStatus {
+	return jobStatus{kind: "backfill", id: b.ID, state: b.State, done: b.RowsProcessed, total: b.RowsTotal, unit: "rows", detail: b.Table}
+}
+
+func replayStatus(r *backfill.Replay) jobStatus {
+	detail := fmt.Sprintf("%d messages", r.Messages)
+	switch {
+	case r.State != backfill.Running:
+		detail += ", " + r.State
+	case r.WaitingFor == backfill.WaitBacklog:
+		detail += ", waiting for the sink's backlog to drain"
+	case r.WaitingFor == backfill.WaitCapture:
+		detail += ", waiting for capture to reach the window's end"
+	}
+	return jobStatus{kind: "replay", id: r.ID, state: r.State, done: r.ChangesProcessed, total: r.ChangesTotal, unit: "changes", detail: detail}
+}
+
+func (p *progress) show(j jobStatus) {
 	if p.quiet {
 		return
 	}
-	total := max(b.RowsTotal, b.RowsProcessed)
+	total := max(j.total, j.done)
 	frac := 0.0
 	if total > 0 {
-		frac = float64(b.RowsProcessed) / float64(total)
+		frac = float64(j.done) / float64(total)
 	}
-	if b.State == backfill.Done {
+	if j.state == backfill.Done {
 		frac = 1
 	}
-	where := b.Table
+	where := j.detail
 	if where == "" {
-		where = b.State
+		where = j.state
 	}
 	if p.tty {
 		n := int(frac * barWidth)
-		fmt.Fprintf(p.w, "\r\x1b[K[%s%s] %3.0f%%  %d/~%d rows  %s", strings.Repeat("#", n), strings.Repeat(".", barWidth-n), frac*100, b.RowsProcessed, total, where)
+		fmt.Fprintf(p.w, "\r\x1b[K[%s%s] %3.0f%%  %d/~%d %s  %s", strings.Repeat("#", n), strings.Repeat(".", barWidth-n), frac*100, j.done, total, j.unit, where)
 		p.drawn = true
 		return
 	}
-	if time.Since(p.lastLine) >= 5*time.Second || b.State != backfill.Running {
+	if time.Since(p.lastLine) >= 5*time.Second || j.state != backfill.Running {
 		p.lastLine = time.Now()
-		fmt.Fprintf(p.w, "backfill %d: %3.0f%%  %d/~%d rows  %s\n", b.ID, frac*100, b.RowsProcessed, total, where)
+		fmt.Fprintf(p.w, "%s %d: %3.0f%%  %d/~%d %s  %s\n", j.kind, j.id, frac*100, j.done, total, j.unit, where)
 	}
 }
 
@@ -170,6 +204,7 @@ func (p *progress) done() {
 
 func replayCmd() *cobra.Command {
 	var from, to string
+	var wait bool
 	cmd := &cobra.Command{
 		Use:   "replay SINK --from TIME [--to TIME]",
 		Short: "Deliver retained changes of a time window again",
@@ -177,14 +212,20 @@ func replayCmd() *cobra.Command {
 committed in [--from, --to): in their original commit order, with their
 original idempotency keys. Without --to, up to now.
 
+The replay runs as a job on the service; --wait shows its progress until
+it ends, and fails unless it is done. Asking again for the window of a
+replay still running answers that replay instead of queueing the window
+twice.
+
 TIME is RFC 3339 (2024-03-20T15:30:00Z) or a duration ago (90m, 2h).`,
-		Example: `  walhook replay orders_webhook --from 2h
+		Example: `  walhook replay orders_webhook --from 2h --wait
   walhook replay orders_webhook --from 2024-03-20T15:00:00Z --to 2024-03-20T16:00:00Z`,
 		Args: cobra.ExactArgs(1),
 	}
 	opts := addClientFlags(cmd)
 	cmd.Flags().StringVar(&from, "from", "", "start of the window (required)")
 	cmd.Flags().StringVar(&to, "to", "", "end of the window, excluded (default: now)")
+	cmd.Flags().BoolVar(&wait, "wait", false, "show progress until the replay ends")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if from == "" {
 			return fmt.Errorf("--from is required: the start of the window (RFC 3339, or a duration ago such as 2h)")
@@ -206,16 +247,40 @@ TIME is RFC 3339 (2024-03-20T15:30:00Z) or a duration ago (90m, 2h).`,
 		if err != nil {
 			return err
 		}
-		var res backfill.ReplayResult
-		if err := c.post(cmd.Context(), pathOf("sinks", args[0], "replays"), req, &res); err != nil {
+		var rp backfill.Replay
+		if err := c.post(cmd.Context(), pathOf("sinks", args[0], "replays"), req, &rp); err != nil {
 			return err
 		}
 		out := cmd.OutOrStdout()
-		if opts.JSON {
-			return printJSON(out, res)
+		if !wait {
+			if opts.JSON {
+				return printJSON(out, rp)
+			}
+			_, err := fmt.Fprintf(out, "replay %d of sink %s started (%s to %s); its progress: GET /api/sinks/%s/replays/%d\n",
+				rp.ID, rp.Sink, rp.From.Format(time.RFC3339), rp.To.Format(time.RFC3339), rp.Sink, rp.ID)
+			return err
 		}
-		_, err = fmt.Fprintf(out, "replayed %d messages to sink %s (%d retained changes in the window)\n", res.Messages, res.Sink, res.Changes)
-		return err
+		bar := newProgress(out, opts.JSON)
+		if err := waitJob(cmd.Context(), c, bar, pathOf("sinks", args[0], "replays", fmt.Sprint(rp.ID)), &rp, replayStatus); err != nil {
+			return err
+		}
+		if opts.JSON {
+			if err := printJSON(out, rp); err != nil {
+				return err
+			}
+		}
+		switch rp.State {
+		case backfill.Done:
+			if !opts.JSON {
+				_, err := fmt.Fprintf(out, "replay %d done: %d messages to sink %s (%d retained changes in the window)\n", rp.ID, rp.Messages, rp.Sink, rp.ChangesProcessed)
+				return err
+			}
+			return nil
+		case backfill.Failed:
+			return fmt.Errorf("replay %d failed: %s", rp.ID, rp.Error)
+		default:
+			return fmt.Errorf("replay %d %s after %d retained changes", rp.ID, rp.State, rp.ChangesProcessed)
+		}
 	}
 	return cmd
 }

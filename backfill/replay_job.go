@@ -1,0 +1,255 @@
+package backfill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/sink"
+)
+
+// replayLoop runs the running replays on the leader, each in its own
+// goroutine (one waiting for its sink's backlog must not hold up the
+// others), for as long as the term lasts. A replay whose run failed for a
+// passing reason waits a little before it runs again; one that cannot
+// succeed is marked failed.
+func (r *Runner) replayLoop(ctx context.Context, source *pgxpool.Pool) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var mu sync.Mutex
+	active := map[int64]bool{}
+	retryAt := map[int64]time.Time{}
+	failures := map[int64]int{}
+	t := time.NewTicker(r.cfg.Poll)
+	defer t.Stop()
+	for {
+		ids, err := runningReplays(ctx, r.cfg.Store)
+		if err != nil && ctx.Err() == nil {
+			r.cfg.Log.Error().Err(err).Msg("list running replays")
+		}
+		mu.Lock()
+		for _, id := range ids {
+			if active[id] || time.Now().Before(retryAt[id]) {
+				continue
+			}
+			active[id] = true
+			wg.Go(func() {
+				err := r.runReplay(ctx, source, id)
+				failed := err != nil && ctx.Err() == nil && permanent(err)
+				if failed {
+					r.cfg.Log.Error().Err(err).Int64("replay", id).Msg("replay failed")
+					if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, waiting_for = NULL, updated_at = now() WHERE id = $1 AND state = 'running'`,
+						id, err.Error()); ferr != nil {
+						r.cfg.Log.Error().Err(ferr).Int64("replay", id).Msg("record the replay's failure")
+					}
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				delete(active, id)
+				if err == nil || failed || ctx.Err() != nil {
+					delete(failures, id)
+					delete(retryAt, id)
+					return
+				}
+				failures[id]++
+				wait := min(time.Duration(failures[id])*5*time.Second, time.Minute)
+				retryAt[id] = time.Now().Add(wait)
+				r.cfg.Log.Error().Err(err).Int64("replay", id).Dur("retry_in", wait).Msg("replay interrupted; it resumes after its last chunk")
+			})
+		}
+		mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func runningReplays(ctx context.Context, store *outbox.Store) ([]int64, error) {
+	rows, err := store.Pool.Query(ctx, `SELECT id FROM replays WHERE state = 'running' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list running replays: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("list running replays: %w", err)
+	}
+	return ids, nil
+}
+
+// runReplay runs one replay from its recorded position until it is done
+// or no longer running. Each chunk's messages and the new position are
+// one transaction, guarded by the position it started from, so a chunk
+// is never queued twice, even by two leaders in a hand-over.
+func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) error {
+	store := r.cfg.Store
+	rp, err := scanReplay(store.Pool.QueryRow(ctx, selectReplay+` WHERE r.id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil // its sink was deleted
+	}
+	if err != nil {
+		return fmt.Errorf("replay %d: %w", id, err)
+	}
+	if rp.State != Running {
+		return nil
+	}
+	s, err := store.Sink(ctx, rp.Sink)
+	if errors.Is(err, outbox.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	log := r.cfg.Log.With().Int64("replay", id).Str("sink", rp.Sink).Logger()
+	if !rp.resolved {
+		if stopped, err := r.waitCaptured(ctx, source, id); err != nil || stopped {
+			return err
+		}
+		lo, hi, n, err := store.RetainedWindow(ctx, rp.From, rp.To)
+		if err != nil {
+			return fmt.Errorf("replay %d: %w", id, err)
+		}
+		rp.lastID, rp.hiID, rp.ChangesTotal = lo-1, hi, n
+		state := Running
+		if n == 0 {
+			state = Done
+		}
+		tag, err := store.Pool.Exec(ctx, `UPDATE replays SET resolved = true, last_id = $2, hi_id = $3, changes_total = $4, state = $5, waiting_for = NULL, updated_at = now()
+			WHERE id = $1 AND state = 'running' AND NOT resolved`, id, rp.lastID, rp.hiID, n, state)
+		if err != nil {
+			return fmt.Errorf("replay %d: record its window: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 || n == 0 {
+			return nil
+		}
+		log.Info().Int64("changes", n).Time("from", rp.From).Time("to", rp.To).Msg("replay running")
+	}
+	router := sink.NewRouter([]*sink.Sink{s.Sink})
+	rels := map[string]*sink.Relation{}
+	bound := min(100_000, max(2*replayChunk, 100*s.Config.BatchSize))
+	for rp.lastID < rp.hiID {
+		if stopped, err := r.waitReplayBacklog(ctx, id, s.ID, bound); err != nil || stopped {
+			return err
+		}
+		var chunk []outbox.NewMessage
+		var arena []byte
+		last, n, err := store.RetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
+			for _, rt := range router.ForTable(ch.Rel.Schema, ch.Rel.Table) {
+				if !rt.Match(ch) {
+					continue
+				}
+				arena = rt.Render(arena[:0], ch)
+				chunk = append(chunk, outbox.NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(ch), CommitLSN: ch.CommitLSN, CommitIdx: ch.CommitIdx, Payload: slices.Clone(arena)})
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("replay %d: %w", id, err)
+		}
+		if n < replayChunk {
+			last = rp.hiID // nothing more in the window
+		}
+		state := Running
+		if last >= rp.hiID {
+			state = Done
+		}
+		kept, err := store.EnqueueWith(ctx, chunk, func(tx pgx.Tx) (bool, error) {
+			tag, err := tx.Exec(ctx, `UPDATE replays SET last_id = $3, changes_processed = changes_processed + $4, messages = messages + $5,
+					state = $6, waiting_for = NULL, updated_at = now()
+				WHERE id = $1 AND state = 'running' AND last_id = $2`, id, rp.lastID, last, n, len(chunk), state)
+			if err != nil {
+				return false, fmt.Errorf("record progress of replay %d: %w", id, err)
+			}
+			return tag.RowsAffected() == 1, nil
+		})
+		if err != nil {
+			return fmt.Errorf("replay %d: %w", id, err)
+		}
+		if !kept {
+			return nil // cancelled, or its sink deleted
+		}
+		rp.lastID = last
+		rp.ChangesProcessed += int64(n)
+		rp.Messages += int64(len(chunk))
+	}
+	log.Info().Int64("changes", rp.ChangesProcessed).Int64("messages", rp.Messages).Msg("replay done")
+	return nil
+}
+
+// waitReplayBacklog holds a replay while its sink has more than bound
+// messages waiting, as backfills do, so a large window never floods the
+// outbox. stopped reports that the replay is no longer running.
+func (r *Runner) waitReplayBacklog(ctx context.Context, id, sinkID int64, bound int) (stopped bool, err error) {
+	return r.replayWait(ctx, id, WaitBacklog, 200*time.Millisecond, func() (bool, error) {
+		n, err := countWaiting(ctx, r.cfg.Store, sinkID, bound-replayChunk+1)
+		return n+replayChunk <= bound, err
+	})
+}
+
+// replayWait polls ready every so often until it holds, showing meanwhile
+// that the replay waits for what. stopped reports that the replay is no
+// longer running (cancelled, its sink deleted).
+func (r *Runner) replayWait(ctx context.Context, id int64, what string, every time.Duration, ready func() (bool, error)) (stopped bool, err error) {
+	for waiting := false; ; waiting = true {
+		ok, err := ready()
+		if err != nil {
+			return false, fmt.Errorf("replay %d: wait for %s: %w", id, what, err)
+		}
+		if ok {
+			return false, nil
+		}
+		if !waiting {
+			tag, err := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET waiting_for = $2, updated_at = now() WHERE id = $1 AND state = 'running'`, id, what)
+			if err != nil {
+				return false, fmt.Errorf("replay %d: record its wait: %w", id, err)
+			}
+			if tag.RowsAffected() == 0 {
+				return true, nil
+			}
+		} else {
+			var running bool
+			err := r.cfg.Store.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replays WHERE id = $1 AND state = 'running')`, id).Scan(&running)
+			if err != nil || !running {
+				return err == nil, err
+			}
+		}
+		if err := sleep(ctx, every); err != nil {
+			return false, err
+		}
+	}
+}
+
+// replayMarkPrefix marks the source's WAL when a replay is about to bound
+// its window (capture ignores logical messages of other prefixes).
+const replayMarkPrefix = "walhook.replay"
+
+// waitCaptured returns once the stream has captured every change committed
+// before now, hence before the replay's window ends (to is at most its
+// creation): a change committed but not yet captured would otherwise be
+// left out of the window. It writes a logical message into the source's
+// WAL and waits until the durable stream position passes it; the replay
+// shows it waits for capture meanwhile. stopped reports that the replay
+// is no longer running.
+func (r *Runner) waitCaptured(ctx context.Context, source *pgxpool.Pool, id int64) (stopped bool, err error) {
+	if r.cfg.Slot == "" {
+		return false, fmt.Errorf("%w: replay %d: the runner has no replication slot to wait for", ErrInvalid, id)
+	}
+	var mark int64
+	err = source.QueryRow(ctx, `SELECT (pg_logical_emit_message(true, $1::text, $2::text) - '0/0'::pg_lsn)::bigint`,
+		replayMarkPrefix, fmt.Sprint(id)).Scan(&mark)
+	if err != nil {
+		return false, fmt.Errorf("replay %d: mark the source's WAL: %w", id, err)
+	}
+	return r.replayWait(ctx, id, WaitCapture, 100*time.Millisecond, func() (bool, error) {
+		var end int64
+		err := r.cfg.Store.Pool.QueryRow(ctx, `SELECT COALESCE((SELECT end_lsn FROM replication_state WHERE slot = $1), 0)`, r.cfg.Slot).Scan(&end)
+		return end > mark, err
+	})
+}
