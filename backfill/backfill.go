@@ -203,13 +203,19 @@ func resolve(ctx context.Context, source *pgxpool.Pool, stateSchema string, sk c
 		sk.Tables = asked
 	}
 	sk.GroupBy = nil // a backfill needs a primary key even where group_by would do
-	tables, err := replication.ResolveTables(ctx, source, []*sink.Sink{{Name: sk.Name, Config: sk}}, stateSchema)
+	res, err := replication.ResolveTables(ctx, source, []*sink.Sink{{Name: sk.Name, Config: sk}}, stateSchema)
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := res.Err(); err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if len(res.Missing) > 0 {
+		return nil, 0, fmt.Errorf("%w: table %s does not exist", ErrInvalid, strings.Join(res.Missing, ", "))
 	}
 	var names []string
 	var total int64
-	for _, t := range tables {
+	for _, t := range res.Tables {
 		if column != "" {
 			info, err := describe(ctx, source, t.Schema, t.Name)
 			if err != nil {
