@@ -378,8 +378,10 @@ func NewLogger(cfg config.Log, out *os.File) zerolog.Logger {
 
 // Main is `walhook run`: it binds server.listen first (so a taken port
 // fails at once), builds the service, serves the HTTP API and runs the
-// service until ctx ends, then releases everything.
-func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+// service until ctx ends, then releases everything. streaming, when not
+// nil, runs once this process first streams the slot, so a caller can
+// tell a user when writes start being captured.
+func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, streaming func()) error {
 	ln, err := api.Listen(cfg.Server.Listen)
 	if err != nil {
 		return err
@@ -401,6 +403,15 @@ func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		}
 	})
 	log.Info().Str("worker", s.Worker).Str("listen", ln.Addr().String()).Msg("walhook started")
+	if streaming != nil {
+		wg.Go(func() {
+			select {
+			case <-s.Stream.Started():
+				streaming()
+			case <-runCtx.Done():
+			}
+		})
+	}
 	err = s.Run(runCtx)
 	cancel()
 	wg.Wait()
