@@ -107,6 +107,9 @@ func (c *Capture) Begin(ctx context.Context, commitLSN uint64, commitTime time.T
 func (c *Capture) Change(ctx context.Context, ch *sink.Change) error {
 	routes, ok := c.routes[ch.Rel]
 	if !ok {
+		if len(c.routes) > 1000 { // relations are replaced on DDL; forget old ones
+			clear(c.routes)
+		}
 		if c.routerSeen != nil {
 			routes = c.routerSeen.ForTable(ch.Rel.Schema, ch.Rel.Table)
 		}
