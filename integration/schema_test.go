@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/replication"
 )
 
@@ -193,10 +194,28 @@ func TestSinkNamingMissingTable(t *testing.T) {
 	if out := c.ok(t, "sink", "info", "s"); !strings.Contains(out, "warning:          "+want+"\n") {
 		t.Errorf("sink info does not show the warning:\n%s", out)
 	}
+	// start: beginning backfills the tables that exist and skips the
+	// missing one; a backfill asked for the missing table by name is
+	// refused.
+	b.exec(t, `INSERT INTO t VALUES (10)`)
+	b.waitRecord(t, "t", 10)
 	created := decodeAs[sinkWarnings](t, c.must(t, 201, "POST", "/api/sinks",
-		`{"name": "x", "endpoint": "recv", "path": "/x", "tables": ["public.other"]}`))
+		`{"name": "x", "endpoint": "recv", "path": "/x", "tables": ["public.t", "public.other"], "start": "beginning"}`))
 	if len(created.Warnings) != 1 || !strings.Contains(created.Warnings[0], "table public.other does not exist (yet)") {
 		t.Errorf("POST sink: warnings %q", created.Warnings)
+	}
+	waitFor(t, 30*time.Second, "sink x's backfill of public.t", func() bool {
+		for _, m := range b.recv.acked() {
+			if m.Action == "read" && m.Metadata.Consumer.Name == "x" && m.Record["id"] == float64(10) {
+				return true
+			}
+		}
+		return false
+	})
+	asked := decodeAs[backfill.Backfill](t, c.must(t, 201, "POST", "/api/sinks/x/backfills", `{"tables": ["public.other"]}`))
+	st := stateStore(t, b.url)
+	if bf := waitBackfill(t, st, "x", asked.ID, 30*time.Second); bf.State != backfill.Failed || !strings.Contains(bf.Error, "table public.other does not exist") {
+		t.Errorf("backfill of the missing table: %+v", bf)
 	}
 
 	b.exec(t, `CREATE TABLE later (id int PRIMARY KEY)`)
