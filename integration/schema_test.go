@@ -29,10 +29,17 @@ func (b *testBundle) published(t testing.TB, table string) bool {
 	return ok
 }
 
-// schemaPublished reports whether the publication takes schema whole.
+// schemaPublished reports whether the publication takes schema whole
+// (never before Postgres 15, which has no such publications).
 func (b *testBundle) schemaPublished(t testing.TB, schema string) bool {
 	t.Helper()
 	var ok bool
+	if err := b.db.QueryRow(context.Background(), `SELECT to_regclass('pg_catalog.pg_publication_namespace') IS NOT NULL`).Scan(&ok); err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return false
+	}
 	err := b.db.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_publication p
 		JOIN pg_publication_namespace pn ON pn.pnpubid = p.oid JOIN pg_namespace n ON n.oid = pn.pnnspid
 		WHERE p.pubname = 'walhook' AND n.nspname = $1)`, schema).Scan(&ok)
@@ -106,10 +113,12 @@ func TestNewTableUnderSchemaPattern(t *testing.T) {
 func TestTableWithoutKeyUnderSchemaPattern(t *testing.T) {
 	b := apiBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.*")
 	e := startAPI(t, b)
-	if !b.wholeSchemas(t) {
-		t.Skip("needs Postgres 15 and a superuser to publish schemas whole")
+	// Where schemas cannot be published whole, tables are published by
+	// name throughout: the same checks hold, bar the schema's.
+	whole := b.wholeSchemas(t)
+	if whole {
+		waitFor(t, 20*time.Second, "schema public published whole", func() bool { return b.schemaPublished(t, "public") })
 	}
-	waitFor(t, 20*time.Second, "schema public published whole", func() bool { return b.schemaPublished(t, "public") })
 	b.exec(t, `CREATE TABLE scratch (a int)`)
 	waitFor(t, 20*time.Second, "schema public published table by table", func() bool {
 		return !b.schemaPublished(t, "public") && b.published(t, "public.t")
@@ -127,6 +136,9 @@ func TestTableWithoutKeyUnderSchemaPattern(t *testing.T) {
 	b.waitRecord(t, "later", 1)
 
 	b.exec(t, `DROP TABLE scratch`)
+	if !whole {
+		return
+	}
 	waitFor(t, 20*time.Second, "schema public published whole again", func() bool { return b.schemaPublished(t, "public") })
 	b.exec(t, `CREATE TABLE fresh (id int PRIMARY KEY)`)
 	b.exec(t, `INSERT INTO fresh VALUES (1)`)
