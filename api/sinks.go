@@ -270,13 +270,16 @@ func (s *Server) validateSink(ctx context.Context, cfg config.Sink) ([]string, e
 }
 
 // tableWarnings returns each sink's table warnings by sink name. When the
-// source database cannot be asked, every sink with tables says so rather
-// than the answer failing: sinks are walhook's own objects.
+// source database cannot be asked within a moment, every sink with tables
+// says so rather than the answer failing or hanging: sinks are walhook's
+// own objects, shown from the state database.
 func (s *Server) tableWarnings(ctx context.Context, rows ...*outbox.SinkRow) map[string][]string {
 	sinks := make([]*sink.Sink, 0, len(rows))
 	for _, r := range rows {
 		sinks = append(sinks, r.Sink)
 	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
 	res, err := s.d.ResolveTables(ctx, sinks)
 	if err != nil {
 		s.log.Warn().Err(err).Msg("check the sinks' tables")
