@@ -85,17 +85,18 @@ func (r *Resolution) Names() []string {
 func ResolveTables(ctx context.Context, pool *pgxpool.Pool, sinks []*sink.Sink, stateSchema string) (*Resolution, error) {
 	res := &Resolution{Warnings: map[string][]string{}}
 	seen := map[string]Table{}
-	wild := map[string][]Table{} // schemas taken whole, with their tables
+	wild := map[string][]catalogTable{} // schemas taken whole, with their tables
 	warn := func(s *sink.Sink, format string, args ...any) {
 		res.Warnings[s.Name] = append(res.Warnings[s.Name], fmt.Sprintf(format, args...))
+	}
+	byPattern, err := lookupTables(ctx, pool, sinks, stateSchema)
+	if err != nil {
+		return nil, fmt.Errorf("resolve the sinks' tables: %w", err)
 	}
 	for _, s := range sinks {
 		for _, name := range s.Config.Tables {
 			schema, table, _ := strings.Cut(name, ".")
-			found, hasPK, err := lookupTables(ctx, pool, schema, table, stateSchema)
-			if err != nil {
-				return nil, fmt.Errorf("resolve tables of sink %s: %w", s.Name, err)
-			}
+			found := byPattern[name]
 			if table == "*" && schema != stateSchema {
 				wild[schema] = found
 			}
@@ -103,11 +104,11 @@ func ResolveTables(ctx context.Context, pool *pgxpool.Pool, sinks []*sink.Sink, 
 				res.Missing = append(res.Missing, name)
 				warn(s, "table %s does not exist (yet); it is captured once it is created", name)
 			}
-			for i, t := range found {
+			for _, t := range found {
 				_, grouped := s.Config.GroupBy[t.String()]
 				switch {
-				case hasPK[i] || grouped:
-					seen[t.String()] = t
+				case t.hasPK || grouped:
+					seen[t.String()] = t.Table
 				case table == "*":
 					warn(s, "table %s has no primary key and is not captured; add one or set group_by for it", t)
 				default:
@@ -121,7 +122,7 @@ func ResolveTables(ctx context.Context, pool *pgxpool.Pool, sinks []*sink.Sink, 
 	}
 	slices.SortFunc(res.Tables, func(a, b Table) int { return strings.Compare(a.String(), b.String()) })
 	for schema, tables := range wild {
-		if !slices.ContainsFunc(tables, func(t Table) bool { _, ok := seen[t.String()]; return !ok }) {
+		if !slices.ContainsFunc(tables, func(t catalogTable) bool { _, ok := seen[t.String()]; return !ok }) {
 			res.Schemas = append(res.Schemas, schema)
 		}
 	}
@@ -129,32 +130,55 @@ func ResolveTables(ctx context.Context, pool *pgxpool.Pool, sinks []*sink.Sink, 
 	return res, nil
 }
 
-// lookupTables lists the tables (not partitions) of schema named table,
-// or all of them for "*", with whether each has a primary key.
-func lookupTables(ctx context.Context, pool *pgxpool.Pool, schema, table, stateSchema string) ([]Table, []bool, error) {
-	rows, err := pool.Query(ctx, `SELECT n.nspname, c.relname, c.relkind = 'p',
+// catalogTable is a table as lookupTables finds it.
+type catalogTable struct {
+	Table
+	hasPK bool
+}
+
+// lookupTables finds, in one query whatever the number of sinks, the
+// tables (not partitions) each pattern ("schema.table" or "schema.*")
+// names, keyed by the pattern. A "schema.*" leaves out unlogged tables,
+// which Postgres cannot publish.
+func lookupTables(ctx context.Context, pool *pgxpool.Pool, sinks []*sink.Sink, stateSchema string) (map[string][]catalogTable, error) {
+	var schemas, names []string
+	seen := map[string]bool{}
+	for _, s := range sinks {
+		for _, p := range s.Config.Tables {
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			schema, table, _ := strings.Cut(p, ".")
+			schemas, names = append(schemas, schema), append(names, table)
+		}
+	}
+	out := map[string][]catalogTable{}
+	if len(schemas) == 0 {
+		return out, nil
+	}
+	rows, err := pool.Query(ctx, `SELECT p.schema || '.' || p.name, n.nspname, c.relname, c.relkind = 'p',
 		EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-		  AND ($2 = '*' OR c.relname = $2) AND n.nspname <> $3
-		  AND ($2 <> '*' OR c.relpersistence = 'p') -- unlogged tables cannot be published
-		ORDER BY c.relname`, schema, table, stateSchema)
+		FROM unnest($1::text[], $2::text[]) AS p(schema, name)
+		JOIN pg_namespace n ON n.nspname = p.schema
+		JOIN pg_class c ON c.relnamespace = n.oid
+		WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname <> $3
+		  AND (p.name = '*' OR c.relname = p.name)
+		  AND (p.name <> '*' OR c.relpersistence = 'p')
+		ORDER BY 1, c.relname`, schemas, names, stateSchema)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer rows.Close()
-	var found []Table
-	var hasPK []bool
 	for rows.Next() {
-		var t Table
-		var pk bool
-		if err := rows.Scan(&t.Schema, &t.Name, &t.Partitioned, &pk); err != nil {
-			return nil, nil, err
+		var pattern string
+		var t catalogTable
+		if err := rows.Scan(&pattern, &t.Schema, &t.Name, &t.Partitioned, &t.hasPK); err != nil {
+			return nil, err
 		}
-		found = append(found, t)
-		hasPK = append(hasPK, pk)
+		out[pattern] = append(out[pattern], t)
 	}
-	return found, hasPK, rows.Err()
+	return out, rows.Err()
 }
 
 // PublishesSchemas reports whether the publication can take whole schemas
