@@ -45,10 +45,11 @@ type Deps struct {
 	// Reload makes delivery re-read endpoints (their URL and headers are
 	// not part of the sinks Refresh compares).
 	Reload func()
-	// CheckTables reports tables of a sink that cannot be captured (missing,
-	// or without a primary key or group_by) before the sink is saved, and
-	// otherwise returns the tables its patterns resolve to.
-	CheckTables func(ctx context.Context, s *sink.Sink) ([]string, error)
+	// ResolveTables resolves sinks' tables in the source database as it is
+	// now: the tables to wait for in the publication, the problems that
+	// refuse a sink (a named table without a primary key), and the
+	// warnings a sink shows (a table that does not exist yet).
+	ResolveTables func(ctx context.Context, sinks []*sink.Sink) (*replication.Resolution, error)
 	// WaitPublished returns once every table is in the publication (the
 	// leader adds them after a Refresh), so a change the client commits
 	// after the API answered is captured.
@@ -92,8 +93,10 @@ func New(d Deps) *Server {
 	if d.Reload == nil {
 		d.Reload = func() {}
 	}
-	if d.CheckTables == nil {
-		d.CheckTables = func(context.Context, *sink.Sink) ([]string, error) { return nil, nil }
+	if d.ResolveTables == nil {
+		d.ResolveTables = func(context.Context, []*sink.Sink) (*replication.Resolution, error) {
+			return &replication.Resolution{}, nil
+		}
 	}
 	if d.WaitPublished == nil {
 		d.WaitPublished = func(context.Context, []string) error { return nil }

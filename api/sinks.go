@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -24,7 +23,11 @@ const masked = secrets.Mask
 type sinkView struct {
 	ID string `json:"id"`
 	config.Sink
-	Status    string     `json:"status"`
+	Status string `json:"status"`
+	// Warnings are problems that do not stop the sink but lose it
+	// changes: a table that does not exist (yet), one without a primary
+	// key. Always a list, empty when all is well.
+	Warnings  []string   `json:"warnings"`
 	Counts    countsView `json:"counts"`
 	CreatedAt time.Time  `json:"created_at"`
 	UpdatedAt time.Time  `json:"updated_at"`
@@ -38,7 +41,7 @@ type countsView struct {
 	Delivered  int64 `json:"delivered"`
 }
 
-func newSinkView(r *outbox.SinkRow, c outbox.Counts) sinkView {
+func newSinkView(r *outbox.SinkRow, c outbox.Counts, warnings []string) sinkView {
 	cfg := normalizeSink(r.Config)
 	if cfg.SigningSecret != "" {
 		cfg.SigningSecret = masked
@@ -48,7 +51,7 @@ func newSinkView(r *outbox.SinkRow, c outbox.Counts) sinkView {
 		status = "paused"
 	}
 	return sinkView{
-		ID: r.UUID, Sink: cfg, Status: status,
+		ID: r.UUID, Sink: cfg, Status: status, Warnings: append([]string{}, warnings...),
 		Counts:    countsView{Pending: c.Pending, InFlight: c.InFlight, BackingOff: c.BackingOff, Failed: c.Failed, Delivered: c.Delivered},
 		CreatedAt: r.CreatedAt.UTC(), UpdatedAt: r.UpdatedAt.UTC(),
 	}
@@ -86,9 +89,10 @@ func (s *Server) listSinks(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	warnings := s.tableWarnings(r.Context(), rows...)
 	out := make([]sinkView, 0, len(rows))
 	for _, row := range rows {
-		out = append(out, newSinkView(row, counts[row.ID]))
+		out = append(out, newSinkView(row, counts[row.ID], warnings[row.Name]))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": out})
 }
@@ -102,7 +106,7 @@ func (s *Server) sinkView(ctx context.Context, name string) (sinkView, error) {
 	if err != nil {
 		return sinkView{}, err
 	}
-	return newSinkView(row, counts[row.ID]), nil
+	return newSinkView(row, counts[row.ID], s.tableWarnings(ctx, row)[row.Name]), nil
 }
 
 // respondSink answers a sink route with the sink as it is now.
@@ -249,20 +253,54 @@ func (s *Server) validateSink(ctx context.Context, cfg config.Sink) ([]string, e
 	if len(errs) > 0 {
 		return nil, errs
 	}
-	tables, err := s.d.CheckTables(ctx, &sink.Sink{Name: cfg.Name, Config: cfg})
+	// A table that does not exist yet is no reason to refuse: the sink
+	// shows a warning and captures the table once it is created.
+	res, err := s.d.ResolveTables(ctx, []*sink.Sink{{Name: cfg.Name, Config: cfg}})
 	if err != nil {
-		var v validationError
-		if errors.As(err, &v) {
-			return nil, err
-		}
+		return nil, err
+	}
+	if len(res.Errors) > 0 {
 		// The resolver names the sink on each line; the field says it here.
 		var out validationError
-		for line := range strings.SplitSeq(err.Error(), "\n") {
-			out = append(out, fieldError{Field: "tables", Message: strings.TrimPrefix(line, "sink "+cfg.Name+": ")})
+		for _, e := range res.Errors {
+			out = append(out, fieldError{Field: "tables", Message: strings.TrimPrefix(e.Error(), "sink "+cfg.Name+": ")})
 		}
 		return nil, out
 	}
-	return tables, nil
+	return res.Names(), nil
+}
+
+// tableWarnings returns each sink's table warnings by sink name. When the
+// source database cannot be asked within a moment, every sink with tables
+// says so rather than the answer failing or hanging: sinks are walhook's
+// own objects, shown from the state database.
+func (s *Server) tableWarnings(ctx context.Context, rows ...*outbox.SinkRow) map[string][]string {
+	sinks := make([]*sink.Sink, 0, len(rows))
+	for _, r := range rows {
+		sinks = append(sinks, r.Sink)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	res, err := s.d.ResolveTables(ctx, sinks)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("check the sinks' tables")
+		out := map[string][]string{}
+		for _, sk := range sinks {
+			if len(sk.Config.Tables) > 0 {
+				out[sk.Name] = []string{"tables not checked: " + err.Error()}
+			}
+		}
+		return out
+	}
+	out := res.Warnings
+	for _, e := range res.Errors {
+		for _, sk := range sinks {
+			if msg, ok := strings.CutPrefix(e.Error(), "sink "+sk.Name+": "); ok {
+				out[sk.Name] = append(out[sk.Name], msg+"; it is not captured")
+			}
+		}
+	}
+	return out
 }
 
 func (s *Server) objectNames(ctx context.Context) (endpoints, sources map[string]bool, err error) {

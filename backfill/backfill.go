@@ -195,21 +195,30 @@ func Create(ctx context.Context, store *outbox.Store, source *pgxpool.Pool, sink
 	return Get(ctx, store, sinkName, id)
 }
 
-// resolve expands the asked tables (all of the sink's when none) into
-// existing tables with a primary key, checks the partial column exists in
+// resolve expands the asked tables (all of the sink's that exist when
+// none) into existing tables with a primary key, checks the partial column exists in
 // each, and estimates their rows.
 func resolve(ctx context.Context, source *pgxpool.Pool, stateSchema string, sk config.Sink, asked []string, column string) ([]string, int64, error) {
 	if len(asked) > 0 {
 		sk.Tables = asked
 	}
 	sk.GroupBy = nil // a backfill needs a primary key even where group_by would do
-	tables, err := replication.ResolveTables(ctx, source, []*sink.Sink{{Name: sk.Name, Config: sk}}, stateSchema)
+	res, err := replication.ResolveTables(ctx, source, []*sink.Sink{{Name: sk.Name, Config: sk}}, stateSchema)
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := res.Err(); err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	// A table the sink names that does not exist yet has no rows to read:
+	// a backfill of all the sink's tables (start: beginning, say) skips
+	// it; one asked for by name is an error.
+	if len(res.Missing) > 0 && len(asked) > 0 {
+		return nil, 0, fmt.Errorf("%w: table %s does not exist", ErrInvalid, strings.Join(res.Missing, ", "))
 	}
 	var names []string
 	var total int64
-	for _, t := range tables {
+	for _, t := range res.Tables {
 		if column != "" {
 			info, err := describe(ctx, source, t.Schema, t.Name)
 			if err != nil {

@@ -425,7 +425,7 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		if w == nil {
 			// A new window starts with a low watermark of its own: the
 			// first page's drop set starts there (see backfill_hook.go).
-			w = j.r.cfg.Capture.OpenWindow(info.schema, info.name, info.pkNames)
+			w = j.r.cfg.Capture.OpenWindow(j.b.sinkID, info.schema, info.name, info.pkNames)
 			if err := j.emit(ctx, w, 0, false); err != nil {
 				return err
 			}

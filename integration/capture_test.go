@@ -172,7 +172,8 @@ func TestUnchangedToast(t *testing.T) {
 	}
 }
 
-// ALTER TABLE mid-stream: new columns appear, dropped ones disappear.
+// ALTER TABLE mid-stream: new columns appear, dropped ones disappear,
+// retyped ones render as their new type.
 func TestAlterTableMidStream(t *testing.T) {
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, a text)`, "public.t")
 	b.start(t)
@@ -181,13 +182,15 @@ func TestAlterTableMidStream(t *testing.T) {
 	b.exec(t, `INSERT INTO t VALUES (2, 'a', 6)`)
 	b.exec(t, `ALTER TABLE t DROP COLUMN a`)
 	b.exec(t, `INSERT INTO t VALUES (3, 7)`)
-	msgs := b.recv.waitCount(t, 3, 20*time.Second)
+	b.exec(t, `ALTER TABLE t ALTER COLUMN b TYPE text USING b::text`)
+	b.exec(t, `INSERT INTO t VALUES (4, '8')`)
+	msgs := b.recv.waitCount(t, 4, 20*time.Second)
 	// Rows are separate groups, delivered in parallel: compare by id.
 	got := map[string]bool{}
 	for _, m := range msgs {
 		got[jsonString(m.Record)] = true
 	}
-	for _, w := range []string{`{"a":"a","id":1}`, `{"a":"a","b":6,"id":2}`, `{"b":7,"id":3}`} {
+	for _, w := range []string{`{"a":"a","id":1}`, `{"a":"a","b":6,"id":2}`, `{"b":7,"id":3}`, `{"b":"8","id":4}`} {
 		if !got[w] {
 			t.Errorf("no message with record %s (got %v)", w, got)
 		}

@@ -121,10 +121,15 @@ func (p *proc) kill9() {
 	_, _ = p.cmd.Process.Wait()
 }
 
-// slotActive reports whether a walsender streams the slot.
+// slotActive reports whether a walsender streams this database's slot.
+// The slot's active flag alone is not enough: it is set while
+// pg_create_logical_replication_slot still waits for a consistent point,
+// and a transaction begun then is not decoded.
 func (b *testBundle) slotActive() bool {
 	var active bool
-	_ = b.db.QueryRow(context.Background(), `SELECT COALESCE(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'walhook'`).Scan(&active)
+	_ = b.db.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s
+		JOIN pg_stat_replication r ON r.pid = s.active_pid
+		WHERE s.slot_name = 'walhook' AND s.database = current_database())`).Scan(&active)
 	return active
 }
 

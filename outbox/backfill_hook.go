@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,9 +20,9 @@ import (
 // backfill reads a page of rows between two watermarks it writes into the
 // source's WAL with pg_logical_emit_message, and the page meets the stream
 // here. Between the low and the high watermark the keys of every change
-// to the table are recorded; at the high watermark the rows whose key
-// changed are dropped from the page (the stream carries their newer
-// state) and the others are written as `read` messages, into the same
+// to the table that the backfill's sink receives are recorded; at the
+// high watermark the rows whose key changed are dropped from the page
+// (the stream carries their newer state) and the others are written as `read` messages, into the same
 // state transaction as the surrounding stream and the backfill's new
 // position. So a `read` is never queued behind a newer change of its row,
 // and a page is written exactly once.
@@ -98,6 +99,7 @@ type PageResult struct {
 type Window struct {
 	hook    *watermarks
 	token   string
+	sinkID  int64
 	schema  string
 	table   string
 	keyCols []string
@@ -151,13 +153,14 @@ type watermarks struct {
 	recording atomic.Int32
 }
 
-// OpenWindow starts a window on a table for a backfill. keyCols are the
-// columns whose values identify a row (the primary key). Recording starts
-// when the stream reaches the window's first low watermark.
-func (c *Capture) OpenWindow(schema, table string, keyCols []string) *Window {
+// OpenWindow starts a window on a table for a backfill of a sink. keyCols
+// are the columns whose values identify a row (the primary key).
+// Recording starts when the stream reaches the window's first low
+// watermark.
+func (c *Capture) OpenWindow(sinkID int64, schema, table string, keyCols []string) *Window {
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:]) // never fails
-	w := &Window{hook: &c.wm, token: hex.EncodeToString(rnd[:]), schema: schema, table: table, keyCols: keyCols}
+	w := &Window{hook: &c.wm, token: hex.EncodeToString(rnd[:]), sinkID: sinkID, schema: schema, table: table, keyCols: keyCols}
 	c.wm.mu.Lock()
 	defer c.wm.mu.Unlock()
 	if c.wm.windows == nil {
@@ -167,13 +170,22 @@ func (c *Capture) OpenWindow(schema, table string, keyCols []string) *Window {
 	return w
 }
 
-// observe records a change's key in every recording window of its table.
-// It runs on the stream goroutine for every change while a window records.
-func (h *watermarks) observe(ch *sink.Change) {
+// observe records a change's key in every recording window of its table
+// whose sink receives the change (received: the sinks of routes that
+// matched it). A change the sink does not receive (an action it does not
+// take, a filter that fails) must not drop the row from the page, or the
+// sink would get neither. A sink not routed for the table at all is
+// recorded for: dropping more is always safe. It runs on the stream
+// goroutine for every change while a window records.
+func (h *watermarks) observe(ch *sink.Change, routes []*sink.Route, received []int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, w := range h.windows {
 		if !w.recording || w.table != ch.Rel.Table || w.schema != ch.Rel.Schema {
+			continue
+		}
+		routed := slices.ContainsFunc(routes, func(rt *sink.Route) bool { return rt.Sink.ID == w.sinkID })
+		if routed && !slices.Contains(received, w.sinkID) {
 			continue
 		}
 		cols, ok := w.cols[ch.Rel]

@@ -23,9 +23,13 @@ type hookFixture struct {
 	lsn uint64
 }
 
-func newHookFixture(t *testing.T) *hookFixture {
+func newHookFixture(t *testing.T, opts ...func(*config.Sink)) *hookFixture {
 	var router atomic.Pointer[sink.Router]
-	router.Store(sink.NewRouter([]*sink.Sink{{ID: 7, UUID: "u", Name: "s", Config: config.Sink{Name: "s", Tables: []string{"public.t"}}}}))
+	cfg := config.Sink{Name: "s", Tables: []string{"public.t"}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	router.Store(sink.NewRouter([]*sink.Sink{{ID: 7, UUID: "u", Name: "s", Config: cfg}}))
 	c := NewCapture(&Store{}, "slot", &router, zerolog.Nop())
 	c.reset(context.Background())
 	rel := &sink.Relation{Schema: "public", Table: "t", Columns: []sink.Column{{Name: "id", TypeOID: 23, Key: true}, {Name: "v", TypeOID: 25}}}
@@ -86,7 +90,7 @@ func result(t *testing.T, p *Page) PageResult {
 // rest become read messages at the high watermark's position.
 func TestWindowDropsChangedRows(t *testing.T) {
 	f := newHookFixture(t)
-	w := f.c.OpenWindow("public", "t", []string{"id"})
+	w := f.c.OpenWindow(7, "public", "t", []string{"id"})
 	defer w.Close()
 	f.update("1") // before the window: not recorded
 	f.mark(w, 0, false)
@@ -131,19 +135,66 @@ func TestWindowDropsChangedRows(t *testing.T) {
 	}
 }
 
+// A change the backfill's sink does not receive (an action it does not
+// take, a filter that fails) leaves the row in the page: only changes the
+// sink gets carry a newer state of the row.
+func TestWindowRecordsOnlyWhatTheSinkReceives(t *testing.T) {
+	f := newHookFixture(t, func(c *config.Sink) {
+		c.Actions = []string{"insert", "update"}
+		c.Filters = []config.Filter{{Column: "v", Op: "=", Value: "x"}}
+	})
+	change := func(action sink.Action, id, v string) {
+		f.tx(func(ctx context.Context) {
+			ch := &sink.Change{Rel: f.rel, Action: action, CommitLSN: f.lsn}
+			row := [][]byte{[]byte(id), []byte(v)}
+			if action == sink.Delete {
+				ch.Old = row
+			} else {
+				ch.New = row
+			}
+			if err := f.c.Change(ctx, ch); err != nil {
+				f.t.Fatal(err)
+			}
+		})
+	}
+	w := f.c.OpenWindow(7, "public", "t", []string{"id"})
+	defer w.Close()
+	f.mark(w, 0, false)
+	f.mark(w, 1, false)
+	change(sink.Update, "1", `"y"`) // the filter fails: not received
+	change(sink.Update, "2", `"x"`) // received: its state wins over the page's
+	change(sink.Delete, "3", `"x"`) // an action the sink does not take
+	p := f.page(1)
+	for _, id := range []string{"1", "2", "3", "4"} {
+		p.Rows = append(p.Rows, [][]byte{[]byte(id), []byte(`"x"`)})
+		p.Keys = append(p.Keys, id)
+	}
+	w.Submit(p)
+	before := len(f.c.rows)
+	f.mark(w, 1, true)
+	if r := result(t, p); r.Err != nil || r.Written != 3 || r.Dropped != 1 {
+		t.Fatalf("page: %+v, want 3 written (1, 3, 4), 1 dropped (2)", r)
+	}
+	for i, want := range []string{`"id":1`, `"id":3`, `"id":4`} {
+		if p := string(f.c.rows[before+i].Payload); !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) {
+			t.Errorf("read %d: %s, want %s", i, p, want)
+		}
+	}
+}
+
 // Watermarks of unknown or closed windows are ignored; a page whose low
 // watermark was never seen, or whose window saw a change without its key,
 // is read again; a sink capture does not route yet writes nothing.
 func TestWindowInconclusive(t *testing.T) {
 	f := newHookFixture(t)
-	stale := f.c.OpenWindow("public", "t", []string{"id"})
+	stale := f.c.OpenWindow(7, "public", "t", []string{"id"})
 	stale.Close()
 	f.mark(stale, 0, false)
 	if f.c.wm.recording.Load() != 0 {
 		t.Fatal("a closed window records")
 	}
 
-	w := f.c.OpenWindow("public", "t", []string{"id"})
+	w := f.c.OpenWindow(7, "public", "t", []string{"id"})
 	defer w.Close()
 	p := f.page(1, "1")
 	w.Submit(p)

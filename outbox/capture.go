@@ -52,6 +52,7 @@ type Capture struct {
 	tx         pgx.Tx // open while a flush is in progress or a chunk spilled
 	routerSeen *sink.Router
 	routes     map[*sink.Relation][]*sink.Route
+	received   []int64 // sinks the current change went to, while a backfill window records
 
 	rows    []NewMessage
 	arena   []byte
@@ -122,18 +123,26 @@ func (c *Capture) Begin(ctx context.Context, commitLSN uint64, commitTime time.T
 func (c *Capture) Change(ctx context.Context, ch *sink.Change) error {
 	routes, ok := c.routes[ch.Rel]
 	if !ok {
+		if len(c.routes) > 1000 { // relations are replaced on DDL; forget old ones
+			clear(c.routes)
+		}
 		if c.routerSeen != nil {
 			routes = c.routerSeen.ForTable(ch.Rel.Schema, ch.Rel.Table)
 		}
 		c.routes[ch.Rel] = routes
 	}
+	// Backfill windows record the keys of the changes their sink
+	// receives; retained tables keep every change (backfill_hook.go,
+	// retention.go).
+	recording := c.wm.recording.Load() > 0
+	c.received = c.received[:0]
 	for _, rt := range routes {
-		c.add(rt, ch)
+		if c.add(rt, ch) && recording {
+			c.received = append(c.received, rt.Sink.ID)
+		}
 	}
-	// Backfill windows record the keys of changes; retained tables keep
-	// every change (backfill_hook.go, retention.go).
-	if c.wm.recording.Load() > 0 {
-		c.wm.observe(ch)
+	if recording {
+		c.wm.observe(ch, routes, c.received)
 	}
 	c.retainChange(ch)
 	if len(c.rows) >= chunkRows || len(c.ret.rows) >= chunkRows {

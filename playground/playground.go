@@ -116,6 +116,15 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
+	log := service.NewLogger(cfg.Log, logFile(opts.Log))
+	fmt.Fprintln(opts.Out, "starting walhook ...")
+	// The banner waits until the slot exists and is streamed: an INSERT
+	// pasted the moment it appears must be captured.
+	return service.Main(ctx, cfg, log, func() { printBanner(opts, dbURL) })
+}
+
+// printBanner tells the user how to try the playground.
+func printBanner(opts Options, dbURL string) {
 	fmt.Fprintf(opts.Out, `
 walhook dev is running.
   Postgres:  %s
@@ -129,8 +138,6 @@ Try it in another terminal:
 Ctrl-C stops everything.
 
 `, dbURL, opts.Listen, opts.Token, dbURL, dbURL)
-	log := service.NewLogger(cfg.Log, logFile(opts.Log))
-	return service.Main(ctx, cfg, log)
 }
 
 func logFile(w io.Writer) *os.File {

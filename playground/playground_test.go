@@ -34,7 +34,8 @@ func (s *syncBuffer) String() string {
 }
 
 // The playground starts from nothing, prints a psql line that works, and
-// prints the delivery of the change that line makes.
+// prints the delivery of the change that line makes, run the moment the
+// line appears.
 func TestPlayground(t *testing.T) {
 	if _, err := pgcluster.FindBinaries(context.Background(), ""); err != nil {
 		t.Skipf("no Postgres server programs: %v", err)
@@ -74,15 +75,14 @@ func TestPlayground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The stream starts right after the banner; retry until it is captured.
+	if _, err := conn.Exec(ctx, m[2]); err != nil {
+		t.Fatal(err)
+	}
 	for !strings.Contains(out.String(), `"customer_id": 42`) {
 		if time.Now().After(deadline) {
 			t.Fatalf("delivery not printed:\n%s", out)
 		}
-		if _, err := conn.Exec(ctx, m[2]); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Second)
+		time.Sleep(50 * time.Millisecond)
 	}
 	conn.Close(ctx)
 	cancel()

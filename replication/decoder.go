@@ -130,6 +130,14 @@ func (d *decoder) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 	if err != nil {
 		return fmt.Errorf("column types of %s: %w", rel.QualifiedName(), err)
 	}
+	// A table dropped and created again, or swapped in by a rename, has
+	// a new OID under an old name: forget the old relation, whose OID no
+	// change refers to any more, so the cache holds one entry per name.
+	for id, ri := range d.rels {
+		if id != m.RelationID && ri.rel.Schema == rel.Schema && ri.rel.Table == rel.Table {
+			delete(d.rels, id)
+		}
+	}
 	d.rels[m.RelationID] = &relInfo{rel: rel, render: render}
 	return nil
 }

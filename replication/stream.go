@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,10 +50,12 @@ type Stream struct {
 	cfg  Config
 	pool *pgxpool.Pool
 
-	streaming atomic.Bool
-	received  atomic.Uint64
-	confirmed atomic.Uint64
-	lag       atomic.Int64 // nanoseconds
+	streaming   atomic.Bool
+	received    atomic.Uint64
+	confirmed   atomic.Uint64
+	lag         atomic.Int64 // nanoseconds
+	started     chan struct{}
+	startedOnce sync.Once
 }
 
 // NewStream uses pool (the source database) for catalog look-ups.
@@ -66,8 +69,13 @@ func NewStream(cfg Config, pool *pgxpool.Pool) *Stream {
 	if cfg.StatusInterval <= 0 {
 		cfg.StatusInterval = 10 * time.Second
 	}
-	return &Stream{cfg: cfg, pool: pool}
+	return &Stream{cfg: cfg, pool: pool, started: make(chan struct{})}
 }
+
+// Started is closed the first time the stream streams: from then on, a
+// change committed to a published table is captured. `walhook dev` waits
+// for it before it invites the user to write.
+func (s *Stream) Started() <-chan struct{} { return s.started }
 
 // Status returns the stream's current position.
 func (s *Stream) Status() Status {
@@ -125,6 +133,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 	}
 	s.streaming.Store(true)
 	defer s.streaming.Store(false)
+	s.startedOnce.Do(func() { close(s.started) })
 	s.cfg.Log.Info().Str("slot", s.cfg.Slot).Str("from", pglogrepl.LSN(endLSN).String()).Msg("streaming")
 
 	dec := newDecoder(h, newCatalog(s.pool), commitLSN)

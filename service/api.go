@@ -21,16 +21,8 @@ func (s *Service) API() *api.Server {
 		Router:  s.Router.Load,
 		Refresh: s.Refresh,
 		Reload:  s.Delivery.Reload,
-		CheckTables: func(ctx context.Context, sk *sink.Sink) ([]string, error) {
-			tables, err := replication.ResolveTables(ctx, s.Source, []*sink.Sink{sk}, s.Cfg.State.Schema)
-			if err != nil {
-				return nil, err
-			}
-			names := make([]string, len(tables))
-			for i, t := range tables {
-				names[i] = t.String()
-			}
-			return names, nil
+		ResolveTables: func(ctx context.Context, sinks []*sink.Sink) (*replication.Resolution, error) {
+			return s.ResolveTables(ctx, sinks, false)
 		},
 		WaitPublished: s.waitPublished,
 		Leading:       s.Leading,
@@ -43,11 +35,10 @@ func (s *Service) API() *api.Server {
 // API waits so that a change committed after its answer is captured.
 func (s *Service) waitPublished(ctx context.Context, tables []string) error {
 	for {
+		// pg_publication_tables lists the tables of schemas published
+		// whole too.
 		rows, err := s.Source.Query(ctx, `
-			SELECT n.nspname || '.' || c.relname FROM pg_publication p
-			JOIN pg_publication_rel pr ON pr.prpubid = p.oid
-			JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE p.pubname = $1`, s.Cfg.Database.Publication)
+			SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, s.Cfg.Database.Publication)
 		if err != nil {
 			return fmt.Errorf("publication %s: list tables: %w", s.Cfg.Database.Publication, err)
 		}

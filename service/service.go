@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,11 +53,13 @@ type Service struct {
 	// Worker is this process's identity in claims.
 	Worker string
 
-	leading   atomic.Bool
-	tables    atomic.Pointer[[]replication.Table]
-	refreshMu sync.Mutex
-	refreshFp string
-	changed   chan struct{}
+	leading      atomic.Bool
+	sinks        atomic.Pointer[[]*sink.Sink]
+	lastWarnings atomic.Pointer[string]
+	lastSyncErr  atomic.Pointer[string]
+	refreshMu    sync.Mutex
+	refreshFp    string
+	changed      chan struct{}
 }
 
 // New migrates the state schema, connects, checks the source database and
@@ -99,6 +102,10 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 		return nil, err
 	}
 	if err := s.Refresh(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.checkTables(ctx); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -162,9 +169,10 @@ func (s *Service) applyConfig(ctx context.Context) error {
 	return nil
 }
 
-// Refresh re-reads sinks, checks their tables and swaps in a new router.
-// The API calls it after changes; it also runs every few seconds so every
-// process sees changes made through another.
+// Refresh re-reads sinks and swaps in a new router when they changed. The
+// API calls it after changes; it also runs every few seconds so every
+// process sees changes made through another. The leader follows with the
+// publication (syncTables).
 func (s *Service) Refresh(ctx context.Context) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
@@ -176,17 +184,8 @@ func (s *Service) Refresh(ctx context.Context) error {
 	if fp == s.refreshFp && s.Router.Load() != nil {
 		return nil
 	}
-	// Retained tables are published too, whether a sink names them or not.
-	published := sinks
-	if rt := s.Cfg.Retention.Tables; len(rt) > 0 {
-		published = append(slices.Clip(sinks), &sink.Sink{Name: "retention", Config: config.Sink{Name: "retention", Tables: rt}})
-	}
-	tables, err := replication.ResolveTables(ctx, s.Source, published, s.Cfg.State.Schema)
-	if err != nil {
-		return err
-	}
 	s.Router.Store(sink.NewRouter(sinks))
-	s.tables.Store(&tables)
+	s.sinks.Store(&sinks)
 	s.refreshFp = fp
 	select {
 	case s.changed <- struct{}{}:
@@ -196,6 +195,54 @@ func (s *Service) Refresh(ctx context.Context) error {
 		s.Delivery.Reload()
 	}
 	return nil
+}
+
+// ResolveTables resolves the tables of sinks, and of retention when
+// withRetention, as the source database holds them now.
+func (s *Service) ResolveTables(ctx context.Context, sinks []*sink.Sink, withRetention bool) (*replication.Resolution, error) {
+	// Retained tables are published too, whether a sink names them or not.
+	if rt := s.Cfg.Retention.Tables; withRetention && len(rt) > 0 {
+		sinks = append(slices.Clip(sinks), &sink.Sink{Name: "retention", Config: config.Sink{Name: "retention", Tables: rt}})
+	}
+	return replication.ResolveTables(ctx, s.Source, sinks, s.Cfg.State.Schema)
+}
+
+// checkTables is the start-up check of the sinks' tables: a named table
+// without a primary key stops walhook, a missing one is only logged, since
+// it is captured once it is created.
+func (s *Service) checkTables(ctx context.Context) error {
+	res, err := s.ResolveTables(ctx, *s.sinks.Load(), true)
+	if err != nil {
+		return err
+	}
+	if err := res.Err(); err != nil {
+		return err
+	}
+	s.logWarnings(res)
+	return nil
+}
+
+// logWarnings logs the resolution's warnings when they differ from the
+// last ones logged, so a table that stays missing is not logged every
+// tick.
+func (s *Service) logWarnings(res *replication.Resolution) {
+	var lines []string
+	for name, ws := range res.Warnings {
+		for _, w := range ws {
+			lines = append(lines, "sink "+name+": "+w)
+		}
+	}
+	for _, err := range res.Errors {
+		lines = append(lines, err.Error())
+	}
+	slices.Sort(lines)
+	key := strings.Join(lines, "\n")
+	if prev := s.lastWarnings.Swap(&key); prev != nil && *prev == key {
+		return
+	}
+	for _, l := range lines {
+		s.Log.Warn().Msg(l)
+	}
 }
 
 func sinkFingerprint(sinks []*sink.Sink) []any {
@@ -269,14 +316,24 @@ func (s *Service) refreshLoop(ctx context.Context) {
 // share the state schema.
 func (s *Service) leaseName() string { return "stream:" + s.Cfg.Database.Slot }
 
+// tableTick is how often the leader re-resolves the sinks' tables, so a
+// table created, re-created or renamed into a sink's patterns is
+// published within about this long even where its schema cannot be
+// published whole.
+const tableTick = time.Second
+
 // lead streams the slot while this process is the leader: it keeps the
-// publication in line with the sinks' tables and restarts the stream
-// when they change. Capture writes only while the term's token is live.
+// publication in line with the sinks' tables as sinks and tables change.
+// The walsender re-reads the publication as it decodes, so a sync needs no
+// restart of the stream. Capture writes only while the term's token is
+// live.
 func (s *Service) lead(ctx context.Context, token int64) error {
 	s.Capture.SetLease(s.leaseName(), token)
-	if err := replication.SyncPublication(ctx, s.Source, s.Cfg.Database.Publication, *s.tables.Load()); err != nil {
+	wholeSchemas, err := replication.PublishesSchemas(ctx, s.Source)
+	if err != nil {
 		return err
 	}
+	s.syncTables(ctx, wholeSchemas)
 	if err := replication.EnsureSlot(ctx, s.Source, s.Cfg.Database.Slot); err != nil {
 		return err
 	}
@@ -288,6 +345,8 @@ func (s *Service) lead(ctx context.Context, token int64) error {
 	var bg sync.WaitGroup
 	bg.Go(func() { s.Backfills.Run(streamCtx) })
 	defer func() { cancel(); bg.Wait() }()
+	tick := time.NewTicker(tableTick)
+	defer tick.Stop()
 	for {
 		select {
 		case err := <-done:
@@ -296,14 +355,35 @@ func (s *Service) lead(ctx context.Context, token int64) error {
 			}
 			return err
 		case <-s.changed:
-			// The walsender re-reads the publication as it decodes, so a
-			// sync needs no restart of the stream.
-			if err := replication.SyncPublication(ctx, s.Source, s.Cfg.Database.Publication, *s.tables.Load()); err != nil {
-				cancel()
-				<-done
-				return err
-			}
+		case <-tick.C:
 		}
+		s.syncTables(ctx, wholeSchemas)
+	}
+}
+
+// syncTables resolves the sinks' tables as they are now and makes the
+// publication match: schemas taken whole where Postgres allows it, the
+// other tables by name. Problems with single tables are warnings here;
+// the table is published once it can be captured. A failed sync leaves
+// the publication as it was (it is one transaction) and is logged, not
+// returned: one table Postgres refuses to publish must not stop the
+// stream of all the others. The next tick tries again.
+func (s *Service) syncTables(ctx context.Context, wholeSchemas bool) {
+	res, err := s.ResolveTables(ctx, *s.sinks.Load(), true)
+	if err == nil {
+		s.logWarnings(res)
+		var schemas []string
+		if wholeSchemas {
+			schemas = res.Schemas
+		}
+		err = replication.SyncPublication(ctx, s.Source, s.Cfg.Database.Publication, res.Tables, schemas)
+	}
+	msg := ""
+	if err != nil && ctx.Err() == nil {
+		msg = err.Error()
+	}
+	if prev := s.lastSyncErr.Swap(&msg); msg != "" && (prev == nil || *prev != msg) {
+		s.Log.Error().Err(err).Msg("sync the publication with the sinks' tables (retrying every second)")
 	}
 }
 
@@ -322,8 +402,10 @@ func NewLogger(cfg config.Log, out *os.File) zerolog.Logger {
 
 // Main is `walhook run`: it binds server.listen first (so a taken port
 // fails at once), builds the service, serves the HTTP API and runs the
-// service until ctx ends, then releases everything.
-func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+// service until ctx ends, then releases everything. streaming, when not
+// nil, runs once this process first streams the slot, so a caller can
+// tell a user when writes start being captured.
+func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, streaming func()) error {
 	ln, err := api.Listen(cfg.Server.Listen)
 	if err != nil {
 		return err
@@ -345,6 +427,15 @@ func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		}
 	})
 	log.Info().Str("worker", s.Worker).Str("listen", ln.Addr().String()).Msg("walhook started")
+	if streaming != nil {
+		wg.Go(func() {
+			select {
+			case <-s.Stream.Started():
+				streaming()
+			case <-runCtx.Done():
+			}
+		})
+	}
 	err = s.Run(runCtx)
 	cancel()
 	wg.Wait()

@@ -29,7 +29,8 @@ type sinkInfo struct {
 		MaxBackoff     string `json:"max_backoff"`
 		MaxAge         string `json:"max_age"`
 	} `json:"retry"`
-	SigningSecret string `json:"signing_secret"`
+	SigningSecret string   `json:"signing_secret"`
+	Warnings      []string `json:"warnings"`
 	Counts        struct {
 		Pending    int64 `json:"pending"`
 		InFlight   int64 `json:"in_flight"`
@@ -103,6 +104,9 @@ func sinkInfoCmd(opts *clientOptions) *cobra.Command {
 				t.row("backing off:", s.Counts.BackingOff)
 				t.row("failed:", s.Counts.Failed)
 				t.row("delivered:", fmt.Sprintf("%d (recent history)", s.Counts.Delivered))
+				for _, w := range s.Warnings {
+					t.row("warning:", w)
+				}
 				return t.flush()
 			})
 		},
