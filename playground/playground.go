@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/console"
 	"github.com/walhook/walhook/pgcluster"
 	"github.com/walhook/walhook/service"
 )
@@ -116,10 +117,21 @@ func Run(ctx context.Context, opts Options) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
-	fmt.Fprintf(opts.Out, `
+	log := service.NewLogger(cfg.Log, logFile(opts.Log))
+	// The banner waits for the listener, so it shows the bound address
+	// and a sign-in code the running console accepts.
+	return service.Main(ctx, cfg, log, func(s *service.Service, addr net.Addr) error {
+		code, err := s.Logins.Issue(opts.Token)
+		if err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		base := "http://" + addr.String()
+		fmt.Fprintf(opts.Out, `
 walhook dev is running.
   Postgres:  %s
-  API:       http://%s  (token: %s)
+  API:       %s  (token: %s)
+  Console:   %s
+             (a one-time sign-in link; after that, sign in with the token)
   Receiver:  prints every delivery below
 
 Try it in another terminal:
@@ -128,9 +140,9 @@ Try it in another terminal:
 
 Ctrl-C stops everything.
 
-`, dbURL, opts.Listen, opts.Token, dbURL, dbURL)
-	log := service.NewLogger(cfg.Log, logFile(opts.Log))
-	return service.Main(ctx, cfg, log)
+`, dbURL, base, opts.Token, console.LoginURL(base, code), dbURL, dbURL)
+		return nil
+	})
 }
 
 func logFile(w io.Writer) *os.File {

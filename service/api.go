@@ -35,6 +35,7 @@ func (s *Service) API() *api.Server {
 		WaitPublished: s.waitPublished,
 		Leading:       s.Leading,
 		Stream:        s.Stream.Status,
+		Logins:        s.Logins,
 	})
 }
 

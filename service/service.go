@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/walhook/walhook/api"
 	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/console"
 	"github.com/walhook/walhook/delivery"
 	"github.com/walhook/walhook/leader"
 	"github.com/walhook/walhook/metrics"
@@ -49,6 +51,8 @@ type Service struct {
 	Router atomic.Pointer[sink.Router]
 	// Worker is this process's identity in claims.
 	Worker string
+	// Logins are the web console's one-time sign-in codes.
+	Logins *console.Logins
 
 	leading   atomic.Bool
 	tables    atomic.Pointer[[]replication.Table]
@@ -83,6 +87,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 		Cfg: cfg, Log: log, Store: store, Source: source, Box: box,
 		Worker:  fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(rnd[:])),
 		changed: make(chan struct{}, 1),
+		Logins:  console.NewLogins(),
 	}
 	if err := replication.CheckSource(ctx, source); err != nil {
 		s.Close()
@@ -299,8 +304,10 @@ func NewLogger(cfg config.Log, out *os.File) zerolog.Logger {
 
 // Main is `walhook run`: it binds server.listen first (so a taken port
 // fails at once), builds the service, serves the HTTP API and runs the
-// service until ctx ends, then releases everything.
-func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
+// service until ctx ends, then releases everything. started, when set, is
+// called once the service is built and listening (`walhook dev` prints
+// its banner and console sign-in link there, with the bound address).
+func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, started func(s *Service, addr net.Addr) error) error {
 	ln, err := api.Listen(cfg.Server.Listen)
 	if err != nil {
 		return err
@@ -311,6 +318,12 @@ func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger) error {
 		return err
 	}
 	defer s.Close()
+	if started != nil {
+		if err := started(s, ln.Addr()); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -30,7 +30,7 @@ func runCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return service.Main(ctx, cfg, service.NewLogger(cfg.Log, os.Stderr))
+			return service.Main(ctx, cfg, service.NewLogger(cfg.Log, os.Stderr), nil)
 		},
 	}
 	configFlag(cmd, &path)
