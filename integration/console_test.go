@@ -178,6 +178,12 @@ func (tb *tab) shot(name string) {
 	tb.t.Logf("screenshot: %s", p)
 }
 
+// dismiss closes the toasts, so they do not cover a screenshot.
+func (tb *tab) dismiss() {
+	tb.t.Helper()
+	tb.eval(`document.querySelectorAll(".toast").forEach(t => t.remove()), ""`)
+}
+
 // transferred is what the tab loaded since the last call, in bytes on the
 // wire (headers included).
 func (tb *tab) transferred() (total float64, requests int) {
@@ -301,8 +307,18 @@ func TestConsole(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`form[aria-label="Start a backfill"] button[type=submit]`)))
 	tb.wait("the backfill running or done", `document.querySelector('tr[data-backfill] [role=progressbar]')`)
 	tb.wait("the backfill done", `document.querySelector('tr[data-backfill][data-state="done"] [role=progressbar]')?.getAttribute("aria-valuenow") === "100"`)
+	tb.dismiss()
 	tb.shot("console-backfills")
 	waitFor(t, 20*time.Second, "the backfilled rows", func() bool { return b.recv.count() >= 6 })
+
+	// Pause and resume.
+	tb.do("pause", chromedp.Click(chromedp.CSS(".sink-head button")))
+	tb.wait("the sink paused", `document.querySelector(".sink-head .badge")?.innerText === "paused" && document.querySelector(".sink-head button").innerText === "Resume"`)
+	if s := decodeAs[apiSink](t, e.must(t, 200, "GET", "/api/sinks/s", nil)); s.Status != "paused" {
+		t.Errorf("after Pause the sink is %q", s.Status)
+	}
+	tb.do("resume", chromedp.Click(chromedp.CSS(".sink-head button")))
+	tb.wait("the sink active", `document.querySelector(".sink-head .badge")?.innerText === "active"`)
 
 	// Settings and endpoints: secrets stay masked.
 	tb.goTo("#/sinks/s/settings")
@@ -324,6 +340,7 @@ func TestConsole(t *testing.T) {
 	// The overview again, with the chart filled, in both colour schemes.
 	tb.goTo("#/")
 	tb.wait("the chart", `document.querySelectorAll('svg.spark polyline').length === 2 && (document.querySelector('tr[data-sink="s"] [data-count="delivered"]')?.innerText ?? "0") !== "0"`)
+	tb.dismiss()
 	tb.shot("console-overview")
 	if _, err := chromedp.Call(tb.ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}}); err != nil {
 		t.Fatal(err)

@@ -66,8 +66,10 @@ function spark(values, label, unit, digits) {
   const W = 300, H = 60;
   const known = values.filter((v) => v.v !== null);
   const max = Math.max(1e-9, ...known.map((v) => v.v));
-  const now = Date.now();
-  const x = (t) => W - ((now - t) / WINDOW_MS) * W;
+  // Until the window is full, the samples so far span the width.
+  const now = values.length ? values[values.length - 1].t : Date.now();
+  const span = values.length > 1 ? Math.min(WINDOW_MS, now - values[0].t) : WINDOW_MS;
+  const x = (t) => W - ((now - t) / span) * W;
   const y = (v) => H - 2 - (v / max) * (H - 6);
   const el = svg('svg', {viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', class: 'spark', role: 'img'});
   const cur = known.length ? known[known.length - 1].v : null;
@@ -93,6 +95,6 @@ export function chart() {
     spark(samples.map((s) => ({t: s.t, v: s.latency})), 'Latency, commit to ack (mean)', 'ms', 0));
   draw();
   const off = onStatus(draw);
-  return {el: h('section', {class: 'card', 'aria-labelledby': 'chart-h'},
+  return {el: h('section', {class: 'card span2', 'aria-labelledby': 'chart-h'},
     h('h2', {id: 'chart-h'}, 'Last 5 minutes ', h('small', {class: 'muted'}, '(this process)')), body), stop: off};
 }
