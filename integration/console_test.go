@@ -261,6 +261,15 @@ func TestConsole(t *testing.T) {
 		t.Errorf("ingest URL of source hook not shown: %q", tb.text(`tr[data-source="hook"]`))
 	}
 
+	// The status behind the chart and the replication card.
+	st := decodeAs[map[string]any](t, e.must(t, 200, "GET", "/api/status", nil))
+	if st["leading"] != true || st["replication"] != "streaming" || st["state_db"] != "ok" || st["lag_bytes"] == nil {
+		t.Errorf("GET /api/status: %v", st)
+	}
+	if status, _ := e.call(t, "GET", "/api/status", nil, ""); status != 401 {
+		t.Errorf("GET /api/status without a token: %d", status)
+	}
+
 	// Live counts: an INSERT shows up as delivered without a reload.
 	b.exec(t, `INSERT INTO t VALUES (1, 'one')`)
 	tb.wait("delivered count 1", `document.querySelector('tr[data-sink="s"] [data-count="delivered"]').innerText === "1"`)
@@ -272,26 +281,44 @@ func TestConsole(t *testing.T) {
 	tb.wait("the change in the tail", `[...document.querySelectorAll('table.tail tbody tr')].some(r => r.innerText.includes("tail-me"))`)
 	tb.shot("console-tail")
 
-	// A failing message: find it, read its last error.
+	// Failing messages: more than a page of them; find one, read its
+	// last error.
 	failing.Store(true)
 	b.exec(t, `INSERT INTO t VALUES (13, 'broken')`)
+	b.exec(t, `INSERT INTO t SELECT g, 'bulk' FROM generate_series(100, 159) g`)
 	tb.goTo("#/sinks/s/messages?state=failed")
-	tb.wait("the failed message", `document.querySelector('tr[data-state="failed"]')`)
+	tb.wait("61 failed messages", `document.querySelector('.counts [data-count="failed"]')?.innerText === "61"`)
+	tb.wait("a full page", `document.querySelectorAll('tr[data-state="failed"]').length === 50`)
+	tb.dismiss()
 	tb.shot("console-sink")
-	tb.do("open the message", chromedp.Click(chromedp.CSS(`tr[data-state="failed"] td a`)))
+	tb.do("next page", chromedp.Click(chromedp.CSS(".pager button:last-child")))
+	tb.wait("the second page", `document.querySelectorAll('tr[data-state="failed"]').length === 11 && document.querySelector(".pager").innerText.includes("Page 2")`)
+	tb.do("previous page", chromedp.Click(chromedp.CSS(".pager button:first-child")))
+	tb.wait("the first page again", `document.querySelectorAll('tr[data-state="failed"]').length === 50 && document.querySelector('tr[data-group="public.t:13"]')`)
+	tb.do("open the message", chromedp.Click(chromedp.CSS(`tr[data-group="public.t:13"] td a`)))
 	tb.wait("the last error", `document.querySelector('[data-field="last_error"]')?.innerText.includes("HTTP 500")`)
 	if p := tb.text(".payload"); !strings.Contains(p, `"broken"`) || !strings.Contains(p, "\n  ") {
 		t.Errorf("payload not shown pretty-printed: %q", p)
 	}
+	// Times are local, with UTC on hover.
+	if utc := tb.eval(`[...document.querySelectorAll("time")].map(e => e.title).join(",")`); !strings.Contains(utc, " UTC") {
+		t.Errorf("times without their UTC value on hover: %q", utc)
+	}
 	tb.shot("console-message")
 
-	// Redeliver it once the endpoint works again.
+	// Redeliver it once the endpoint works again, then all the others.
 	failing.Store(false)
 	tb.do("redeliver", chromedp.Click(chromedp.CSS("#redeliver")))
 	tb.wait("the message delivered", `document.querySelector('[data-field="state"]')?.innerText === "delivered"`)
 	if n := len(b.recv.acked()); n != 3 {
 		t.Errorf("receiver got %d messages, want 3", n)
 	}
+	tb.goTo("#/sinks/s/messages?state=failed")
+	tb.wait("60 failed", `document.querySelector('.counts [data-count="failed"]')?.innerText === "60"`)
+	tb.do("redeliver all failed", chromedp.Click(chromedp.CSS(".toolbar > button")))
+	tb.wait("the redeliveries", `document.querySelector(".toast")?.innerText.includes("60 messages will be delivered again")`)
+	tb.wait("no failed messages", `document.querySelector('.counts [data-count="failed"]')?.innerText === "0"`)
+	b.recv.waitCount(t, 63, 20*time.Second)
 
 	// A failed action shows the API's message.
 	tb.goTo("#/sinks/s/replays")
@@ -309,7 +336,10 @@ func TestConsole(t *testing.T) {
 	tb.wait("the backfill done", `document.querySelector('tr[data-backfill][data-state="done"] [role=progressbar]')?.getAttribute("aria-valuenow") === "100"`)
 	tb.dismiss()
 	tb.shot("console-backfills")
-	waitFor(t, 20*time.Second, "the backfilled rows", func() bool { return b.recv.count() >= 6 })
+	if got := tb.text(`tr[data-backfill] [role=progressbar]`); got != "done · 63 rows" {
+		t.Errorf("progress bar of the finished backfill: %q", got)
+	}
+	b.recv.waitCount(t, 63+63, 20*time.Second)
 
 	// Pause and resume.
 	tb.do("pause", chromedp.Click(chromedp.CSS(".sink-head button")))

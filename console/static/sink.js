@@ -91,7 +91,7 @@ function messages(name, query, onError) {
 
 function row(sink, m) {
   const href = `#/sinks/${enc(sink)}/messages/${m.id}`;
-  return h('tr', {'data-message': m.id, 'data-state': m.state},
+  return h('tr', {'data-message': m.id, 'data-state': m.state, 'data-group': m.group},
     h('td', {class: 'num'}, h('a', {href}, String(m.id))),
     h('td', {class: 'ellipsis', title: m.group}, m.group),
     h('td', {}, badge(m.state)),
