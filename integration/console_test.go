@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"log"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
@@ -19,6 +21,7 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/console"
@@ -164,9 +167,14 @@ func (tb *tab) fail(what string, err error) {
 }
 
 // shot saves a full-page PNG under the artifacts folder.
-func (tb *tab) shot(name string) {
+func (tb *tab) shot(name string) { tb.save(name, chromedp.FullScreenshot(100)) }
+
+// view saves what the window shows, for pages longer than a screen.
+func (tb *tab) view(name string) { tb.save(name, chromedp.CaptureScreenshot()) }
+
+func (tb *tab) save(name string, capture chromedp.Action[[]byte]) {
 	tb.t.Helper()
-	png, err := chromedp.Run(tb.ctx, chromedp.FullScreenshot(100))
+	png, err := chromedp.Run(tb.ctx, capture)
 	if err != nil {
 		tb.t.Logf("screenshot %s: %v", name, err)
 		return
@@ -224,7 +232,9 @@ func TestConsole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httptest.NewServer(httputil.NewSingleHostReverseProxy(target))
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ErrorLog = log.New(io.Discard, "", 0) // aborted live tails are expected
+	proxy := httptest.NewServer(rp)
 	t.Cleanup(proxy.Close)
 	base := proxy.URL
 
@@ -242,7 +252,11 @@ func TestConsole(t *testing.T) {
 	if msg := tb.text("#signin-error"); !strings.Contains(msg, "401") {
 		t.Errorf("wrong token message: %q", msg)
 	}
-	tb.do("sign in", chromedp.SendKeys(chromedp.CSS("#token"), apiToken), chromedp.Click(chromedp.CSS(".signin button[type=submit]")))
+	// By keyboard: the token field has the focus, Enter submits.
+	if focused := tb.eval(`document.activeElement.id`); focused != "token" {
+		t.Errorf("focus after a refused sign-in is on %q, not the token field", focused)
+	}
+	tb.do("sign in", chromedp.KeyEvent(apiToken+kb.Enter))
 	tb.wait("the overview", `document.querySelector('tr[data-sink="s"] [data-count="delivered"]')?.innerText === "0"`)
 	if strings.Contains(tb.eval(`location.href`), apiToken) {
 		t.Errorf("the token is in the URL")
@@ -290,7 +304,7 @@ func TestConsole(t *testing.T) {
 	tb.wait("61 failed messages", `document.querySelector('.counts [data-count="failed"]')?.innerText === "61"`)
 	tb.wait("a full page", `document.querySelectorAll('tr[data-state="failed"]').length === 50`)
 	tb.dismiss()
-	tb.shot("console-sink")
+	tb.view("console-sink")
 	tb.do("next page", chromedp.Click(chromedp.CSS(".pager button:last-child")))
 	tb.wait("the second page", `document.querySelectorAll('tr[data-state="failed"]').length === 11 && document.querySelector(".pager").innerText.includes("Page 2")`)
 	tb.do("previous page", chromedp.Click(chromedp.CSS(".pager button:first-child")))

@@ -72,7 +72,8 @@ function spark(values, label, unit, digits) {
   const x = (t) => W - ((now - t) / span) * W;
   const y = (v) => H - 2 - (v / max) * (H - 6);
   const el = svg('svg', {viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', class: 'spark', role: 'img'});
-  const cur = known.length ? known[known.length - 1].v : null;
+  // The latest interval's value: no deliveries in it means no latency.
+  const cur = values.length ? values[values.length - 1].v : null;
   el.setAttribute('aria-label', `${label}: ${cur === null ? 'no data yet' : cur.toFixed(digits) + ' ' + unit}`);
   el.append(svg('line', {x1: 0, x2: W, y1: H - 1, y2: H - 1, class: 'axis'}));
   if (known.length > 1) {

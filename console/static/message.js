@@ -3,7 +3,7 @@
 
 import {api, poll, enc} from './api.js';
 import {h, fill, num, badge, time, notify, busy, pretty} from './ui.js';
-import {commitTime} from './sink.js';
+import {commitTime, nextAttempt} from './sink.js';
 
 const REDELIVERABLE = new Set(['failed', 'backing_off']);
 
@@ -32,7 +32,7 @@ export function messagePage(main, sink, id, onError) {
       h('div', {}, h('dt', {}, 'First attempt'), h('dd', {}, time(m.first_attempt_at))),
       h('div', {}, h('dt', {}, 'Last attempt'), h('dd', {}, time(m.last_attempt_at))),
       h('div', {}, h('dt', {}, 'Last status'), h('dd', {class: 'num', 'data-field': 'last_status'}, m.last_status ?? '—')),
-      h('div', {}, h('dt', {}, 'Next attempt'), h('dd', {}, time(m.not_before))),
+      h('div', {}, h('dt', {}, 'Next attempt'), h('dd', {}, nextAttempt(m))),
       h('div', {}, h('dt', {}, 'Commit time'), h('dd', {}, time(commitTime(m)))),
       h('div', {}, h('dt', {}, 'Commit LSN · index'), h('dd', {class: 'num'}, `${m.commit_lsn} · ${m.commit_idx ?? 0}`)),
       h('div', {}, h('dt', {}, 'Idempotency key'), h('dd', {}, h('code', {}, md.idempotency_key || '—'))),

@@ -14,7 +14,7 @@ export const COUNTS = [
 // their text, so the table never reflows while counts move.
 export function countCells(tag) {
   const cells = {};
-  for (const [k] of COUNTS) cells[k] = h(tag, {class: 'num count c-' + k, 'data-count': k}, '—');
+  for (const [k, label] of COUNTS) cells[k] = h(tag, {class: 'num count c-' + k, 'data-count': k, 'data-label': label}, '—');
   return {
     cells: COUNTS.map(([k]) => cells[k]),
     update(counts) {
@@ -67,8 +67,8 @@ function sinksTable(onError) {
         const c = countCells('td');
         const tr = h('tr', {'data-sink': s.name},
           h('th', {scope: 'row'}, h('a', {href: '#/sinks/' + enc(s.name)}, s.name)),
-          h('td', {}, badge(s.status)), h('td', {}, target(s)),
-          h('td', {class: 'wrap'}, [...s.tables, ...s.webhook_sources.map((w) => 'webhook:' + w)].join(', ') || '—'),
+          h('td', {'data-label': 'State'}, badge(s.status)), h('td', {'data-label': 'Endpoint'}, target(s)),
+          h('td', {class: 'wrap', 'data-label': 'Tables and sources'}, [...s.tables, ...s.webhook_sources.map((w) => 'webhook:' + w)].join(', ') || '—'),
           c.cells);
         rows.set(s.name, c);
         return tr;

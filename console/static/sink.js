@@ -89,6 +89,14 @@ function messages(name, query, onError) {
   return {el, stop: () => stop()};
 }
 
+// nextAttempt is when the message goes again; failed and delivered
+// messages do not go again by themselves.
+export function nextAttempt(m) {
+  if (m.state === 'failed') return h('span', {class: 'muted'}, 'not until redelivered');
+  if (m.state === 'delivered' || m.state === 'in_flight') return h('span', {class: 'muted'}, '—');
+  return time(m.not_before);
+}
+
 function row(sink, m) {
   const href = `#/sinks/${enc(sink)}/messages/${m.id}`;
   return h('tr', {'data-message': m.id, 'data-state': m.state, 'data-group': m.group},
@@ -98,7 +106,7 @@ function row(sink, m) {
     h('td', {class: 'num'}, num(m.deliver_count)),
     h('td', {class: 'num'}, m.last_status ?? '—'),
     h('td', {class: 'ellipsis error-text', title: m.last_error || ''}, m.last_error || '—'),
-    h('td', {}, time(m.not_before)),
+    h('td', {}, nextAttempt(m)),
     h('td', {}, time(commitTime(m))),
     h('td', {}, h('a', {href, class: 'small', 'aria-label': `Open message ${m.id}`}, 'Open')));
 }
