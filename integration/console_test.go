@@ -330,7 +330,7 @@ func TestConsole(t *testing.T) {
 	tb.goTo("#/sinks/s/messages?state=failed")
 	tb.wait("60 failed", `document.querySelector('.counts [data-count="failed"]')?.innerText === "60"`)
 	tb.do("redeliver all failed", chromedp.Click(chromedp.CSS(".toolbar > button")))
-	tb.wait("the redeliveries", `document.querySelector(".toast")?.innerText.includes("60 messages will be delivered again")`)
+	tb.wait("the redeliveries", `[...document.querySelectorAll(".toast")].some(t => t.innerText.includes("60 messages will be delivered again"))`)
 	tb.wait("no failed messages", `document.querySelector('.counts [data-count="failed"]')?.innerText === "0"`)
 	b.recv.waitCount(t, 63, 20*time.Second)
 
@@ -341,6 +341,8 @@ func TestConsole(t *testing.T) {
 	tb.eval(`document.querySelector("input[name=to]").value = "2030-01-01T00:00:00"`)
 	tb.do("replay a backwards window", chromedp.Click(chromedp.CSS(`form[aria-label="Replay a time window"] button[type=submit]`)))
 	tb.wait("the replay error", `document.querySelector('.toast.t-error')?.innerText.includes("must be after")`)
+	tb.shot("console-replays")
+	tb.dismiss()
 
 	// Backfill every table, and watch it reach done.
 	tb.goTo("#/sinks/s/backfills")
@@ -367,6 +369,7 @@ func TestConsole(t *testing.T) {
 	// Settings and endpoints: secrets stay masked.
 	tb.goTo("#/sinks/s/settings")
 	tb.wait("the settings", `document.querySelector('dl.settings dt')`)
+	tb.shot("console-settings")
 	tb.goTo("#/config")
 	tb.wait("the endpoint", `document.querySelector('tr[data-endpoint="recv"] .masked')`)
 	tb.shot("console-config")

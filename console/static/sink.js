@@ -223,6 +223,16 @@ function replays(name, onError) {
     form, result, jobs), stop};
 }
 
+// setting shows one value: lists of names inline, empty ones as
+// "(none)", anything structured as JSON.
+function setting(v) {
+  const none = h('span', {class: 'muted'}, '(none)');
+  if (v === '' || v === null || v === undefined) return none;
+  if (Array.isArray(v) && v.every((x) => typeof x === 'string')) return v.length ? v.join(', ') : none;
+  if (typeof v === 'object') return Object.keys(v).length ? h('pre', {class: 'inline'}, pretty(v)) : none;
+  return String(v);
+}
+
 function settings(head) {
   const dl = h('dl', {class: 'settings'}, h('p', {class: 'muted'}, 'Loading…'));
   const skip = new Set(['counts', 'status', 'name']);
@@ -233,7 +243,7 @@ function settings(head) {
     shape = now;
     fill(dl, Object.entries(s).filter(([k]) => !skip.has(k)).map(([k, v]) => h('div', {},
       h('dt', {}, k.replaceAll('_', ' ')),
-      h('dd', {}, k.endsWith('_at') ? time(v) : (v !== null && typeof v === 'object') ? h('pre', {class: 'inline'}, pretty(v)) : (v === '' ? h('span', {class: 'muted'}, '(none)') : String(v))))));
+      h('dd', {}, k.endsWith('_at') ? time(v) : setting(v)))));
   });
   return {el: h('section', {'aria-label': 'Settings'}, h('p', {class: 'muted'}, 'Read-only here; change a sink in the config file, or with PATCH /api/sinks/{name}. Secrets are masked.'), dl),
     stop: () => {}};
