@@ -211,6 +211,9 @@ func (tb *tab) goTo(hash string) {
 	tb.eval(fmt.Sprintf(`location.hash = %q, ""`, hash))
 }
 
+// sinkRowLayout is where the cells of sink s's overview row are.
+const sinkRowLayout = `JSON.stringify([...document.querySelectorAll('tr[data-sink="s"] > *')].map(c => { const r = c.getBoundingClientRect(); return [Math.round(r.left), Math.round(r.width), Math.round(r.height)] }))`
+
 // The console, driven in Chromium against a running service: sign-in,
 // live counts, a failing message and its redelivery, a backfill, the
 // live tail, endpoints with masked secrets, errors, phone width and the
@@ -287,6 +290,7 @@ func TestConsole(t *testing.T) {
 	// Live counts: an INSERT shows up as delivered without a reload.
 	b.exec(t, `INSERT INTO t VALUES (1, 'one')`)
 	tb.wait("delivered count 1", `document.querySelector('tr[data-sink="s"] [data-count="delivered"]').innerText === "1"`)
+	layout := tb.eval(sinkRowLayout)
 
 	// Live tail.
 	tb.goTo("#/tail?sink=s")
@@ -389,6 +393,10 @@ func TestConsole(t *testing.T) {
 	tb.wait("the chart", `document.querySelectorAll('svg.spark polyline').length === 2 && (document.querySelector('tr[data-sink="s"] [data-count="delivered"]')?.innerText ?? "0") !== "0"`)
 	tb.dismiss()
 	tb.shot("console-overview")
+	// Counts grew from 1 to 126 delivered; nothing in the row moved.
+	if now := tb.eval(sinkRowLayout); now != layout {
+		t.Errorf("the sink row's layout changed with its counts: %s, then %s", layout, now)
+	}
 	if _, err := chromedp.Call(tb.ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}}); err != nil {
 		t.Fatal(err)
 	}
