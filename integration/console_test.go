@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	cdpbrowser "github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
@@ -276,6 +277,19 @@ func TestConsole(t *testing.T) {
 	}
 	if !strings.Contains(tb.text(`tr[data-source="hook"]`), e.base+"/api/webhook/hook") {
 		t.Errorf("ingest URL of source hook not shown: %q", tb.text(`tr[data-source="hook"]`))
+	}
+
+	// The copy button puts the ingest URL on the clipboard.
+	for _, name := range []string{"clipboard-read", "clipboard-write"} {
+		if _, err := chromedp.CallBrowser(tb.ctx, cdpbrowser.SetPermission, cdpbrowser.SetPermissionParams{
+			Permission: &cdpbrowser.PermissionDescriptor{Name: name}, Setting: cdpbrowser.PermissionSettingGranted, Origin: base}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tb.do("copy the ingest URL", chromedp.Click(chromedp.CSS(`tr[data-source="hook"] button`)))
+	tb.wait("copied", `document.querySelector('tr[data-source="hook"] button').innerText === "Copied"`)
+	if clip, err := chromedp.Run(tb.ctx, chromedp.Evaluate[string](`navigator.clipboard.readText()`, chromedp.EvalAwaitPromise)); err != nil || clip != e.base+"/api/webhook/hook" {
+		t.Errorf("clipboard after Copy: %q, %v", clip, err)
 	}
 
 	// The status behind the chart and the replication card.
