@@ -37,19 +37,21 @@ window.addEventListener(REACHABLE, (ev) => {
 
 window.addEventListener(UNAUTHORIZED, (ev) => signOut(ev.detail));
 
-function signOut(reason) {
+// signOut forgets the token; reason says why (an error unless the user
+// asked for it).
+function signOut(reason, asked = false) {
   clearToken();
   stopStatus();
   stopView();
   stopView = () => {};
   nav.hidden = true;
-  signIn(reason);
+  signIn(reason, asked);
 }
 
-function signIn(reason) {
+function signIn(reason, asked = false) {
   showBanner('');
   const input = h('input', {type: 'password', id: 'token', name: 'token', autocomplete: 'current-password', required: true, spellcheck: 'false'});
-  const error = h('p', {class: 'error-text', id: 'signin-error', role: 'alert'}, reason || '');
+  const error = h('p', {class: asked ? 'muted' : 'error-text', id: 'signin-error', role: 'alert'}, reason || '');
   const submit = h('button', {type: 'submit'}, 'Sign in');
   const form = h('form', {class: 'signin card', 'aria-labelledby': 'signin-h'},
     h('h1', {id: 'signin-h'}, 'Sign in to walhook'),
@@ -123,7 +125,7 @@ function start() {
 window.addEventListener('hashchange', () => { if (token()) route(); });
 // The skip link focuses the content without touching the hash (routes).
 document.querySelector('.skip').addEventListener('click', (ev) => { ev.preventDefault(); main.focus(); });
-document.getElementById('signout').addEventListener('click', () => { signOut('Signed out.'); });
+document.getElementById('signout').addEventListener('click', () => { signOut('Signed out.', true); });
 
 (async () => {
   const m = location.hash.match(/^#login=([A-Za-z0-9]+)/);

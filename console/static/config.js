@@ -3,7 +3,7 @@
 // their names.
 
 import {api, poll, enc} from './api.js';
-import {h, fill, time} from './ui.js';
+import {h, fill, time, changes} from './ui.js';
 import {sourcesTable} from './overview.js';
 
 const MASK = '••••••••';
@@ -18,8 +18,10 @@ function headers(plain, secret) {
 
 function endpoints(onError) {
   const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
+  const changed = changes();
   const stop = poll(async () => {
     const list = (await api('GET', '/api/http_endpoints')).data;
+    if (!changed(list)) return;
     fill(body, list.length ? h('div', {class: 'scroll'}, h('table', {class: 'grid'},
       h('thead', {}, h('tr', {}, ['Endpoint', 'URL', 'Headers', 'Updated'].map((c) => h('th', {scope: 'col'}, c)))),
       h('tbody', {}, list.map((e) => h('tr', {'data-endpoint': e.name},
@@ -32,8 +34,10 @@ function endpoints(onError) {
 
 function subscriptions(onError) {
   const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
+  const changed = changes();
   const stop = poll(async () => {
     const list = (await api('GET', '/api/subscriptions')).data;
+    if (!changed(list)) return;
     fill(body, list.length ? h('div', {class: 'scroll'}, h('table', {class: 'grid'},
       h('thead', {}, h('tr', {}, ['Emitter', 'Listener sink', 'Since'].map((c) => h('th', {scope: 'col'}, c)))),
       h('tbody', {}, list.map((s) => h('tr', {'data-subscription': s.id},

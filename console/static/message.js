@@ -2,7 +2,7 @@
 // redeliver button. The page follows the message until it is delivered.
 
 import {api, poll, enc} from './api.js';
-import {h, fill, num, badge, time, notify, busy, pretty} from './ui.js';
+import {h, fill, num, badge, time, notify, busy, pretty, changes} from './ui.js';
 import {commitTime, nextAttempt} from './sink.js';
 
 const REDELIVERABLE = new Set(['failed', 'backing_off']);
@@ -14,16 +14,14 @@ export function messagePage(main, sink, id, onError) {
   const redeliver = h('button', {type: 'button', id: 'redeliver', disabled: true}, 'Redeliver now');
   const why = h('small', {class: 'muted'});
   let seen = false;
-  let shown = '';
+  const changed = changes();
 
   const render = (m) => {
     seen = true;
     const can = REDELIVERABLE.has(m.state);
     redeliver.disabled = !can;
     why.textContent = can ? '' : m.state === 'delivered' ? 'Delivered already; a replay delivers it again.' : 'It is on its way already.';
-    const now = JSON.stringify(m);
-    if (now === shown) return;
-    shown = now;
+    if (!changed(m)) return;
     const md = (m.message && m.message.metadata) || {};
     fill(facts,
       h('div', {}, h('dt', {}, 'State'), h('dd', {'data-field': 'state'}, badge(m.state))),

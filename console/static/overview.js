@@ -2,7 +2,7 @@
 // with live counts, and the webhook sources with their ingest URLs.
 
 import {api, poll, enc} from './api.js';
-import {h, fill, num, bytes, lsn, badge, copyButton} from './ui.js';
+import {h, fill, num, bytes, lsn, badge, copyButton, changes} from './ui.js';
 import {chart, onStatus} from './chart.js';
 
 export const COUNTS = [
@@ -48,7 +48,7 @@ function target(s) {
 function sinksTable(onError) {
   const tbody = h('tbody');
   const rows = new Map(); // name -> {tr, update}
-  let shape = '';
+  const changed = changes();
   const table = h('table', {class: 'grid sinks'},
     h('caption', {class: 'offscreen'}, 'Sinks and their messages by state'),
     h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Sink'), h('th', {scope: 'col'}, 'State'),
@@ -59,14 +59,12 @@ function sinksTable(onError) {
   const stop = poll(async () => {
     const list = (await api('GET', '/api/sinks')).data;
     // Rebuild rows only when the sinks or their settings change.
-    const now = JSON.stringify(list.map((s) => [s.name, s.status, s.endpoint, s.path, s.kind, s.tables, s.webhook_sources]));
-    if (now !== shape) {
-      shape = now;
+    if (changed(list.map((s) => [s.name, s.status, s.endpoint, s.path, s.kind, s.tables, s.webhook_sources]))) {
       rows.clear();
       fill(tbody, list.map((s) => {
         const c = countCells('td');
         const tr = h('tr', {'data-sink': s.name},
-          h('th', {scope: 'row'}, h('a', {href: '#/sinks/' + enc(s.name)}, s.name)),
+          h('th', {scope: 'row'}, h('a', {href: '#/sinks/' + enc(s.name), 'data-key': 'sink:' + s.name}, s.name)),
           h('td', {'data-label': 'State'}, badge(s.status)), h('td', {'data-label': 'Endpoint'}, target(s)),
           h('td', {class: 'wrap', 'data-label': 'Tables and sources'}, [...s.tables, ...s.webhook_sources.map((w) => 'webhook:' + w)].join(', ') || '—'),
           c.cells);
@@ -85,12 +83,10 @@ function sinksTable(onError) {
 // button; the endpoints page shows it too.
 export function sourcesTable(onError) {
   const body = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
-  let shape = '';
+  const changed = changes();
   const stop = poll(async () => {
     const list = (await api('GET', '/api/webhook_sources')).data;
-    const now = JSON.stringify(list);
-    if (now === shape) return;
-    shape = now;
+    if (!changed(list)) return;
     if (!list.length) {
       fill(body, h('p', {class: 'muted'}, 'No webhook sources. `walhook source webhook add NAME` makes one.'));
       return;

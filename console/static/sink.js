@@ -2,7 +2,7 @@
 // Messages, Backfills, Replays and Settings.
 
 import {api, poll, enc} from './api.js';
-import {h, fill, num, badge, time, notify, busy, field, pretty} from './ui.js';
+import {h, fill, num, badge, time, notify, busy, field, pretty, changes} from './ui.js';
 import {COUNTS, countCells} from './overview.js';
 
 const PAGE = 50;
@@ -53,17 +53,19 @@ function messages(name, query, onError) {
   const older = h('button', {type: 'button', class: 'secondary', disabled: true}, 'Next page');
   const newer = h('button', {type: 'button', class: 'secondary', disabled: true}, 'Previous page');
   const info = h('span', {class: 'muted'});
+  const changed = changes();
   let last = [];
   const load = async () => {
     const q = new URLSearchParams({limit: PAGE});
     if (state) q.set('state', state);
     if (after) q.set('after', after);
     last = (await api('GET', `/api/sinks/${enc(name)}/messages?${q}`)).data;
-    fill(tbody, last.length ? last.map((m) => row(name, m)) :
-      h('tr', {}, h('td', {colspan: 9, class: 'muted empty'}, 'No messages' + (state ? ' in this state' : ' waiting') + '.')));
     older.disabled = last.length < PAGE;
     newer.disabled = cursors.length === 0;
     info.textContent = `Page ${cursors.length + 1} · ${last.length} message${last.length === 1 ? '' : 's'}`;
+    if (!changed([after, last])) return;
+    fill(tbody, last.length ? last.map((m) => row(name, m)) :
+      h('tr', {}, h('td', {colspan: 9, class: 'muted empty'}, 'No messages' + (state ? ' in this state' : ' waiting') + '.')));
   };
   let stop = poll(load, 3000, onError);
   const restart = () => { stop(); stop = poll(load, 3000, onError); };
@@ -100,7 +102,7 @@ export function nextAttempt(m) {
 function row(sink, m) {
   const href = `#/sinks/${enc(sink)}/messages/${m.id}`;
   return h('tr', {'data-message': m.id, 'data-state': m.state, 'data-group': m.group},
-    h('td', {class: 'num'}, h('a', {href}, String(m.id))),
+    h('td', {class: 'num'}, h('a', {href, 'data-key': 'id:' + m.id}, String(m.id))),
     h('td', {class: 'ellipsis', title: m.group}, m.group),
     h('td', {}, badge(m.state)),
     h('td', {class: 'num'}, num(m.deliver_count)),
@@ -108,7 +110,7 @@ function row(sink, m) {
     h('td', {class: 'ellipsis error-text', title: m.last_error || ''}, m.last_error || '—'),
     h('td', {}, nextAttempt(m)),
     h('td', {}, time(commitTime(m))),
-    h('td', {}, h('a', {href, class: 'small', 'aria-label': `Open message ${m.id}`}, 'Open')));
+    h('td', {}, h('a', {href, class: 'small', 'aria-label': `Open message ${m.id}`, 'data-key': 'open:' + m.id}, 'Open')));
 }
 
 // progress is a bar of rows processed of the estimated total.
@@ -125,13 +127,15 @@ export function progress(b) {
 
 function backfills(name, onError) {
   const list = h('div', {}, h('p', {class: 'muted'}, 'Loading…'));
+  const changed = changes();
   const load = async () => {
     const items = (await api('GET', `/api/sinks/${enc(name)}/backfills`)).data || [];
+    if (!changed(items)) return;
     if (!items.length) { fill(list, h('p', {class: 'muted'}, 'No backfills yet.')); return; }
     fill(list, h('div', {class: 'scroll'}, h('table', {class: 'grid backfills'},
       h('thead', {}, h('tr', {}, ['Id', 'State', 'Tables', 'Progress', 'Started', ''].map((c) => h('th', {scope: 'col'}, c)))),
       h('tbody', {}, items.map((b) => {
-        const cancel = b.state === 'running' ? h('button', {type: 'button', class: 'secondary small'}, 'Cancel') : null;
+        const cancel = b.state === 'running' ? h('button', {type: 'button', class: 'secondary small', 'data-key': 'cancel:' + b.id, 'aria-label': `Cancel backfill ${b.id}`}, 'Cancel') : null;
         if (cancel) cancel.addEventListener('click', () => busy(cancel, async () => {
           await api('DELETE', `/api/sinks/${enc(name)}/backfills/${b.id}`);
           notify(`Backfill ${b.id} cancelled.`);
@@ -199,6 +203,7 @@ function replays(name, onError) {
   // Replays as jobs have a list; an API without one answers 404 or 405,
   // and the list is left out.
   let listed = true;
+  const changed = changes();
   const loadJobs = async () => {
     if (!listed) return;
     let items;
@@ -208,6 +213,7 @@ function replays(name, onError) {
       if (e.status === 404 || e.status === 405) { listed = false; return; }
       throw e;
     }
+    if (!changed(items)) return;
     if (!Array.isArray(items) || !items.length) { fill(jobs); return; }
     fill(jobs, h('h2', {}, 'Replays'), h('div', {class: 'scroll'}, h('table', {class: 'grid'},
       h('thead', {}, h('tr', {}, ['Id', 'State', 'Window', 'Progress', 'Started'].map((c) => h('th', {scope: 'col'}, c)))),
@@ -236,11 +242,9 @@ function setting(v) {
 function settings(head) {
   const dl = h('dl', {class: 'settings'}, h('p', {class: 'muted'}, 'Loading…'));
   const skip = new Set(['counts', 'status', 'name']);
-  let shape = '';
+  const changed = changes();
   head.onSink((s) => {
-    const now = JSON.stringify(s, (k, v) => (k === 'counts' ? undefined : v));
-    if (now === shape) return;
-    shape = now;
+    if (!changed({...s, counts: undefined})) return;
     fill(dl, Object.entries(s).filter(([k]) => !skip.has(k)).map(([k, v]) => h('div', {},
       h('dt', {}, k.replaceAll('_', ' ')),
       h('dd', {}, k.endsWith('_at') ? time(v) : setting(v)))));

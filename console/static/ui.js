@@ -25,11 +25,31 @@ function append(el, children) {
   }
 }
 
-// clear empties el and fills it with children.
+// fill replaces el's content with children. Polled views redraw with
+// it, so the element that had the focus gets it back when the new content
+// has one with the same data-key: keyboard users keep their place.
 export function fill(el, ...children) {
+  const active = document.activeElement;
+  const key = active && el.contains(active) ? active.dataset.key : undefined;
   el.replaceChildren();
   append(el, children);
+  if (key !== undefined) {
+    const again = [...el.querySelectorAll('[data-key]')].find((e) => e.dataset.key === key);
+    if (again) again.focus({preventScroll: true});
+  }
   return el;
+}
+
+// changes returns a check that is true when its argument differs from
+// the previous one, so a poll redraws only when there is news.
+export function changes() {
+  let last;
+  return (v) => {
+    const s = JSON.stringify(v);
+    if (s === last) return false;
+    last = s;
+    return true;
+  };
 }
 
 const local = new Intl.DateTimeFormat(undefined, {dateStyle: 'medium', timeStyle: 'medium'});
@@ -82,7 +102,7 @@ export function notify(text, kind = 'info') {
 // copyButton copies text to the clipboard, with a fallback for pages not
 // served from a secure context (the Clipboard API needs one).
 export function copyButton(text, label = 'Copy') {
-  const b = h('button', {type: 'button', class: 'small', 'aria-label': label + ' ' + text}, label);
+  const b = h('button', {type: 'button', class: 'small', 'aria-label': label + ' ' + text, 'data-key': 'copy:' + text}, label);
   b.addEventListener('click', async () => {
     try {
       if (navigator.clipboard && window.isSecureContext) await navigator.clipboard.writeText(text);
