@@ -440,6 +440,8 @@ func TestConsole(t *testing.T) {
 	if href := dev.eval(`location.href`); strings.Contains(href, code) {
 		t.Errorf("the sign-in code stayed in the address: %s", href)
 	}
+	dev.do("sign out", chromedp.Click(chromedp.CSS("#signout")))
+	dev.wait("the sign-in form", `document.querySelector("#token") && sessionStorage.length === 0`)
 	again := newTab(t, browser)
 	again.do("open the used link", chromedp.Navigate(link))
 	again.wait("the used link refused", `document.querySelector("#signin-error")?.innerText.includes("used already")`)

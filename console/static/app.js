@@ -62,6 +62,7 @@ function signIn(reason, asked = false) {
     ev.preventDefault();
     submit.disabled = true;
     error.textContent = '';
+    error.className = 'error-text';
     setToken(input.value.trim());
     try {
       await api('GET', '/api/status');
