@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/walhook/walhook/console"
 	"github.com/walhook/walhook/metrics"
 )
@@ -61,9 +59,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		for _, m := range f.GetMetric() {
 			switch f.GetName() {
 			case "walhook_messages_delivered_total":
-				v.Delivered += counterValue(m)
+				v.Delivered += m.GetCounter().GetValue()
 			case "walhook_messages_captured_total":
-				v.Captured += counterValue(m)
+				v.Captured += m.GetCounter().GetValue()
 			case "walhook_delivery_latency_seconds":
 				v.LatencySumSeconds += m.GetHistogram().GetSampleSum()
 				v.LatencyCount += m.GetHistogram().GetSampleCount()
@@ -72,8 +70,6 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, v)
 }
-
-func counterValue(m *dto.Metric) float64 { return m.GetCounter().GetValue() }
 
 // mountConsole serves the web console (open: the page signs in with a
 // token). Only / itself and the console's own paths, so unknown paths

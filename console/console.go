@@ -82,7 +82,10 @@ type asset struct {
 }
 
 // Handler serves the page at / (exactly), its assets under Prefix, and
-// code exchanges at LoginPath. logins may be nil: then no code is valid.
+// code exchanges at LoginPath; the API server mounts it on those paths
+// only, so every other unknown path keeps its JSON 404. Assets are
+// revalidated by ETag rather than cached for long, so a new binary never
+// shows an old page. logins may be nil: then no code is valid.
 func Handler(logins *Logins) http.Handler {
 	assets := map[string]asset{}
 	err := fs.WalkDir(static, "static", func(p string, d fs.DirEntry, err error) error {
@@ -116,7 +119,6 @@ func Handler(logins *Logins) http.Handler {
 		secure(h)
 		h.Set("Content-Type", a.mime)
 		h.Set("ETag", a.etag)
-		// Revalidate every time: a new binary must not show an old page.
 		h.Set("Cache-Control", "no-cache")
 		http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(a.body))
 	}
