@@ -362,15 +362,32 @@ func TestConsole(t *testing.T) {
 	tb.shot("console-replays")
 	tb.dismiss()
 
-	// Backfill every table, and watch it reach done.
+	// Cancel a backfill: the test holds a lock on the table, so the
+	// backfill cannot read it and stays running until it is cancelled.
+	lock, err := b.db.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.Exec(context.Background(), `LOCK TABLE t IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
 	tb.goTo("#/sinks/s/backfills")
 	tb.do("start a backfill", chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Start a backfill"]`)),
 		chromedp.Click(chromedp.CSS(`form[aria-label="Start a backfill"] button[type=submit]`)))
-	tb.wait("the backfill running or done", `document.querySelector('tr[data-backfill] [role=progressbar]')`)
+	tb.do("cancel it", chromedp.WaitVisible(chromedp.CSS(`tr[data-state="running"] button[data-key^="cancel:"]`)),
+		chromedp.Click(chromedp.CSS(`tr[data-state="running"] button[data-key^="cancel:"]`)))
+	tb.wait("the backfill cancelled", `document.querySelector('tr[data-backfill][data-state="cancelled"]') && !document.querySelector('tr[data-state="running"]')`)
+	if err := lock.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// Backfill every table, and watch it reach done.
+	tb.do("start a backfill", chromedp.WaitVisible(chromedp.CSS(`form[aria-label="Start a backfill"]`)),
+		chromedp.Click(chromedp.CSS(`form[aria-label="Start a backfill"] button[type=submit]`)))
 	tb.wait("the backfill done", `document.querySelector('tr[data-backfill][data-state="done"] [role=progressbar]')?.getAttribute("aria-valuenow") === "100"`)
 	tb.dismiss()
 	tb.shot("console-backfills")
-	if got := tb.text(`tr[data-backfill] [role=progressbar]`); got != "done · 63 rows" {
+	if got := tb.text(`tr[data-state="done"] [role=progressbar]`); got != "done · 63 rows" {
 		t.Errorf("progress bar of the finished backfill: %q", got)
 	}
 	b.recv.waitCount(t, 63+63, 20*time.Second)

@@ -117,7 +117,8 @@ function row(sink, m) {
 export function progress(b) {
   const done = b.state === 'done';
   const pct = done ? 100 : b.rows_total > 0 ? Math.min(100, Math.floor((100 * b.rows_processed) / b.rows_total)) : 0;
-  const label = done ? `done · ${num(b.rows_processed)} rows` : `${num(b.rows_processed)} of ~${num(b.rows_total)} rows`;
+  const rows = b.rows_total > 0 ? `${num(b.rows_processed)} of ~${num(b.rows_total)} rows` : `${num(b.rows_processed)} rows`;
+  const label = done ? `done · ${num(b.rows_processed)} rows` : b.state === 'running' ? rows : `stopped at ${rows}`;
   // Set through the CSSOM: the page's CSP forbids style attributes.
   const bar = h('div', {class: 'fill'});
   bar.style.width = pct + '%';
@@ -144,7 +145,7 @@ function backfills(name, onError) {
         return h('tr', {'data-backfill': b.id, 'data-state': b.state},
           h('td', {class: 'num'}, String(b.id)),
           h('td', {}, badge(b.state), b.error ? h('div', {class: 'error-text'}, b.error) : null),
-          h('td', {class: 'wrap'}, (b.tables || []).join(', ') || 'all of the sink\'s', b.column ? h('div', {class: 'muted'}, `${b.column} ≥ ${b.from}`) : null),
+          h('td', {class: 'wrap'}, (b.tables || []).join(', ') || 'all of the sink\'s tables', b.column ? h('div', {class: 'muted'}, `${b.column} ≥ ${b.from}`) : null),
           h('td', {class: 'progress-cell'}, progress(b)),
           h('td', {}, time(b.created_at)),
           h('td', {}, cancel));
