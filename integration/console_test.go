@@ -463,9 +463,14 @@ func TestConsole(t *testing.T) {
 	again.do("open the used link", chromedp.Navigate(link))
 	again.wait("the used link refused", `document.querySelector("#signin-error")?.innerText.includes("used already")`)
 
-	// The API goes away: the page says so.
+	// A sink that does not exist: the API's answer is shown, and goes
+	// with the page.
+	tb.goTo("#/sinks/nope")
+	tb.wait("the not-found message", `!document.querySelector('#banner').hidden && document.querySelector('#banner').innerText.includes("nope")`)
 	tb.goTo("#/")
-	tb.wait("the overview", `document.querySelector('tr[data-sink="s"]')`)
+	tb.wait("the overview without the message", `document.querySelector('#banner').hidden && document.querySelector('tr[data-sink="s"]')`)
+
+	// The API goes away: the page says so.
 	proxy.CloseClientConnections()
 	proxy.Close()
 	tb.wait("the unreachable banner", `!document.querySelector('#banner').hidden && document.querySelector('#banner').innerText.includes("Cannot reach")`)

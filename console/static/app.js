@@ -82,7 +82,12 @@ function signIn(reason, asked = false) {
 // token, and takes the code out of the address bar at once.
 async function exchangeCode(code) {
   history.replaceState(null, '', location.pathname + '#/');
-  const res = await fetch('/console/login', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({code}), cache: 'no-store'});
+  let res;
+  try {
+    res = await fetch('/console/login', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({code}), cache: 'no-store'});
+  } catch {
+    throw new Error('Cannot reach walhook at ' + location.host + ' to use the sign-in link. Is it running?');
+  }
   const b = await res.json().catch(() => null);
   if (!res.ok || !b || !b.token) throw new Error((b && b.error && b.error.message) || 'sign-in link not accepted');
   setToken(b.token);
@@ -90,6 +95,9 @@ async function exchangeCode(code) {
 
 function route() {
   stopView();
+  // A previous page's error is not this page's; unreachable stays until
+  // the API answers again.
+  if (banner.dataset.kind !== 'unreachable') showBanner('');
   const raw = location.hash.replace(/^#/, '') || '/';
   const [path, qs] = raw.split('?');
   const query = new URLSearchParams(qs || '');
