@@ -88,6 +88,7 @@ type tab struct {
 
 	mu         sync.Mutex
 	loaded     map[network.RequestID]float64
+	urls       []string
 	exceptions []string
 }
 
@@ -103,6 +104,8 @@ func newTab(t *testing.T, browser context.Context) *tab {
 		tb.mu.Lock()
 		defer tb.mu.Unlock()
 		switch ev := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			tb.urls = append(tb.urls, ev.Request.URL)
 		case *network.EventLoadingFinished:
 			tb.loaded[ev.RequestID] = ev.EncodedDataLength
 		case *runtime.EventExceptionThrown:
@@ -194,16 +197,16 @@ func (tb *tab) dismiss() {
 }
 
 // transferred is what the tab loaded since the last call, in bytes on the
-// wire (headers included).
-func (tb *tab) transferred() (total float64, requests int) {
+// wire (headers included), and from where.
+func (tb *tab) transferred() (total float64, urls []string) {
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	for _, n := range tb.loaded {
 		total += n
 	}
-	requests = len(tb.loaded)
-	tb.loaded = map[network.RequestID]float64{}
-	return total, requests
+	urls = tb.urls
+	tb.loaded, tb.urls = map[network.RequestID]float64{}, nil
+	return total, urls
 }
 
 // go navigates inside the single-page app (no reload).
@@ -270,10 +273,15 @@ func TestConsole(t *testing.T) {
 	tb.transferred()
 	tb.do("reload", chromedp.Reload())
 	tb.wait("the overview after a reload", `document.querySelector('tr[data-sink="s"] [data-count="delivered"]')?.innerText === "0" && document.querySelector('tr[data-source="hook"]') && document.querySelector('[data-replication="streaming"]')`)
-	weight, requests := tb.transferred()
-	t.Logf("overview page weight: %.0f bytes in %d requests", weight, requests)
+	weight, urls := tb.transferred()
+	t.Logf("overview page weight: %.0f bytes in %d requests", weight, len(urls))
 	if weight > 300*1024 {
 		t.Errorf("overview weighs %.0f bytes, over 300 KB", weight)
+	}
+	for _, u := range urls {
+		if !strings.HasPrefix(u, base+"/") && !strings.HasPrefix(u, "data:") {
+			t.Errorf("the console loads %s, not from walhook", u)
+		}
 	}
 	if !strings.Contains(tb.text(`tr[data-source="hook"]`), e.base+"/api/webhook/hook") {
 		t.Errorf("ingest URL of source hook not shown: %q", tb.text(`tr[data-source="hook"]`))
