@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/console"
 	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/replication"
 	"github.com/walhook/walhook/secrets"
@@ -58,6 +59,8 @@ type Deps struct {
 	Leading func() bool
 	// Stream is the replication stream's status (position, lag).
 	Stream func() replication.Status
+	// Logins are the web console's one-time sign-in codes (nil: none).
+	Logins *console.Logins
 }
 
 // Server serves the HTTP API.
@@ -126,6 +129,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /metrics", s.metrics)
 	s.mux.HandleFunc("POST /api/webhook/{name}", s.ingest)
+	s.mountConsole()
 
 	s.handle("GET /api/http_endpoints", s.listEndpoints)
 	s.handle("POST /api/http_endpoints", s.createEndpoint)
@@ -156,6 +160,7 @@ func (s *Server) routes() {
 	s.handle("DELETE /api/subscriptions/{id}", s.deleteSubscription)
 
 	s.handle("GET /api/observe", s.observe)
+	s.handle("GET /api/status", s.status)
 	s.backfillRoutes() // backfills.go
 }
 

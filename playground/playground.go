@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/console"
 	"github.com/walhook/walhook/pgcluster"
 	"github.com/walhook/walhook/service"
 )
@@ -118,17 +119,21 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	log := service.NewLogger(cfg.Log, logFile(opts.Log))
 	fmt.Fprintln(opts.Out, "starting walhook ...")
-	// The banner waits until the slot exists and is streamed: an INSERT
-	// pasted the moment it appears must be captured.
-	return service.Main(ctx, cfg, log, func() { printBanner(opts, dbURL) })
-}
-
-// printBanner tells the user how to try the playground.
-func printBanner(opts Options, dbURL string) {
-	fmt.Fprintf(opts.Out, `
+	// The banner waits until the slot exists and is streamed (an INSERT
+	// pasted the moment it appears must be captured), and shows the bound
+	// address and a sign-in code the running console accepts.
+	return service.Main(ctx, cfg, log, func(s *service.Service, addr net.Addr) error {
+		code, err := s.Logins.Issue(opts.Token)
+		if err != nil {
+			return fmt.Errorf("dev: %w", err)
+		}
+		base := "http://" + addr.String()
+		fmt.Fprintf(opts.Out, `
 walhook dev is running.
   Postgres:  %s
-  API:       http://%s  (token: %s)
+  API:       %s  (token: %s)
+  Console:   %s
+             (a one-time sign-in link; after that, sign in with the token)
   Receiver:  prints every delivery below
 
 Try it in another terminal:
@@ -137,7 +142,9 @@ Try it in another terminal:
 
 Ctrl-C stops everything.
 
-`, dbURL, opts.Listen, opts.Token, dbURL, dbURL)
+`, dbURL, base, opts.Token, console.LoginURL(base, code), dbURL, dbURL)
+		return nil
+	})
 }
 
 func logFile(w io.Writer) *os.File {

@@ -3,7 +3,9 @@ package playground
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
@@ -71,6 +73,7 @@ func TestPlayground(t *testing.T) {
 		m = re.FindStringSubmatch(out.String())
 		time.Sleep(50 * time.Millisecond)
 	}
+	checkConsoleLink(t, out.String())
 	conn, err := pgx.Connect(ctx, m[1])
 	if err != nil {
 		t.Fatal(err)
@@ -104,4 +107,43 @@ func freePort(t *testing.T) int {
 	}
 	t.Skip("no free port")
 	return 0
+}
+
+// checkConsoleLink follows the banner's console link as the page does:
+// the page loads, the link's code signs in once (it stands for the
+// token, which is not in the link), and never again.
+func checkConsoleLink(t *testing.T, banner string) {
+	t.Helper()
+	m := regexp.MustCompile(`Console:\s+(http://[^/\s]+)/#login=([0-9a-f]+)`).FindStringSubmatch(banner)
+	if m == nil {
+		t.Fatalf("no console sign-in link in the banner:\n%s", banner)
+	}
+	base, code := m[1], m[2]
+	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(page), "/console/app.js") {
+		t.Fatalf("GET / of the console: %d %s", resp.StatusCode, page)
+	}
+	redeem := func() (int, string) {
+		resp, err := http.Post(base+"/console/login", "application/json", strings.NewReader(`{"code":"`+code+`"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct {
+			Token string `json:"token"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body.Token
+	}
+	if status, token := redeem(); status != 200 || token != "dev" {
+		t.Fatalf("sign-in link: %d, token %q", status, token)
+	}
+	if status, _ := redeem(); status != 401 {
+		t.Errorf("the sign-in link worked twice (status %d)", status)
+	}
 }

@@ -27,6 +27,7 @@ func (s *Service) API() *api.Server {
 		WaitPublished: s.waitPublished,
 		Leading:       s.Leading,
 		Stream:        s.Stream.Status,
+		Logins:        s.Logins,
 	})
 }
 

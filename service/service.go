@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/walhook/walhook/api"
 	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/console"
 	"github.com/walhook/walhook/delivery"
 	"github.com/walhook/walhook/egress"
 	"github.com/walhook/walhook/leader"
@@ -52,6 +54,8 @@ type Service struct {
 	Router atomic.Pointer[sink.Router]
 	// Worker is this process's identity in claims.
 	Worker string
+	// Logins are the web console's one-time sign-in codes.
+	Logins *console.Logins
 
 	leading      atomic.Bool
 	sinks        atomic.Pointer[[]*sink.Sink]
@@ -92,6 +96,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 		Cfg: cfg, Log: log, Store: store, Source: source, Box: box,
 		Worker:  fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(rnd[:])),
 		changed: make(chan struct{}, 1),
+		Logins:  console.NewLogins(),
 	}
 	if err := replication.CheckSource(ctx, source); err != nil {
 		s.Close()
@@ -402,10 +407,12 @@ func NewLogger(cfg config.Log, out *os.File) zerolog.Logger {
 
 // Main is `walhook run`: it binds server.listen first (so a taken port
 // fails at once), builds the service, serves the HTTP API and runs the
-// service until ctx ends, then releases everything. streaming, when not
-// nil, runs once this process first streams the slot, so a caller can
-// tell a user when writes start being captured.
-func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, streaming func()) error {
+// service until ctx ends, then releases everything. ready, when set, is
+// called once the service listens and first streams the slot, with the
+// bound address: from then on a change committed to a published table is
+// captured (`walhook dev` prints its banner and console sign-in link
+// there). An error from ready stops the service.
+func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, ready func(s *Service, addr net.Addr) error) error {
 	ln, err := api.Listen(cfg.Server.Listen)
 	if err != nil {
 		return err
@@ -419,7 +426,7 @@ func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, streaming
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	var serveErr error
+	var serveErr, readyErr error
 	wg.Go(func() {
 		if serveErr = s.API().Serve(runCtx, ln); serveErr != nil {
 			log.Error().Err(serveErr).Msg("HTTP server stopped; stopping walhook")
@@ -427,11 +434,13 @@ func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, streaming
 		}
 	})
 	log.Info().Str("worker", s.Worker).Str("listen", ln.Addr().String()).Msg("walhook started")
-	if streaming != nil {
+	if ready != nil {
 		wg.Go(func() {
 			select {
 			case <-s.Stream.Started():
-				streaming()
+				if readyErr = ready(s, ln.Addr()); readyErr != nil {
+					cancel()
+				}
 			case <-runCtx.Done():
 			}
 		})
@@ -440,5 +449,5 @@ func Main(ctx context.Context, cfg *config.Config, log zerolog.Logger, streaming
 	cancel()
 	wg.Wait()
 	log.Info().Msg("walhook stopped")
-	return errors.Join(err, serveErr)
+	return errors.Join(err, serveErr, readyErr)
 }
