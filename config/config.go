@@ -88,9 +88,14 @@ type Retention struct {
 	Keep   Duration `yaml:"keep" json:"keep"`
 }
 
-// Sink routes changes and webhooks to one HTTP endpoint.
+// Sink routes changes and webhooks to one HTTP endpoint (kind webhook), or
+// keeps them in the outbox for consumers that receive them over the API
+// (kind pull).
 type Sink struct {
-	Name           string              `yaml:"name" json:"name"`
+	Name string `yaml:"name" json:"name"`
+	// Kind is webhook (default: delivery POSTs to Endpoint) or pull
+	// (no endpoint: consumers receive, ack and nack, SPEC §5).
+	Kind           string              `yaml:"kind" json:"kind"`
 	Endpoint       string              `yaml:"endpoint" json:"endpoint"`
 	Path           string              `yaml:"path" json:"path"`
 	Tables         []string            `yaml:"tables" json:"tables"`
@@ -140,6 +145,7 @@ const (
 	DefaultPublication    = "walhook"
 	DefaultLeaderLease    = 15 * time.Second
 	DefaultMessage        = "change"
+	DefaultKind           = KindWebhook
 	DefaultBatchSize      = 1
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultMaxAckPending  = 10000
@@ -155,3 +161,14 @@ var FilterOps = []string{"=", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_nu
 
 // Actions a sink may subscribe to; "read" (backfill) always flows.
 var Actions = []string{"insert", "update", "delete"}
+
+// Sink kinds: webhook sinks are delivered by walhook (POST to an
+// endpoint); pull sinks wait in the outbox for consumers (SPEC §5).
+const (
+	KindWebhook = "webhook"
+	KindPull    = "pull"
+)
+
+// IsPull reports whether consumers receive the sink's messages over the
+// API instead of walhook delivering them.
+func (s *Sink) IsPull() bool { return s.Kind == KindPull }

@@ -222,6 +222,7 @@ func TestDefaults(t *testing.T) {
 		WebhookSources: []WebhookSource{{Name: "hook", MaxBodyBytes: 1048576}},
 		Sinks: []Sink{{
 			Name:           "orders",
+			Kind:           "webhook",
 			Endpoint:       "api",
 			Tables:         []string{"public.orders"},
 			Actions:        []string{"insert", "update", "delete"},

@@ -94,6 +94,9 @@ func (s *Sink) applyDefaults(set func(string) bool) {
 	if s.Message == "" {
 		s.Message = DefaultMessage
 	}
+	if s.Kind == "" {
+		s.Kind = DefaultKind
+	}
 	if s.BatchSize == 0 && !isSet(set, "batch_size") {
 		s.BatchSize = DefaultBatchSize
 	}

@@ -38,6 +38,7 @@ var (
 // Message kinds and start positions a sink accepts.
 var (
 	Messages = []string{"change", "row"}
+	Kinds    = []string{KindWebhook, KindPull}
 	Starts   = []string{"end", "beginning"}
 )
 
@@ -489,7 +490,15 @@ func checkTables(ch *checker, p *keyPath, tables []string) {
 func checkSink(ch *checker, p *keyPath, s *Sink, endpoints, sources map[string]bool) {
 	checkName(ch, p.field("name"), s.Name)
 
+	checkOneOf(ch, p.field("kind"), s.Kind, Kinds)
 	switch {
+	case s.IsPull():
+		// Consumers receive: nothing of walhook's own HTTP delivery applies.
+		for _, f := range []struct{ key, val string }{{"endpoint", s.Endpoint}, {"path", s.Path}, {"signing_secret", s.SigningSecret}} {
+			if f.val != "" {
+				ch.errorf(p.field(f.key), "must be left out for a pull sink (consumers receive its messages, see POST /api/sinks/{name}/receive)")
+			}
+		}
 	case s.Endpoint == "":
 		ch.errorf(p.field("endpoint"), "is required (the name of an http_endpoint)")
 	case endpoints != nil && !endpoints[s.Endpoint]:

@@ -188,6 +188,11 @@ func (m *Manager) sync(ctx context.Context) error {
 	defer m.mu.Unlock()
 	seen := map[int64]bool{}
 	for _, s := range sinks {
+		if s.Config.IsPull() {
+			// Consumers receive a pull sink's messages (api, receive):
+			// a sink that became one stops its runner below.
+			continue
+		}
 		seen[s.ID] = true
 		ep := byName[s.Config.Endpoint]
 		if ep == nil {

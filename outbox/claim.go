@@ -36,6 +36,14 @@ type ClaimRequest struct {
 	// once. Zero: the claim lives out its lease.
 	Worker   string
 	WorkerID int64
+	// Pull marks a pull consumer's claim (a receive): a lease that ends
+	// without an ack or nack counts as a failed attempt, since the
+	// consumer had the messages, and MaxAge (the sink's retry.max_age, 0
+	// = forever) then fails them as a nack would (lapseSQL). Push claims
+	// end without counting: their worker either reports an outcome or
+	// died, and a delivery that never happened is no attempt.
+	Pull   bool
+	MaxAge time.Duration
 }
 
 // groupOrder: the statements that walk one group's messages in commit
@@ -78,10 +86,12 @@ WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM un
 AND head IS NOT TRUE`
 
 // reapSQL ends the sink's claims whose lease has run out or that were
-// revoked (their worker died), and promotes their groups (rule R).
+// revoked (their worker died), and promotes their groups (rule R). A pull
+// claim whose lapse lapseSQL has not recorded yet is left for the next
+// reap (it ended between the two statements).
 var reapSQL = `
 WITH gone AS (
-	DELETE FROM claims WHERE sink_id = $1 AND until <= clock_timestamp() RETURNING groups
+	DELETE FROM claims WHERE sink_id = $1 AND until <= clock_timestamp() AND lapse_max_age IS NULL RETURNING groups
 )
 UPDATE outbox SET head = true
 WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM (SELECT DISTINCT unnest(groups) AS k FROM gone) g))
@@ -167,9 +177,9 @@ WITH t AS MATERIALIZED (
 	) p WHERE prefix
 	ORDER BY head_ready, head_id, commit_lsn, commit_idx, id LIMIT $2
 ), c AS (
-	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups)
+	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups, claimed_at, lapse_max_age)
 	SELECT $1, $5, $6, (SELECT now FROM t) + make_interval(secs => $4::float8),
-		count(*) FILTER (WHERE NOT pending), array_agg(id), array_agg(DISTINCT group_key)
+		count(*) FILTER (WHERE NOT pending), array_agg(id), array_agg(DISTINCT group_key), (SELECT now FROM t), $7::bigint
 	FROM pick HAVING count(*) > 0
 	RETURNING id
 )
@@ -184,17 +194,22 @@ ORDER BY pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.i
 // claims and the claim go in one round trip, as one implicit transaction.
 // It returns nil when there is nothing to take.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
-	var workerID *int64
+	var workerID, lapse *int64
 	if req.WorkerID != 0 {
 		workerID = &req.WorkerID
+	}
+	if req.Pull {
+		us := max(req.MaxAge.Microseconds(), 0)
+		lapse = &us
 	}
 	for {
 		var b *Batch
 		var demoted int64
 		err := s.batch(ctx, func(pb *pgx.Batch) {
 			pb.Queue(claimLockSQL, req.SinkID)
+			pb.Queue(lapseSQL, req.SinkID)
 			pb.Queue(reapSQL, req.SinkID)
-			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID).Query(func(rows pgx.Rows) error {
+			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse).Query(func(rows pgx.Rows) error {
 				b = nil
 				for rows.Next() {
 					var claim, id *int64
@@ -415,6 +430,7 @@ func (s *Store) ReapClaims(ctx context.Context) ([]int64, error) {
 	for _, id := range sinks {
 		err := s.batch(ctx, func(pb *pgx.Batch) {
 			pb.Queue(claimLockSQL, id)
+			pb.Queue(lapseSQL, id)
 			pb.Queue(reapSQL, id)
 			pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(id))
 		})

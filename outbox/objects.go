@@ -43,6 +43,10 @@ func scanSink(row pgx.Row) (*SinkRow, error) {
 		return nil, fmt.Errorf("sink %s: stored config: %w", s.Name, err)
 	}
 	s.Config.Name = s.Name
+	if s.Config.Kind == "" {
+		// Stored before sinks had kinds: every one of them was a webhook.
+		s.Config.Kind = config.KindWebhook
+	}
 	s.Config.Tables, s.Config.WebhookSources = nil, nil
 	for _, e := range emitters {
 		if t, ok := strings.CutPrefix(e, TableEmitter); ok {

@@ -1,0 +1,262 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Pull consumers (SPEC §5) use the claim protocol as it is: a receive is a
+// Claim (ClaimRequest.Pull) whose lease is the visibility timeout, and an
+// ack or nack names single messages of such claims. What pull adds is that
+// an outcome may cover part of a claim:
+//
+//   - Under the sink's claim lock (rule L), the messages named that a live
+//     claim of the sink still holds take the outcome (rule F: a message of
+//     an ended claim, of another sink's claim, or one its claim no longer
+//     names changes nothing and is reported as not held).
+//   - They leave the claims row's ids. The row's groups become the groups
+//     of the messages it still holds, so a group stays busy while any of
+//     its messages remains in the claim (I1), and a group whose messages
+//     all left is handed on (rule P runs for the groups that left). A claim
+//     left with no messages is deleted: it ended with its outcomes.
+//   - fresh (the claim's share of max_ack_pending) never grows: it becomes
+//     at most the number of held messages never attempted.
+//
+// An ack deletes its messages; a nack records an attempt on them as a push
+// nack does (backoff until not_before, failed past retry.max_age). A claim
+// whose lease ends first is reaped (rule R) after lapseSQL has recorded
+// an attempt on what it still held.
+//
+// Order: a claim hands out a prefix of each group in commit order, as for
+// push. A consumer that acks a later message of a group and nacks or
+// abandons an earlier one has chosen to process them out of order; the
+// earlier one is then delivered again on its own.
+
+// PullRef names one received message: the claim that handed it out and
+// the message's id.
+type PullRef struct {
+	ClaimID   int64
+	MessageID int64
+}
+
+// lapseSQL records an attempt on the messages still held by the sink's
+// pull claims whose lease (visibility timeout) ended, failing those past
+// the sink's retry.max_age, and turns the claims into plain ended ones
+// (lapse_max_age NULL) for reapSQL, which the same pipeline runs next
+// under the same lock. Its own statement: reapSQL then promotes with a
+// snapshot that sees the messages that failed here.
+const lapseSQL = `
+WITH e AS (
+	UPDATE claims SET lapse_max_age = NULL
+	WHERE sink_id = $1 AND until <= clock_timestamp() AND lapse_max_age IS NOT NULL
+	RETURNING ids, claimed_at, lapse_max_age AS max_age
+)
+UPDATE outbox o SET deliver_count = o.deliver_count + 1,
+	first_attempt_at = COALESCE(o.first_attempt_at, e.claimed_at),
+	last_attempt_at = e.claimed_at, last_status = NULL,
+	last_error = 'visibility timeout passed without an ack or nack',
+	failed_at = CASE WHEN e.max_age > 0 AND COALESCE(o.first_attempt_at, e.claimed_at) + make_interval(secs => e.max_age / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END
+FROM e
+WHERE o.id = ANY (e.ids) AND o.failed_at IS NULL`
+
+// pullHeldSQL is the part of pull ack and nack that finds what is held and
+// shrinks the claims: $1 the sink, $2/$3 the claim and message ids named.
+// hit is each named message a live claim of the sink still holds.
+const pullHeldSQL = `
+WITH req AS MATERIALIZED (
+	SELECT DISTINCT r.claim_id, r.id FROM unnest($2::bigint[], $3::bigint[]) AS r(claim_id, id)
+), c AS MATERIALIZED (
+	SELECT c.id, c.ids, c.fresh, c.claimed_at FROM claims c
+	WHERE c.id IN (SELECT claim_id FROM req) AND c.sink_id = $1 AND c.until > clock_timestamp()
+), hit AS MATERIALIZED (
+	SELECT req.claim_id, req.id, c.claimed_at FROM req JOIN c ON c.id = req.claim_id WHERE req.id = ANY (c.ids)
+), k AS MATERIALIZED (
+	SELECT c.id, c.fresh, ARRAY(SELECT x FROM unnest(c.ids) x WHERE x NOT IN (SELECT h.id FROM hit h WHERE h.claim_id = c.id)) AS rest
+	FROM c WHERE EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = c.id)
+), u AS (
+	UPDATE claims cl SET ids = k.rest,
+		groups = ARRAY(SELECT DISTINCT o.group_key FROM outbox o WHERE o.id = ANY (k.rest)),
+		fresh = LEAST(k.fresh, (SELECT count(*) FROM outbox o WHERE o.id = ANY (k.rest) AND o.deliver_count = 0))
+	FROM k WHERE cl.id = k.id AND cardinality(k.rest) > 0
+), e AS (
+	DELETE FROM claims WHERE id IN (SELECT id FROM k WHERE cardinality(rest) = 0)
+)`
+
+// pullAckSQL deletes the held messages among those named. One row per
+// named message: whether it was held, and what was deleted.
+const pullAckSQL = pullHeldSQL + `, d AS (
+	DELETE FROM outbox o WHERE o.id IN (SELECT id FROM hit) AND o.sink_id = $1
+	RETURNING o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+)
+SELECT req.claim_id, req.id, d.id IS NOT NULL, d.group_key, d.commit_lsn, d.commit_idx, d.payload, d.deliver_count, d.first_attempt_at, d.created_at
+FROM req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN d ON d.id = h.id
+ORDER BY req.claim_id, req.id`
+
+// pullNackSQL records a failed attempt on the held messages among those
+// named, as nackSQL does for a whole claim: $4 the error, $5 not before
+// (NULL: at once), $6 max_age in microseconds. The attempt started when
+// the claim was made.
+const pullNackSQL = pullHeldSQL + `, o AS (
+	UPDATE outbox o SET deliver_count = o.deliver_count + 1,
+		first_attempt_at = COALESCE(o.first_attempt_at, h.claimed_at),
+		last_attempt_at = h.claimed_at, last_status = NULL, last_error = $4,
+		not_before = COALESCE($5, clock_timestamp()), ready_at = COALESCE($5, clock_timestamp()),
+		failed_at = CASE WHEN $6::bigint > 0 AND COALESCE(o.first_attempt_at, h.claimed_at) + make_interval(secs => $6::bigint / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END
+	FROM hit h
+	WHERE o.id = h.id AND o.sink_id = $1 AND o.failed_at IS NULL
+	RETURNING o.id, o.group_key, o.failed_at IS NOT NULL AS failed
+)
+SELECT req.claim_id, req.id, o.id IS NOT NULL, o.group_key, COALESCE(o.failed, false)
+FROM req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN o ON o.id = h.id
+ORDER BY req.claim_id, req.id`
+
+// PullAckResult is what an ack of received messages did.
+type PullAckResult struct {
+	// Acked are the messages deleted, for the delivered history.
+	Acked []Message
+	// NotHeld are the refs that changed nothing: their claim ended (the
+	// visibility timeout passed, or they were acked or nacked already),
+	// or it never handed out that message for this sink.
+	NotHeld []PullRef
+}
+
+// PullAck deletes the received messages refs names that a live pull
+// claim of the sink still holds, and hands on the groups they leave.
+func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*PullAckResult, error) {
+	claims, ids := splitRefs(refs)
+	res := &PullAckResult{}
+	var groups []string
+	err := s.pullTx(ctx, sinkID, func(tx pgx.Tx) error {
+		res.Acked, res.NotHeld, groups = nil, nil, nil
+		rows, err := tx.Query(ctx, pullAckSQL, sinkID, claims, ids)
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		for rows.Next() {
+			var ref PullRef
+			var held bool
+			var m Message
+			var group *string
+			var lsn *int64
+			var idx, count *int32
+			var created *time.Time
+			if err := rows.Scan(&ref.ClaimID, &ref.MessageID, &held, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
+				rows.Close()
+				return err
+			}
+			if !held || group == nil {
+				res.NotHeld = append(res.NotHeld, ref)
+				continue
+			}
+			m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = ref.MessageID, *group, *lsn, *idx, *count, *created
+			res.Acked = append(res.Acked, m)
+			if !seen[m.Group] {
+				seen[m.Group] = true
+				groups = append(groups, m.Group)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return s.pullPromote(ctx, tx, sinkID, groups)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ack %d received messages of sink %d: %w", len(refs), sinkID, err)
+	}
+	return res, nil
+}
+
+// PullNackResult is what a nack of received messages did.
+type PullNackResult struct {
+	Nacked  int
+	Failed  int // past retry.max_age: failed rather than backing off
+	NotHeld []PullRef
+}
+
+// PullNack records a failed attempt on the received messages refs names
+// that a live pull claim of the sink still holds: they wait until
+// notBefore (zero: available at once), or become failed once maxAge has
+// passed since their first attempt.
+func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notBefore time.Time, maxAge time.Duration, reason string) (*PullNackResult, error) {
+	claims, ids := splitRefs(refs)
+	var nb *time.Time
+	if !notBefore.IsZero() {
+		nb = &notBefore
+	}
+	res := &PullNackResult{}
+	err := s.pullTx(ctx, sinkID, func(tx pgx.Tx) error {
+		*res = PullNackResult{}
+		rows, err := tx.Query(ctx, pullNackSQL, sinkID, claims, ids, reason, nb, maxAge.Microseconds())
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{}
+		var groups []string
+		for rows.Next() {
+			var ref PullRef
+			var held, failed bool
+			var group *string
+			if err := rows.Scan(&ref.ClaimID, &ref.MessageID, &held, &group, &failed); err != nil {
+				rows.Close()
+				return err
+			}
+			if !held || group == nil {
+				res.NotHeld = append(res.NotHeld, ref)
+				continue
+			}
+			res.Nacked++
+			if failed {
+				res.Failed++
+			}
+			if !seen[*group] {
+				seen[*group] = true
+				groups = append(groups, *group)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return s.pullPromote(ctx, tx, sinkID, groups)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nack %d received messages of sink %d: %w", len(refs), sinkID, err)
+	}
+	return res, nil
+}
+
+// pullTx runs fn under the sink's claim lock (rule L), in a transaction:
+// an ack's groups are known only from its result, so promotion (rule P)
+// is a second round trip in the same transaction.
+func (s *Store) pullTx(ctx context.Context, sinkID int64, fn func(pgx.Tx) error) error {
+	return s.inTx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, claimLockSQL, sinkID); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+}
+
+// pullPromote runs rule P for the groups whose messages left a claim
+// (always safe, see promoteSQL) and wakes the sink's consumers: the next
+// messages of those groups may be claimable now.
+func (s *Store) pullPromote(ctx context.Context, tx pgx.Tx, sinkID int64, groups []string) error {
+	if len(groups) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(promoteSQL, sinkID, groups)
+	b.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(sinkID))
+	return tx.SendBatch(ctx, b).Close()
+}
+
+func splitRefs(refs []PullRef) (claims, ids []int64) {
+	claims, ids = make([]int64, len(refs)), make([]int64, len(refs))
+	for i, r := range refs {
+		claims[i], ids[i] = r.ClaimID, r.MessageID
+	}
+	return claims, ids
+}
