@@ -70,6 +70,7 @@ type Server struct {
 	mux    *http.ServeMux
 	tokens [][sha256.Size]byte
 	hub    *hub
+	waker  *waker // long-polling receives (pull sinks)
 
 	// stop ends long-lived responses (observe) on shutdown, which
 	// http.Server.Shutdown would otherwise wait for forever.
@@ -117,6 +118,7 @@ func New(d Deps) *Server {
 		}
 	}
 	s.hub = newHub(d.Store, s.log)
+	s.waker = newWaker(d.Store, s.log, s.stop, &s.bg)
 	s.routes()
 	return s
 }
@@ -162,6 +164,7 @@ func (s *Server) routes() {
 	s.handle("GET /api/observe", s.observe)
 	s.handle("GET /api/status", s.status)
 	s.backfillRoutes() // backfills.go
+	s.pullRoutes()     // pull.go
 }
 
 // handle registers a management route: bearer token required.

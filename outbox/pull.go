@@ -50,9 +50,12 @@ type PullRef struct {
 // snapshot that sees the messages that failed here.
 const lapseSQL = `
 WITH e AS (
-	UPDATE claims SET lapse_max_age = NULL
-	WHERE sink_id = $1 AND until <= clock_timestamp() AND lapse_max_age IS NOT NULL
-	RETURNING ids, claimed_at, lapse_max_age AS max_age
+	-- RETURNING shows the new row: the old max_age comes from x.
+	UPDATE claims c SET lapse_max_age = NULL
+	FROM (SELECT id, lapse_max_age FROM claims
+		WHERE sink_id = $1 AND until <= clock_timestamp() AND lapse_max_age IS NOT NULL) x
+	WHERE c.id = x.id
+	RETURNING c.ids, c.claimed_at, x.lapse_max_age AS max_age
 )
 UPDATE outbox o SET deliver_count = o.deliver_count + 1,
 	first_attempt_at = COALESCE(o.first_attempt_at, e.claimed_at),

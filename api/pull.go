@@ -1,0 +1,382 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/metrics"
+	"github.com/walhook/walhook/outbox"
+)
+
+// Pull sinks (SPEC §5): consumers receive, ack and nack over HTTP on the
+// outbox's claim protocol (outbox/pull.go). A receive is a claim whose
+// lease is the visibility timeout; an ack id names one message of one
+// claim.
+//
+// Ack ids are base64url (no padding) of "v1.SINK.CLAIM.MESSAGE", the
+// sink's, the claim's and the message's ids. They are opaque to clients
+// and need no secret: an ack or nack takes effect only while the claim it
+// names is live, belongs to the sink of the route and still holds the
+// message (rule F), so a forged id can name nothing it could harm. Ids
+// that do not decode, or that name another sink, are refused with a 400
+// (nothing is done); ids that decode but are no longer held (the
+// visibility timeout passed, they were acked or nacked already, or never
+// handed out) are answered with a 409 "not_held" that lists them, after
+// the others took effect.
+
+// Receive limits.
+const (
+	maxReceiveBatch          = config.MaxBatchSize
+	maxReceiveWait           = 60 * time.Second
+	defaultVisibilityTimeout = 30 * time.Second
+	minVisibilityTimeout     = time.Second
+	maxVisibilityTimeout     = 12 * time.Hour
+	maxAckIDs                = 10000
+	// receivePoll bounds how long a waiting receive goes without looking:
+	// a backoff ending or a claim lapsing sends no notification.
+	receivePoll = time.Second
+)
+
+func (s *Server) pullRoutes() {
+	s.handle("POST /api/sinks/{name}/receive", s.receive)
+	s.handle("POST /api/sinks/{name}/ack", s.ackReceived)
+	s.handle("POST /api/sinks/{name}/nack", s.nackReceived)
+}
+
+// pullSink finds the route's sink and refuses a webhook sink: walhook
+// delivers those itself, and a consumer's claim would take their groups
+// from delivery.
+func (s *Server) pullSink(ctx context.Context, name string) (*outbox.SinkRow, error) {
+	row, err := s.d.Store.Sink(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !row.Config.IsPull() {
+		return nil, conflict("not_pull", "sink %q is a %s sink: walhook delivers its messages; only pull sinks (kind: pull) can be received from", name, row.Config.Kind)
+	}
+	return row, nil
+}
+
+type receiveRequest struct {
+	BatchSize         *int             `json:"batch_size"`
+	Wait              *config.Duration `json:"wait"`
+	VisibilityTimeout *config.Duration `json:"visibility_timeout"`
+}
+
+type received struct {
+	AckID   string          `json:"ack_id"`
+	Message json.RawMessage `json:"message"`
+}
+
+func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	body, err := readBody(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var req receiveRequest
+	if strings.TrimSpace(string(body)) != "" { // every field is optional, the body too
+		if err := decodeStrict(body, &req); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	row, err := s.pullSink(ctx, r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	batch, wait, vis, err := receiveParams(req, row.Config)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+
+	// Subscribe before the first look: a commit between a look that found
+	// nothing and the subscription would otherwise be slept through.
+	wake, unsubscribe := s.waker.subscribe(ctx, row.ID)
+	defer unsubscribe()
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	poll := time.NewTicker(receivePoll)
+	defer poll.Stop()
+	claim := outbox.ClaimRequest{
+		SinkID: row.ID, BatchSize: batch, MaxAckPending: row.Config.MaxAckPending, Lease: vis,
+		Worker: "receive " + r.RemoteAddr, Pull: true, MaxAge: row.Config.Retry.MaxAge.D(),
+	}
+	for {
+		b, err := s.d.Store.Claim(ctx, claim)
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("receive from sink %s: %w", row.Name, err))
+			return
+		}
+		if b != nil {
+			out := make([]received, len(b.Messages))
+			for i, m := range b.Messages {
+				out[i] = received{AckID: encodeAckID(row.ID, b.ClaimID, m.ID), Message: json.RawMessage(m.Payload)}
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"data": out})
+			return
+		}
+		select {
+		case <-wake:
+		case <-poll.C:
+		case <-deadline.C:
+			writeJSON(w, http.StatusOK, map[string]any{"data": []received{}})
+			return
+		case <-s.stop:
+			writeJSON(w, http.StatusOK, map[string]any{"data": []received{}})
+			return
+		case <-ctx.Done():
+			return // the client went away
+		}
+	}
+}
+
+// receiveParams applies the defaults (the sink's batch_size, no wait, a
+// visibility timeout of 30s) and the bounds.
+func receiveParams(req receiveRequest, sink config.Sink) (batch int, wait, vis time.Duration, err error) {
+	var errs validationError
+	batch = sink.BatchSize
+	if req.BatchSize != nil {
+		batch = *req.BatchSize
+		if batch < 1 || batch > maxReceiveBatch {
+			errs = append(errs, fieldError{Field: "batch_size", Message: fmt.Sprintf("%d is out of range 1..%d", batch, maxReceiveBatch)})
+		}
+	}
+	if req.Wait != nil {
+		wait = req.Wait.D()
+		if wait < 0 || wait > maxReceiveWait {
+			errs = append(errs, fieldError{Field: "wait", Message: fmt.Sprintf("%s is out of range 0s..%s", wait, maxReceiveWait)})
+		}
+	}
+	vis = defaultVisibilityTimeout
+	if req.VisibilityTimeout != nil {
+		vis = req.VisibilityTimeout.D()
+		if vis < minVisibilityTimeout || vis > maxVisibilityTimeout {
+			errs = append(errs, fieldError{Field: "visibility_timeout", Message: fmt.Sprintf("%s is out of range %s..%s", vis, minVisibilityTimeout, maxVisibilityTimeout)})
+		}
+	}
+	if len(errs) > 0 {
+		return 0, 0, 0, errs
+	}
+	return batch, wait, vis, nil
+}
+
+func encodeAckID(sinkID, claimID, messageID int64) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "v1.%d.%d.%d", sinkID, claimID, messageID))
+}
+
+// decodeAckID reads an ack id; ok is false when it is not one walhook
+// issued in this format.
+func decodeAckID(id string) (sinkID int64, ref outbox.PullRef, ok bool) {
+	raw, err := base64.RawURLEncoding.DecodeString(id)
+	if err != nil {
+		return 0, ref, false
+	}
+	parts := strings.Split(string(raw), ".")
+	if len(parts) != 4 || parts[0] != "v1" {
+		return 0, ref, false
+	}
+	var n [3]int64
+	for i, p := range parts[1:] {
+		v, err := strconv.ParseInt(p, 10, 64)
+		if err != nil || v < 1 {
+			return 0, ref, false
+		}
+		n[i] = v
+	}
+	return n[0], outbox.PullRef{ClaimID: n[1], MessageID: n[2]}, true
+}
+
+// ackIDs checks the ack ids of an ack or nack for the sink: every id must
+// decode and name this sink, else the whole request is refused.
+func ackIDs(ids []string, sinkID int64, sinkName string) ([]outbox.PullRef, map[outbox.PullRef]string, error) {
+	if len(ids) == 0 {
+		return nil, nil, invalid("ack_ids", "is required: a list of ack_id values from a receive")
+	}
+	if len(ids) > maxAckIDs {
+		return nil, nil, invalid("ack_ids", "lists %d ids; at most %d per request", len(ids), maxAckIDs)
+	}
+	var errs validationError
+	refs := make([]outbox.PullRef, 0, len(ids))
+	byRef := make(map[outbox.PullRef]string, len(ids))
+	for i, id := range ids {
+		sink, ref, ok := decodeAckID(id)
+		switch {
+		case !ok:
+			errs = append(errs, fieldError{Field: fmt.Sprintf("ack_ids[%d]", i), Message: fmt.Sprintf("%q is not an ack id (use the ack_id of a received message as it was given)", id)})
+		case sink != sinkID:
+			errs = append(errs, fieldError{Field: fmt.Sprintf("ack_ids[%d]", i), Message: fmt.Sprintf("%q is an ack id of another sink, not of %s", id, sinkName)})
+		default:
+			if _, dup := byRef[ref]; !dup {
+				refs = append(refs, ref)
+				byRef[ref] = id
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, nil, errs
+	}
+	return refs, byRef, nil
+}
+
+type ackRequest struct {
+	AckIDs []string `json:"ack_ids"`
+}
+
+type nackRequest struct {
+	AckIDs    []string         `json:"ack_ids"`
+	NotBefore *time.Time       `json:"not_before"`
+	Delay     *config.Duration `json:"delay"`
+	// Reason is recorded as the messages' last_error.
+	Reason string `json:"reason"`
+}
+
+// notHeldBody is the 409 of an ack or nack some of whose ids were no
+// longer held: the error, and which ids.
+type notHeldBody struct {
+	Error struct {
+		Code    string   `json:"code"`
+		Message string   `json:"message"`
+		AckIDs  []string `json:"ack_ids"`
+	} `json:"error"`
+}
+
+func writeNotHeld(w http.ResponseWriter, verb string, done int, notHeld []outbox.PullRef, byRef map[outbox.PullRef]string) {
+	var b notHeldBody
+	b.Error.Code = "not_held"
+	b.Error.Message = fmt.Sprintf("%d of %d ack ids are no longer held (the visibility timeout passed, they were acked or nacked already, or never received): nothing was done for them; the other %d were %s",
+		len(notHeld), len(notHeld)+done, done, verb)
+	for _, ref := range notHeld {
+		b.Error.AckIDs = append(b.Error.AckIDs, byRef[ref])
+	}
+	writeJSON(w, http.StatusConflict, b)
+}
+
+func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	body, err := readBody(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var req ackRequest
+	if err := decodeStrict(body, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	row, err := s.pullSink(ctx, r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	refs, byRef, err := ackIDs(req.AckIDs, row.ID, row.Name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	res, err := s.d.Store.PullAck(ctx, row.ID, refs)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	now := time.Now()
+	metrics.Delivered.WithLabelValues(row.Name).Add(float64(len(res.Acked)))
+	latency := metrics.Latency.WithLabelValues(row.Name)
+	history := make([]outbox.Delivered, len(res.Acked))
+	for i, m := range res.Acked {
+		latency.Observe(now.Sub(m.CreatedAt).Seconds())
+		history[i] = outbox.Delivered{SinkID: row.ID, Message: m, DeliverCount: m.DeliverCount + 1, At: now}
+	}
+	s.recordDelivered(history)
+	if len(res.NotHeld) > 0 {
+		writeNotHeld(w, "acked", len(res.Acked), res.NotHeld, byRef)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"acked": len(res.Acked)})
+}
+
+// recordDelivered writes the recent-delivery history off the ack's path
+// (a debugging aid, not part of the guarantee), as push delivery does.
+func (s *Server) recordDelivered(rows []outbox.Delivered) {
+	if len(rows) == 0 {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.d.Store.RecordDelivered(ctx, rows); err != nil {
+			s.log.Warn().Err(err).Msg("record received messages in the delivered history")
+		}
+	}()
+}
+
+func (s *Server) nackReceived(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	body, err := readBody(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var req nackRequest
+	if err := decodeStrict(body, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	row, err := s.pullSink(ctx, r.PathValue("name"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var notBefore time.Time
+	switch {
+	case req.NotBefore != nil && req.Delay != nil:
+		s.fail(w, r, invalid("delay", "give not_before or delay, not both"))
+		return
+	case req.NotBefore != nil:
+		notBefore = *req.NotBefore
+	case req.Delay != nil:
+		if req.Delay.D() < 0 {
+			s.fail(w, r, invalid("delay", "%s must not be negative", req.Delay))
+			return
+		}
+		if req.Delay.D() > 0 {
+			notBefore = time.Now().Add(req.Delay.D())
+		}
+	}
+	refs, byRef, err := ackIDs(req.AckIDs, row.ID, row.Name)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	reason := req.Reason
+	if reason == "" {
+		reason = "nacked by a consumer"
+	}
+	res, err := s.d.Store.PullNack(ctx, row.ID, refs, notBefore, row.Config.Retry.MaxAge.D(), reason)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if res.Failed > 0 {
+		metrics.Failed.WithLabelValues(row.Name).Add(float64(res.Failed))
+		s.log.Warn().Str("sink", row.Name).Int("messages", res.Failed).Dur("max_age", row.Config.Retry.MaxAge.D()).
+			Msg("nacked messages passed retry.max_age: they are failed now (redeliver revives them)")
+	}
+	if len(res.NotHeld) > 0 {
+		writeNotHeld(w, "nacked", res.Nacked, res.NotHeld, byRef)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"nacked": res.Nacked, "failed": res.Failed})
+}

@@ -1,0 +1,390 @@
+package integration
+
+import (
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walhook/walhook/config"
+)
+
+// pullBundle is apiBundle's setup with sink "s" a pull sink.
+func pullBundle(t *testing.T, ddl string, tables ...string) *testBundle {
+	t.Helper()
+	b := setup(t, ddl, tables...)
+	b.cfg.Server.APITokens = []string{apiToken}
+	b.cfg.Sinks[0].Kind = config.KindPull
+	b.cfg.Sinks[0].Endpoint, b.cfg.Sinks[0].Path = "", ""
+	return b
+}
+
+type pulled struct {
+	AckID   string  `json:"ack_id"`
+	Message message `json:"message"`
+}
+
+// receive posts a receive and returns the messages.
+func (e *apiEnv) receive(t testing.TB, sink string, body any) []pulled {
+	t.Helper()
+	out := e.must(t, 200, "POST", "/api/sinks/"+sink+"/receive", body)
+	return decodeAs[struct {
+		Data []pulled `json:"data"`
+	}](t, out).Data
+}
+
+func ackIDsOf(ms []pulled) []string {
+	ids := make([]string, len(ms))
+	for i, m := range ms {
+		ids[i] = m.AckID
+	}
+	return ids
+}
+
+type notHeld struct {
+	Error struct {
+		Code    string   `json:"code"`
+		Message string   `json:"message"`
+		AckIDs  []string `json:"ack_ids"`
+	} `json:"error"`
+}
+
+// Receive, ack, nack: long polling wakes on a commit, an ack removes the
+// messages and records them as delivered, a second ack of the same ids is
+// answered 409 with them, a nack without a time makes the message
+// available at once and one with a delay after it.
+func TestPullReceiveAckNack(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	e := startAPI(t, b)
+
+	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
+		t.Fatalf("receive from an empty sink: %+v", got)
+	}
+
+	// Long polling: a receive waiting 10s returns as soon as a commit
+	// reaches the outbox.
+	ch := make(chan []pulled, 1)
+	go func() { ch <- e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10}) }()
+	start := time.Now()
+	b.exec(t, `INSERT INTO t VALUES (1)`)
+	got := <-ch
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("long poll returned %s after the commit; want well before its wait (10s)", took)
+	}
+	if len(got) != 1 || got[0].Message.Record["id"] != float64(1) || got[0].Message.Metadata.Consumer.Name != "s" || got[0].AckID == "" {
+		t.Fatalf("received: %+v", got)
+	}
+	if ms := e.messages(t, "s", "?state=in_flight"); len(ms) != 1 {
+		t.Errorf("in flight while received: %+v", ms)
+	}
+	if s := decodeAs[apiSink](t, e.must(t, 200, "GET", "/api/sinks/s", nil)); s.RawCounts["in_flight"] != 1 {
+		t.Errorf("counts while received: %v", s.RawCounts)
+	}
+
+	out := e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(got)})
+	if r := decodeAs[map[string]int](t, out); r["acked"] != 1 {
+		t.Errorf("ack: %s", out)
+	}
+	status, out := e.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(got)}, apiToken)
+	if nh := decodeAs[notHeld](t, out); status != 409 || nh.Error.Code != "not_held" || len(nh.Error.AckIDs) != 1 || nh.Error.AckIDs[0] != got[0].AckID {
+		t.Errorf("ack again: %d %s", status, out)
+	}
+	waitFor(t, 10*time.Second, "the acked message in the history", func() bool {
+		return len(e.messages(t, "s", "?state=delivered")) == 1
+	})
+	if ms := e.messages(t, "s", "?state=in_flight"); len(ms) != 0 {
+		t.Errorf("in flight after the ack: %+v", ms)
+	}
+
+	// Nack without a time: available again at once, attempted once.
+	b.exec(t, `INSERT INTO t VALUES (2)`)
+	got = e.receive(t, "s", map[string]any{"wait": "10s"})
+	if len(got) != 1 {
+		t.Fatalf("received: %+v", got)
+	}
+	e.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": ackIDsOf(got), "reason": "not now"})
+	again := e.receive(t, "s", map[string]any{"wait": "0s"})
+	if len(again) != 1 || again[0].Message.Metadata.IdempotencyKey != got[0].Message.Metadata.IdempotencyKey || again[0].AckID == got[0].AckID {
+		t.Fatalf("received after a nack: %+v", again)
+	}
+	if ms := e.messages(t, "s", "?state=in_flight"); len(ms) != 1 || ms[0].DeliverCount != 1 || ms[0].LastError == nil || *ms[0].LastError != "not now" {
+		t.Errorf("nacked message: %+v", ms)
+	}
+
+	// Nack with a delay: not received before it, received after it.
+	nacked := time.Now()
+	e.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": ackIDsOf(again), "delay": "1500ms"})
+	if ms := e.messages(t, "s", "?state=backing_off"); len(ms) != 1 || ms[0].DeliverCount != 2 || ms[0].NotBefore == nil {
+		t.Errorf("message after a nack with a delay: %+v", ms)
+	}
+	later := e.receive(t, "s", map[string]any{"wait": "20s"})
+	if len(later) != 1 || later[0].Message.Metadata.IdempotencyKey != got[0].Message.Metadata.IdempotencyKey {
+		t.Fatalf("received after the delay: %+v", later)
+	}
+	if d := time.Since(nacked); d < 1500*time.Millisecond {
+		t.Errorf("received %s after a nack with a delay of 1.5s", d)
+	}
+	// not_before as a time works the same way.
+	e.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": ackIDsOf(later), "not_before": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
+	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
+		t.Errorf("received a message nacked for an hour: %+v", got)
+	}
+	if ms := e.messages(t, "s", "?state=backing_off"); len(ms) != 1 || ms[0].NotBefore == nil || time.Until(*ms[0].NotBefore) < 50*time.Minute {
+		t.Errorf("message nacked for an hour: %+v", ms)
+	}
+	if !strings.Contains(string(e.must(t, 200, "GET", "/metrics", nil)), `walhook_messages_delivered_total{sink="s"} 1`) {
+		t.Errorf("metrics do not count the acked message as delivered")
+	}
+}
+
+// A consumer that stops acknowledging gets its messages back after the
+// visibility timeout, counted as an attempt; its old ack ids then change
+// nothing; with retry.max_age the lapses end in failed.
+func TestPullVisibilityTimeout(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Sinks[0].Retry.MaxAge = config.Duration(1500 * time.Millisecond)
+	e := startAPI(t, b)
+
+	b.exec(t, `INSERT INTO t VALUES (1), (2)`)
+	first := e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10, "visibility_timeout": "1s"})
+	if len(first) != 2 {
+		t.Fatalf("received: %+v", first)
+	}
+	received := time.Now()
+	// The consumer "crashed": nothing is acked. Another receive gets both
+	// back once the visibility timeout has passed.
+	second := e.receive(t, "s", map[string]any{"wait": "20s", "batch_size": 10, "visibility_timeout": "1s"})
+	if len(second) != 2 || time.Since(received) < time.Second {
+		t.Fatalf("received again after %s: %+v", time.Since(received), second)
+	}
+	for _, m := range e.messages(t, "s", "?state=in_flight") {
+		if m.DeliverCount != 1 || m.LastError == nil || !strings.Contains(*m.LastError, "visibility timeout") {
+			t.Errorf("message back after the visibility timeout: %+v", m)
+		}
+	}
+	status, out := e.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(first)}, apiToken)
+	if nh := decodeAs[notHeld](t, out); status != 409 || len(nh.Error.AckIDs) != 2 {
+		t.Errorf("ack of a lapsed receive: %d %s", status, out)
+	}
+	// The second lease lapses past max_age (1.5s since the first attempt):
+	// the messages fail instead of coming back.
+	waitFor(t, 20*time.Second, "the lapsed messages to fail", func() bool {
+		return len(e.messages(t, "s", "?state=failed")) == 2
+	})
+	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
+		t.Errorf("received failed messages: %+v", got)
+	}
+}
+
+// Bad bodies, forged or foreign ack ids and webhook sinks answer clear
+// 4xx errors naming the problem.
+func TestPullErrors(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	recv := newReceiver(t)
+	b.cfg.HTTPEndpoints = []config.HTTPEndpoint{{Name: "recv", URL: recv.URL()}}
+	other := b.cfg.Sinks[0]
+	other.Name = "other"
+	hook := b.cfg.Sinks[0]
+	hook.Name, hook.Kind, hook.Endpoint = "hook", config.KindWebhook, "recv"
+	b.cfg.Sinks = append(b.cfg.Sinks, other, hook)
+	e := startAPI(t, b)
+
+	b.exec(t, `INSERT INTO t VALUES (1)`)
+	mine := e.receive(t, "s", map[string]any{"wait": "10s"})
+	theirs := e.receive(t, "other", map[string]any{"wait": "10s"})
+	if len(mine) != 1 || len(theirs) != 1 {
+		t.Fatalf("received: %+v %+v", mine, theirs)
+	}
+	forged := strings.TrimRight(mine[0].AckID, "=")
+	forged = forged[:len(forged)-2] + "zz"
+
+	cases := []struct {
+		path   string
+		body   any
+		status int
+		code   string
+		field  string
+		text   string
+	}{
+		{"/api/sinks/s/receive", `{"batch_size": 0}`, 400, "invalid", "batch_size", "out of range"},
+		{"/api/sinks/s/receive", `{"batch_size": "ten"}`, 400, "invalid", "batch_size", ""},
+		{"/api/sinks/s/receive", `{"wait": "forever"}`, 400, "invalid", "wait", ""},
+		{"/api/sinks/s/receive", `{"wait": "2m"}`, 400, "invalid", "wait", "out of range"},
+		{"/api/sinks/s/receive", `{"visibility_timeout": "10ms"}`, 400, "invalid", "visibility_timeout", "out of range"},
+		{"/api/sinks/s/receive", `{"batchsize": 1}`, 400, "invalid", "batchsize", "batch_size"},
+		{"/api/sinks/s/receive", `[1]`, 400, "invalid", "", ""},
+		{"/api/sinks/s/receive", `{`, 400, "invalid", "", "not valid JSON"},
+		{"/api/sinks/hook/receive", `{}`, 409, "not_pull", "", "webhook sink"},
+		{"/api/sinks/nope/receive", `{}`, 404, "not_found", "", ""},
+		{"/api/sinks/s/ack", ``, 400, "invalid", "", "empty"},
+		{"/api/sinks/s/ack", `{}`, 400, "invalid", "ack_ids", "required"},
+		{"/api/sinks/s/ack", `{"ack_ids": "x"}`, 400, "invalid", "ack_ids", ""},
+		{"/api/sinks/s/ack", `{"ack_ids": ["garbage"]}`, 400, "invalid", "ack_ids[0]", "not an ack id"},
+		{"/api/sinks/s/ack", map[string]any{"ack_ids": []string{mine[0].AckID, theirs[0].AckID}}, 400, "invalid", "ack_ids[1]", "another sink"},
+		{"/api/sinks/s/ack", map[string]any{"ack_ids": []string{forged}}, 400, "invalid", "ack_ids[0]", ""},
+		{"/api/sinks/s/ack", map[string]any{"ack_ids": []string{encodeAckIDForTest(t, mine[0].AckID, 1)}}, 409, "not_held", "", "no longer held"},
+		{"/api/sinks/hook/ack", map[string]any{"ack_ids": []string{mine[0].AckID}}, 409, "not_pull", "", ""},
+		{"/api/sinks/s/nack", map[string]any{"ack_ids": []string{mine[0].AckID}, "delay": "1s", "not_before": time.Now().Format(time.RFC3339)}, 400, "invalid", "delay", "not both"},
+		{"/api/sinks/s/nack", map[string]any{"ack_ids": []string{mine[0].AckID}, "delay": "-1s"}, 400, "invalid", "delay", "negative"},
+		{"/api/sinks/s/nack", map[string]any{"ack_ids": []string{mine[0].AckID}, "not_before": "tomorrow"}, 400, "invalid", "not_before", ""},
+	}
+	for _, c := range cases {
+		status, out := e.call(t, "POST", c.path, c.body, apiToken)
+		er := decodeAs[apiErr](t, out)
+		if status != c.status || er.Error.Code != c.code || er.Error.Field != c.field || !strings.Contains(er.Error.Message, c.text) {
+			t.Errorf("POST %s %v: %d %s; want %d %s field %q mentioning %q", c.path, c.body, status, out, c.status, c.code, c.field, c.text)
+		}
+	}
+	// None of the refused requests changed anything: the message is
+	// still held, and its ack works.
+	e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(mine)})
+	if status, _ := e.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": []string{mine[0].AckID}}, ""); status != 401 {
+		t.Errorf("ack without a token: %d", status)
+	}
+}
+
+// encodeAckIDForTest takes a real ack id and names another message of
+// the same claim: well formed, of the right sink, but not held.
+func encodeAckIDForTest(t *testing.T, id string, message int64) string {
+	t.Helper()
+	raw, err := decodeB64(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(raw, ".")
+	parts[3] = fmt.Sprint(message + 1_000_000)
+	return encodeB64(strings.Join(parts, "."))
+}
+
+// Two consumers share one sink with hot groups: each group's messages are
+// acknowledged in commit order, no group is ever held by both at once,
+// every message arrives, and partial acks and nacks of a batch (a prefix
+// acked, the rest nacked) keep all of that.
+func TestPullTwoConsumersHotGroups(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY, g int NOT NULL)`, "public.t")
+	b.cfg.Sinks[0].GroupBy = map[string][]string{"public.t": {"g"}}
+	e := startAPI(t, b)
+
+	const groups, perTx, txs = 4, 10, 20
+	total := perTx * txs
+	var mu sync.Mutex
+	holder := map[int]int{}     // group -> consumer holding it
+	acked := map[int][]int{}    // group -> ids in the order acked
+	var overlaps []string
+	count := 0
+	finished := make(chan struct{})
+	var finish sync.Once
+	consumer := func(me int) {
+		for round := 0; ; round++ {
+			select {
+			case <-finished:
+				return
+			default:
+			}
+			got := e.receive(t, "s", map[string]any{"wait": "2s", "batch_size": 7, "visibility_timeout": "60s"})
+			if len(got) == 0 {
+				continue
+			}
+			mu.Lock()
+			for _, m := range got {
+				g := int(m.Message.Record["g"].(float64))
+				if h, ok := holder[g]; ok && h != me {
+					overlaps = append(overlaps, fmt.Sprintf("group %d received by consumer %d while consumer %d holds it", g, me, h))
+				}
+				holder[g] = me
+			}
+			mu.Unlock()
+			// Ack a prefix; every third round nack the rest (it comes
+			// back, in order, to either consumer), else ack it apart.
+			cut := (len(got) + 1) / 2
+			ack := func(part []pulled) {
+				mu.Lock()
+				for _, m := range part {
+					g := int(m.Message.Record["g"].(float64))
+					acked[g] = append(acked[g], int(m.Message.Record["id"].(float64)))
+					count++
+				}
+				if count == total {
+					finish.Do(func() { close(finished) })
+				}
+				mu.Unlock()
+			}
+			// A group is released before the outcome that hands it on
+			// commits, so an overlap seen is a real one.
+			release := func(part, keep []pulled) {
+				mu.Lock()
+				for _, m := range part {
+					g := int(m.Message.Record["g"].(float64))
+					if !slices.ContainsFunc(keep, func(k pulled) bool { return int(k.Message.Record["g"].(float64)) == g }) {
+						delete(holder, g)
+					}
+				}
+				mu.Unlock()
+			}
+			rest := got[cut:]
+			ack(got[:cut])
+			release(got[:cut], rest)
+			e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(got[:cut])})
+			if len(rest) == 0 {
+				continue
+			}
+			release(rest, nil)
+			if round%3 == 2 {
+				e.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": ackIDsOf(rest)})
+				continue
+			}
+			ack(rest)
+			e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(rest)})
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { consumer(1) })
+	wg.Go(func() { consumer(2) })
+	id := 0
+	for range txs {
+		sql := "INSERT INTO t VALUES "
+		for j := range perTx {
+			id++
+			if j > 0 {
+				sql += ","
+			}
+			sql += fmt.Sprintf("(%d, %d)", id, id%groups)
+		}
+		b.exec(t, sql)
+	}
+	select {
+	case <-finished:
+	case <-time.After(90 * time.Second):
+		mu.Lock()
+		t.Errorf("only %d of %d messages acked", count, total)
+		mu.Unlock()
+		finish.Do(func() { close(finished) })
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, o := range overlaps {
+		t.Error(o)
+	}
+	for g, ids := range acked {
+		for i := 1; i < len(ids); i++ {
+			if ids[i] <= ids[i-1] {
+				t.Errorf("group %d acked out of commit order: %v", g, ids)
+				break
+			}
+		}
+		if len(ids) != total/groups {
+			t.Errorf("group %d: %d messages acked, want %d", g, len(ids), total/groups)
+		}
+	}
+}
+
+func decodeB64(s string) (string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	return string(raw), err
+}
+
+func encodeB64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
