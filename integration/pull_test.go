@@ -271,8 +271,8 @@ func TestPullTwoConsumersHotGroups(t *testing.T) {
 	const groups, perTx, txs = 4, 10, 20
 	total := perTx * txs
 	var mu sync.Mutex
-	holder := map[int]int{}     // group -> consumer holding it
-	acked := map[int][]int{}    // group -> ids in the order acked
+	holder := map[int]int{}  // group -> consumer holding it
+	acked := map[int][]int{} // group -> ids in the order acked
 	var overlaps []string
 	count := 0
 	finished := make(chan struct{})
