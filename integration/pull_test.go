@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/base64"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -388,3 +389,53 @@ func decodeB64(s string) (string, error) {
 }
 
 func encodeB64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+
+// walhook receive prints JSON lines; without --ack the messages stay
+// received, with --ack they are gone; --follow keeps polling until
+// interrupted and then exits 0; an unknown sink fails in one line.
+func TestPullCLI(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	c := &cliEnv{apiEnv: startAPI(t, b), bin: walhookBin(t)}
+	b.exec(t, `INSERT INTO t VALUES (1), (2)`)
+
+	lines := func(out string) []pulled {
+		var ms []pulled
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if l != "" {
+				ms = append(ms, decodeAs[pulled](t, []byte(l)))
+			}
+		}
+		return ms
+	}
+	got := lines(c.ok(t, "receive", "s", "--wait", "10s", "--batch-size", "10", "--visibility-timeout", "1s"))
+	if len(got) != 2 || got[0].AckID == "" || got[0].Message.Record["id"] != float64(1) {
+		t.Fatalf("receive: %+v", got)
+	}
+	// Not acked: back after the visibility timeout; this time acked.
+	got = lines(c.ok(t, "receive", "s", "--wait", "20s", "--batch-size", "10", "--ack"))
+	if len(got) != 2 {
+		t.Fatalf("receive --ack: %+v", got)
+	}
+	if ms := c.messages(t, "s", ""); len(ms) != 0 {
+		t.Errorf("messages left after receive --ack: %+v", ms)
+	}
+
+	cmd := c.command("receive", "s", "--follow", "--ack", "--wait", "1s")
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.exec(t, `INSERT INTO t VALUES (3)`)
+	waitFor(t, 20*time.Second, "the followed message to be acked", func() bool {
+		return len(c.messages(t, "s", "?state=delivered")) == 3
+	})
+	_ = cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("receive --follow after Ctrl-C: %v", err)
+	}
+	if got := lines(out.String()); len(got) != 1 || got[0].Message.Record["id"] != float64(3) {
+		t.Errorf("receive --follow printed %q", out.String())
+	}
+	c.fails(t, "not found", "receive", "nope")
+}

@@ -111,7 +111,12 @@ func Run(ctx context.Context, opts Options) error {
 		Server:        config.Server{Listen: opts.Listen, APITokens: []string{opts.Token}},
 		Log:           config.Log{Level: "info", Format: "console"},
 		HTTPEndpoints: []config.HTTPEndpoint{{Name: "printer", URL: "http://" + recv.Addr().String()}},
-		Sinks:         []config.Sink{{Name: "orders_webhook", Endpoint: "printer", Path: "/orders", Tables: []string{"public.orders"}}},
+		Sinks: []config.Sink{
+			{Name: "orders_webhook", Endpoint: "printer", Path: "/orders", Tables: []string{"public.orders"}},
+			// The same changes for a consumer that pulls (the printed
+			// walhook receive line): no tunnel, no receiver.
+			{Name: "orders_pull", Kind: config.KindPull, Tables: []string{"public.orders"}},
+		},
 	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -139,10 +144,12 @@ walhook dev is running.
 Try it in another terminal:
   psql '%s' -c "INSERT INTO orders (customer_id, total) VALUES (42, 19.99)"
   psql '%s' -c "UPDATE orders SET status = 'shipped' WHERE customer_id = 42"
+Or pull the same changes (sink orders_pull) instead of receiving webhooks:
+  walhook receive orders_pull --follow --ack --url %s --token %s
 
 Ctrl-C stops everything.
 
-`, dbURL, base, opts.Token, console.LoginURL(base, code), dbURL, dbURL)
+`, dbURL, base, opts.Token, console.LoginURL(base, code), dbURL, dbURL, base, opts.Token)
 		return nil
 	})
 }

@@ -87,6 +87,7 @@ func TestPlayground(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	checkReceiveLine(t, out.String())
 	conn.Close(ctx)
 	cancel()
 	select {
@@ -145,5 +146,29 @@ func checkConsoleLink(t *testing.T, banner string) {
 	}
 	if status, _ := redeem(); status != 401 {
 		t.Errorf("the sign-in link worked twice (status %d)", status)
+	}
+}
+
+// checkReceiveLine runs what the banner's walhook receive line does,
+// through the API: the pull sink has the change too.
+func checkReceiveLine(t *testing.T, banner string) {
+	t.Helper()
+	m := regexp.MustCompile(`walhook receive (\S+) --follow --ack --url (\S+) --token (\S+)`).FindStringSubmatch(banner)
+	if m == nil {
+		t.Fatalf("no walhook receive line in the banner:\n%s", banner)
+	}
+	req, err := http.NewRequest("POST", m[2]+"/api/sinks/"+m[1]+"/receive", strings.NewReader(`{"wait": "10s"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+m[3])
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"customer_id":42`) {
+		t.Errorf("receive from %s: %d %s", m[1], resp.StatusCode, body)
 	}
 }

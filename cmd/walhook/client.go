@@ -30,6 +30,7 @@ const (
 func addClientCommands(root *cobra.Command) {
 	root.AddCommand(sourceCmd(), sinkCmd(), messagesCmd(), redeliverCmd(), observeCmd())
 	root.AddCommand(backfillCmd(), replayCmd()) // backfill.go
+	root.AddCommand(receiveCmd())               // client_receive.go
 }
 
 // clientOptions are the flags every client command shares.

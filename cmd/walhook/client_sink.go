@@ -14,6 +14,7 @@ type sinkInfo struct {
 	ID             string   `json:"id"`
 	Name           string   `json:"name"`
 	Status         string   `json:"status"`
+	Kind           string   `json:"kind"`
 	Endpoint       string   `json:"endpoint"`
 	Path           string   `json:"path"`
 	Tables         []string `json:"tables"`
@@ -83,8 +84,13 @@ func sinkInfoCmd(opts *clientOptions) *cobra.Command {
 				t.row("name:", s.Name)
 				t.row("id:", s.ID)
 				t.row("status:", s.Status)
-				t.row("endpoint:", s.Endpoint)
-				t.row("path:", s.Path)
+				if s.Kind == "pull" {
+					// Consumers receive: walhook POSTs nothing.
+					t.row("kind:", "pull (walhook receive "+s.Name+")")
+				} else {
+					t.row("endpoint:", s.Endpoint)
+					t.row("path:", s.Path)
+				}
 				t.row("tables:", s.Tables)
 				t.row("webhook_sources:", s.WebhookSources)
 				t.row("actions:", s.Actions)

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// receivedMessage is one message of a receive, printed as it came.
+type receivedMessage struct {
+	AckID   string          `json:"ack_id"`
+	Message json.RawMessage `json:"message"`
+}
+
+func receiveCmd() *cobra.Command {
+	var ack, follow bool
+	var batch int
+	var wait, visibility time.Duration
+	cmd := &cobra.Command{
+		Use:   "receive SINK [--ack] [--follow]",
+		Short: "Receive messages of a pull sink as JSON lines",
+		Long: `Receive messages of a pull sink (kind: pull) and print each as a JSON
+line {"ack_id": ..., "message": ...}: for scripts, and for local development
+without a tunnel.
+
+Without --ack the messages stay received but unacknowledged: they come back
+after the visibility timeout (or ack them with POST /api/sinks/SINK/ack).
+With --ack each batch is acknowledged once printed. With --follow the
+command keeps long-polling until interrupted (Ctrl-C).`,
+		Args: cobra.ExactArgs(1),
+	}
+	opts := addClientFlags(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, err := opts.client()
+		if err != nil {
+			return err
+		}
+		// A long poll answers after up to --wait: the client waits longer.
+		c.http = &http.Client{Timeout: wait + 30*time.Second}
+		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		body := map[string]any{"wait": wait.String()}
+		if batch != 0 {
+			body["batch_size"] = batch
+		}
+		if visibility != 0 {
+			body["visibility_timeout"] = visibility.String()
+		}
+		out := bufio.NewWriter(cmd.OutOrStdout())
+		path := pathOf("sinks", args[0], "receive")
+		for {
+			var res struct {
+				Data []receivedMessage `json:"data"`
+			}
+			if err := c.post(ctx, path, body, &res); err != nil {
+				if follow && errors.Is(err, context.Canceled) {
+					return nil // interrupted: a clean stop
+				}
+				return err
+			}
+			ids := make([]string, len(res.Data))
+			for i, m := range res.Data {
+				line, err := json.Marshal(m)
+				if err != nil {
+					return fmt.Errorf("encode message: %w", err)
+				}
+				out.Write(append(line, '\n'))
+				ids[i] = m.AckID
+			}
+			if err := out.Flush(); err != nil {
+				return fmt.Errorf("write messages: %w", err)
+			}
+			if ack && len(ids) > 0 {
+				// Printed means handled: ack even when interrupted now.
+				err := c.post(context.WithoutCancel(ctx), pathOf("sinks", args[0], "ack"), map[string]any{"ack_ids": ids}, nil)
+				var ae *apiError
+				switch {
+				case err != nil && follow && errors.As(err, &ae):
+					fmt.Fprintln(cmd.ErrOrStderr(), "walhook: ack: "+err.Error())
+				case err != nil:
+					return fmt.Errorf("ack %d messages: %w", len(ids), err)
+				}
+			}
+			if !follow || ctx.Err() != nil {
+				return nil
+			}
+		}
+	}
+	f := cmd.Flags()
+	f.BoolVar(&ack, "ack", false, "acknowledge each batch once it is printed")
+	f.BoolVar(&follow, "follow", false, "keep long-polling for messages until interrupted")
+	f.IntVar(&batch, "batch-size", 0, "at most this many messages per batch (default the sink's batch_size, at most 1000)")
+	f.DurationVar(&wait, "wait", 5*time.Second, "how long a receive waits for messages when there are none (at most 60s)")
+	f.DurationVar(&visibility, "visibility-timeout", 0, "how long received messages stay yours before they come back (default 30s)")
+	return cmd
+}
