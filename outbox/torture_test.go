@@ -33,8 +33,10 @@ import (
 // roll back; replays that queue older commit positions into live groups
 // and commit late; workers that claim, post, ack, nack (backoff, or past
 // max_age into failed), ack after their lease, abandon batches, and
-// crash (their session ends); redeliveries; pauses and resumes; a
-// housekeeper that reaps dead workers and ended claims.
+// crash (their session ends); pull consumers that ack parts of what they
+// received, nack the rest or let it lapse (torture_pull_test.go);
+// redeliveries; pauses and resumes; a housekeeper that reaps dead
+// workers and ended claims.
 //
 // WALHOOK_TORTURE_SEED replays a seed (each actor draws from its own
 // generator seeded from it; the interleaving is the scheduler's), and
@@ -86,8 +88,9 @@ type torture struct {
 	b    *testBundle
 	seed uint64
 
-	clock atomic.Int64 // event numbers: a total order of observed events
-	ops   atomic.Int64
+	clock   atomic.Int64 // event numbers: a total order of observed events
+	ops     atomic.Int64
+	pullOps atomic.Int64 // pull acks and nacks among ops
 
 	mu         sync.Mutex
 	msgs       map[int64]*tmsg
@@ -528,6 +531,9 @@ func (tt *torture) run(chaos time.Duration) {
 	for i := range 6 {
 		workers.Go(func() { tt.worker(ctx, i) })
 	}
+	for i := range 2 { // torture_pull_test.go
+		workers.Go(func() { tt.puller(ctx, i) })
+	}
 
 	began := time.Now()
 	time.Sleep(chaos)
@@ -575,8 +581,8 @@ func (tt *torture) run(chaos time.Duration) {
 	violations, counts := tt.violations, tt.counts
 	tt.mu.Unlock()
 	elapsed := time.Since(began)
-	t.Logf("torture: %d messages (%d rolled back), %d operations in %s (%.0f ops/s), drained in %s",
-		total, rolled, tt.ops.Load(), elapsed.Round(time.Millisecond), float64(tt.ops.Load())/elapsed.Seconds(), drained.Round(time.Millisecond))
+	t.Logf("torture: %d messages (%d rolled back), %d operations (%d pull acks and nacks) in %s (%.0f ops/s), drained in %s",
+		total, rolled, tt.ops.Load(), tt.pullOps.Load(), elapsed.Round(time.Millisecond), float64(tt.ops.Load())/elapsed.Seconds(), drained.Round(time.Millisecond))
 	for _, kind := range slices.Sorted(maps.Keys(violations)) {
 		t.Errorf("seed %d: %d× %s, e.g.:\n  %s", tt.seed, counts[kind], kind, strings.Join(violations[kind], "\n  "))
 	}

@@ -1,0 +1,175 @@
+package outbox
+
+import (
+	"context"
+	"strconv"
+	"time"
+)
+
+// puller is a pull consumer in the torture (outbox/pull.go): it receives
+// (a pull claim), and records outcomes on parts of the batch: it acks a
+// prefix, then acks, nacks (backoff, or past max_age into failed) or
+// abandons the rest; an abandoning puller lets its short visibility
+// timeout lapse (sometimes past max_age) and then acks late, which must
+// change nothing. A group is marked out of flight only when none of its
+// messages remains held, so a group handed on while a part of it is
+// still held shows up as two in flight (I1).
+func (tt *torture) puller(ctx context.Context, id int) {
+	r := tt.rng(uint64(200 + id))
+	name := "p" + strconv.Itoa(id)
+	for ctx.Err() == nil {
+		chaos := tt.chaos.Load()
+		abandon := chaos && r.IntN(25) == 0
+		lease, maxAge := 10*time.Second, time.Duration(0)
+		if abandon {
+			lease = 200 * time.Millisecond
+			if r.IntN(3) == 0 {
+				maxAge = time.Microsecond // the lapse fails them
+			}
+		}
+		start := tt.tick()
+		batch, err := tt.b.store.Claim(ctx, ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 1 + r.IntN(8), MaxAckPending: 60,
+			Lease: lease, Worker: name, Pull: true, MaxAge: maxAge})
+		tt.ops.Add(1)
+		if err != nil {
+			if ctx.Err() == nil {
+				tt.violate("error", "%s: receive: %v", name, err)
+			}
+			return
+		}
+		if batch == nil {
+			time.Sleep(time.Duration(1+r.IntN(5)) * time.Millisecond)
+			continue
+		}
+		ms := tt.checkClaim(name, batch, start, tt.tick())
+		if len(ms) != len(batch.Messages) {
+			continue // reported by checkClaim
+		}
+		refs := make([]PullRef, len(ms))
+		for i, m := range batch.Messages {
+			refs[i] = PullRef{ClaimID: batch.ClaimID, MessageID: m.ID}
+		}
+		if abandon {
+			// Its lease may run out at any time: not counted in flight.
+			tt.endPost(name, batch)
+			if maxAge > 0 {
+				tt.mu.Lock()
+				for _, m := range ms {
+					m.everFailed = true
+				}
+				tt.mu.Unlock()
+			}
+			claimed := time.Now()
+			time.Sleep(lease + 50*time.Millisecond - time.Since(claimed))
+			tt.pullAck(ctx, name, ms, refs, true)
+			continue
+		}
+		time.Sleep(time.Duration(r.IntN(3)) * time.Millisecond)
+		cut := r.IntN(len(ms) + 1)
+		rest := map[string]bool{}
+		for _, m := range ms[cut:] {
+			rest[m.group] = true
+		}
+		tt.endGroups(name, ms[:cut], rest)
+		tt.pullAck(ctx, name, ms[:cut], refs[:cut], false)
+		if cut == len(ms) {
+			continue
+		}
+		tt.endGroups(name, ms[cut:], nil)
+		if chaos && r.IntN(4) == 0 {
+			tt.pullNack(ctx, name, ms[cut:], refs[cut:], r.IntN(3) == 0, time.Now().Add(time.Duration(r.IntN(40))*time.Millisecond))
+		} else {
+			tt.pullAck(ctx, name, ms[cut:], refs[cut:], false)
+		}
+	}
+}
+
+// endGroups marks the groups of ms out of flight, except those in keep.
+func (tt *torture) endGroups(who string, ms []*tmsg, keep map[string]bool) {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	for _, m := range ms {
+		if !keep[m.group] && tt.inflight[m.group] == who {
+			delete(tt.inflight, m.group)
+		}
+	}
+}
+
+// pullAck acks ms (refs) and models the outcome: a timely ack must take
+// effect for every message, a late one for none.
+func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool) {
+	if len(ms) == 0 {
+		return
+	}
+	start := tt.tick()
+	tt.mu.Lock()
+	for _, m := range ms {
+		m.ackStart = start
+	}
+	tt.mu.Unlock()
+	res, err := tt.b.store.PullAck(ctx, tt.b.sinkID, refs)
+	tt.ops.Add(1)
+	tt.pullOps.Add(1)
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if err != nil {
+		if ctx.Err() == nil {
+			tt.violateLocked("error", "%s: pull ack: %v", who, err)
+		}
+		return
+	}
+	acked := map[int64]bool{}
+	for _, m := range res.Acked {
+		acked[m.ID] = true
+	}
+	for i, m := range ms {
+		switch {
+		case acked[refs[i].MessageID] && late:
+			tt.violateLocked("late ack took effect", "%s: a pull ack after the visibility timeout took effect (message %d)", who, m.n)
+		case acked[refs[i].MessageID]:
+			m.acked = true
+		default:
+			if m.ackStart == start {
+				m.ackStart = 0
+			}
+			if !late {
+				tt.violateLocked("timely ack refused", "%s: a timely pull ack of message %d was not held", who, m.n)
+			}
+		}
+	}
+}
+
+// pullNack nacks ms (refs) until notBefore, or past max_age (fail).
+func (tt *torture) pullNack(ctx context.Context, who string, ms []*tmsg, refs []PullRef, fail bool, notBefore time.Time) {
+	maxAge := time.Duration(0)
+	if fail {
+		maxAge = time.Microsecond
+	}
+	start := tt.tick()
+	tt.mu.Lock()
+	for _, m := range ms {
+		m.ackStart = start
+	}
+	tt.mu.Unlock()
+	res, err := tt.b.store.PullNack(ctx, tt.b.sinkID, refs, notBefore, maxAge, "boom")
+	tt.ops.Add(1)
+	tt.pullOps.Add(1)
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if err != nil {
+		if ctx.Err() == nil {
+			tt.violateLocked("error", "%s: pull nack: %v", who, err)
+		}
+		return
+	}
+	if len(res.NotHeld) > 0 {
+		tt.violateLocked("timely nack refused", "%s: a timely pull nack found %d of %d messages not held", who, len(res.NotHeld), len(ms))
+	}
+	for _, m := range ms {
+		if res.Failed > 0 {
+			m.everFailed = true
+		} else if m.ackStart == start {
+			m.ackStart = 0
+		}
+	}
+}
