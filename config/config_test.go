@@ -489,6 +489,11 @@ func TestValidation(t *testing.T) {
 		{"concurrency zero", sinkBase("concurrency: 0"), []string{sl(1) + "sinks[orders].concurrency: 0 is out of range 1..64"}},
 		{"concurrency high", sinkBase("concurrency: 65"), []string{sl(1) + "sinks[orders].concurrency: 65 is out of range 1..64"}},
 		{"path", sinkBase("path: hooks"), []string{sl(1) + "sinks[orders].path:", `"hooks" must start with /`}},
+		{"kind", sinkBase("kind: queue"), []string{sl(1) + "sinks[orders].kind:", `"queue" is not one of webhook, pull`}},
+		{"pull with endpoint", sinkBase("kind: pull"), []string{"walhook.yaml:10: sinks[orders].endpoint:", "must be left out for a pull sink"}},
+		{"pull with path and secret", strings.Replace(sinkBase("kind: pull\npath: /h\nsigning_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "    endpoint: api\n", "", 1),
+			[]string{"sinks[orders].path: must be left out for a pull sink", "sinks[orders].signing_secret: must be left out"}},
+		{"pull ok", strings.Replace(sinkBase("kind: pull\nmax_ack_pending: 50\nretry: {max_age: 1h}"), "    endpoint: api\n", "", 1), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -245,6 +245,19 @@ func TestPullErrors(t *testing.T) {
 	if status, _ := e.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": []string{mine[0].AckID}}, ""); status != 401 {
 		t.Errorf("ack without a token: %d", status)
 	}
+
+	// Pull sinks made through the API.
+	status, out := e.call(t, "POST", "/api/sinks", map[string]any{"name": "p3", "kind": "pull", "endpoint": "recv", "tables": []string{"public.t"}}, apiToken)
+	if er := decodeAs[apiErr](t, out); status != 400 || er.Error.Field != "endpoint" || !strings.Contains(er.Error.Message, "pull sink") {
+		t.Errorf("create a pull sink with an endpoint: %d %s", status, out)
+	}
+	out = e.must(t, 201, "POST", "/api/sinks", map[string]any{"name": "p3", "kind": "pull", "tables": []string{"public.t"}})
+	if k := decodeAs[map[string]any](t, out)["kind"]; k != "pull" {
+		t.Errorf("created pull sink: %s", out)
+	}
+	if k := decodeAs[map[string]any](t, e.must(t, 200, "GET", "/api/sinks/hook", nil))["kind"]; k != "webhook" {
+		t.Errorf("a webhook sink's kind: %v", k)
+	}
 }
 
 // encodeAckIDForTest takes a real ack id and names another message of
