@@ -86,8 +86,9 @@
 //
 // F (fence). An ack or nack takes effect only if its claim is live: it
 // deletes the claims row (until > clock_timestamp()) in the statement that
-// deletes or updates the messages. Otherwise it changes nothing and
-// returns ErrClaimEnded.
+// deletes or updates the messages (or, for a pull consumer's partial
+// outcome, shrinks the row there: U). Otherwise it changes nothing and
+// returns ErrClaimEnded (pull: reports the messages as not held).
 //
 // R (reap). A claim that ended without an outcome (lease ran out, or
 // revoked by W) is deleted under L, and its groups promoted (P). Each claim
@@ -100,6 +101,20 @@
 // -9, crash, OOM) come back within a second or two, while a live but slow
 // process keeps its claims until their lease ends. A graceful stop revokes
 // its own claims.
+//
+// U (pull). A pull consumer's receive is a claim (C) whose lease is its
+// visibility timeout, not tied to a worker (W does not apply). Its acks
+// and nacks may name any subset of the claim's messages (pull.go): under
+// L, the named messages the live claim still holds take the outcome and
+// leave the claims row's ids, in the statement that deletes or updates
+// them (F, per message); the row's groups become those of the messages
+// it still holds, so a group stays named while any of its messages is
+// held (I1); a row left with no messages is deleted; P runs for the
+// groups that left. A lease that ends with messages still held counts as
+// a failed attempt on them (a consumer had them): under L, before R
+// deletes the row, lapseSQL records the attempt (and fails the messages
+// past retry.max_age, recorded in the row), so a consumer that vanished
+// loses nothing and holds its groups only until its lease ends.
 //
 // T (term). One process streams the replication slot: the holder of a
 // lease row (leases) with a token that grows with every term and an end
@@ -140,7 +155,8 @@
 // I6. A process that lost leadership writes nothing more (T).
 //
 // The torture test (torture_test.go) checks I1, I2, I4, I5 and that
-// nothing stalls (I3) with many concurrent actors on a real Postgres; the
+// nothing stalls (I3) with many concurrent actors on a real Postgres,
+// push workers and pull consumers (partial outcomes, lapses) together; the
 // regression tests in regress_test.go are the shortest sequences that broke
 // the protocol before these rules.
 package outbox
