@@ -33,8 +33,10 @@ import (
 
 // Receive limits.
 const (
-	maxReceiveBatch          = config.MaxBatchSize
-	maxReceiveWait           = 60 * time.Second
+	maxReceiveBatch = config.MaxBatchSize
+	// maxReceiveWait stays well inside the server's ReadTimeout (60s),
+	// whose deadline also ends a request still being answered.
+	maxReceiveWait           = 30 * time.Second
 	defaultVisibilityTimeout = 30 * time.Second
 	minVisibilityTimeout     = time.Second
 	maxVisibilityTimeout     = 12 * time.Hour

@@ -99,7 +99,7 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 	f.BoolVar(&ack, "ack", false, "acknowledge each batch once it is printed")
 	f.BoolVar(&follow, "follow", false, "keep long-polling for messages until interrupted")
 	f.IntVar(&batch, "batch-size", 0, "at most this many messages per batch (default the sink's batch_size, at most 1000)")
-	f.DurationVar(&wait, "wait", 5*time.Second, "how long a receive waits for messages when there are none (at most 60s)")
+	f.DurationVar(&wait, "wait", 5*time.Second, "how long a receive waits for messages when there are none (at most 30s)")
 	f.DurationVar(&visibility, "visibility-timeout", 0, "how long received messages stay yours before they come back (default 30s)")
 	return cmd
 }
