@@ -141,24 +141,33 @@ func TestPullReceiveAckNack(t *testing.T) {
 	}
 }
 
-// A consumer that stops acknowledging gets its messages back after the
-// visibility timeout, counted as an attempt; its old ack ids then change
-// nothing; with retry.max_age the lapses end in failed.
+// A consumer that stops acknowledging (crashed) blocks only its own
+// groups, and its messages come back after the visibility timeout,
+// counted as an attempt; its old ack ids then change nothing; with
+// retry.max_age the lapses end in failed.
 func TestPullVisibilityTimeout(t *testing.T) {
 	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
-	b.cfg.Sinks[0].Retry.MaxAge = config.Duration(1500 * time.Millisecond)
+	b.cfg.Sinks[0].Retry.MaxAge = config.Duration(3 * time.Second)
 	e := startAPI(t, b)
 
 	b.exec(t, `INSERT INTO t VALUES (1), (2)`)
-	first := e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10, "visibility_timeout": "1s"})
+	received := time.Now() // before the lease starts
+	first := e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10, "visibility_timeout": "2s"})
 	if len(first) != 2 {
 		t.Fatalf("received: %+v", first)
 	}
-	received := time.Now()
+	// The "crashed" consumer holds its groups only: another group is
+	// received at once.
+	b.exec(t, `INSERT INTO t VALUES (3)`)
+	other := e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10})
+	if len(other) != 1 || other[0].Message.Record["id"] != float64(3) {
+		t.Fatalf("received while another consumer holds groups 1 and 2: %+v", other)
+	}
+	e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(other)})
 	// The consumer "crashed": nothing is acked. Another receive gets both
 	// back once the visibility timeout has passed.
-	second := e.receive(t, "s", map[string]any{"wait": "20s", "batch_size": 10, "visibility_timeout": "1s"})
-	if len(second) != 2 || time.Since(received) < time.Second {
+	second := e.receive(t, "s", map[string]any{"wait": "20s", "batch_size": 10, "visibility_timeout": "2s"})
+	if len(second) != 2 || time.Since(received) < 2*time.Second {
 		t.Fatalf("received again after %s: %+v", time.Since(received), second)
 	}
 	for _, m := range e.messages(t, "s", "?state=in_flight") {
@@ -170,7 +179,7 @@ func TestPullVisibilityTimeout(t *testing.T) {
 	if nh := decodeAs[notHeld](t, out); status != 409 || len(nh.Error.AckIDs) != 2 {
 		t.Errorf("ack of a lapsed receive: %d %s", status, out)
 	}
-	// The second lease lapses past max_age (1.5s since the first attempt):
+	// The second lease lapses past max_age (3s since the first attempt):
 	// the messages fail instead of coming back.
 	waitFor(t, 20*time.Second, "the lapsed messages to fail", func() bool {
 		return len(e.messages(t, "s", "?state=failed")) == 2
