@@ -2,9 +2,11 @@ package integration
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -74,6 +76,8 @@ func TestPullReceiveAckNack(t *testing.T) {
 	got := <-ch
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("long poll returned %s after the commit; want well before its wait (10s)", took)
+	} else {
+		t.Logf("long poll returned %s after the commit", took)
 	}
 	if len(got) != 1 || got[0].Message.Record["id"] != float64(1) || got[0].Message.Metadata.Consumer.Name != "s" || got[0].AckID == "" {
 		t.Fatalf("received: %+v", got)
@@ -85,6 +89,7 @@ func TestPullReceiveAckNack(t *testing.T) {
 		t.Errorf("counts while received: %v", s.RawCounts)
 	}
 
+	deliveredBefore := deliveredMetric(t, e) // the registry is the test binary's: other tests count too
 	out := e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(got)})
 	if r := decodeAs[map[string]int](t, out); r["acked"] != 1 {
 		t.Errorf("ack: %s", out)
@@ -96,6 +101,9 @@ func TestPullReceiveAckNack(t *testing.T) {
 	waitFor(t, 10*time.Second, "the acked message in the history", func() bool {
 		return len(e.messages(t, "s", "?state=delivered")) == 1
 	})
+	if h := e.messages(t, "s", "?state=delivered"); h[0].DeliverCount != 1 || h[0].LastStatus != nil || !json.Valid(h[0].Message) {
+		t.Errorf("history of an acked message: %+v", h[0])
+	}
 	if ms := e.messages(t, "s", "?state=in_flight"); len(ms) != 0 {
 		t.Errorf("in flight after the ack: %+v", ms)
 	}
@@ -136,8 +144,8 @@ func TestPullReceiveAckNack(t *testing.T) {
 	if ms := e.messages(t, "s", "?state=backing_off"); len(ms) != 1 || ms[0].NotBefore == nil || time.Until(*ms[0].NotBefore) < 50*time.Minute {
 		t.Errorf("message nacked for an hour: %+v", ms)
 	}
-	if !strings.Contains(string(e.must(t, 200, "GET", "/metrics", nil)), `walhook_messages_delivered_total{sink="s"} 1`) {
-		t.Errorf("metrics do not count the acked message as delivered")
+	if got := deliveredMetric(t, e); got != deliveredBefore+1 {
+		t.Errorf("walhook_messages_delivered_total{sink=\"s\"}: %v, want %v (one acked message)", got, deliveredBefore+1)
 	}
 }
 
@@ -460,4 +468,19 @@ func TestPullCLI(t *testing.T) {
 		t.Errorf("receive --follow printed %q", out.String())
 	}
 	c.fails(t, "not found", "receive", "nope")
+}
+
+// deliveredMetric reads walhook_messages_delivered_total of sink s.
+func deliveredMetric(t *testing.T, e *apiEnv) float64 {
+	t.Helper()
+	for _, l := range strings.Split(string(e.must(t, 200, "GET", "/metrics", nil)), "\n") {
+		if v, ok := strings.CutPrefix(l, `walhook_messages_delivered_total{sink="s"} `); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric line %q: %v", l, err)
+			}
+			return f
+		}
+	}
+	return 0
 }

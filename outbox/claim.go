@@ -330,7 +330,7 @@ type Delivered struct {
 	SinkID       int64
 	Message      Message
 	DeliverCount int32
-	Status       int
+	Status       int // 0: no HTTP status (acked by a pull consumer)
 	At           time.Time
 }
 
@@ -352,7 +352,8 @@ func (s *Store) RecordDelivered(ctx context.Context, rows []Delivered) error {
 	}
 	_, err := s.Pool.Exec(ctx, `
 		INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status, delivered_at)
-		SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS u(i, s)
+		SELECT u.i, u.s, u.g, u.l, u.x, u.p, u.c, NULLIF(u.st, 0), u.at
+		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS u(i, s, g, l, x, p, c, st, at)
 		WHERE EXISTS (SELECT 1 FROM sinks WHERE id = u.s)`,
 		ids, sinks, groups, lsns, idxs, payloads, counts, statuses, ats)
 	if err != nil {
