@@ -535,11 +535,11 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
 	})
+	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if outbox.IsClaimEnded(nerr) {
 		r.log.Warn().Err(nerr).Msg("delivery failed, but the claim had ended: nothing recorded")
 		return
 	}
-	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if nerr != nil {
 		r.log.Error().Err(nerr).Msg("record failed delivery")
 		return
