@@ -302,15 +302,15 @@ func (m *Manager) housekeep(ctx context.Context) {
 		} else if dead > 0 {
 			m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
 		}
+		if sinks, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
+		} else if len(sinks) > 0 {
+			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out or whose worker died; their messages are delivered again")
+		}
 		if n%8 != 0 {
 			continue
 		}
 		m.checkWorker(ctx)
-		if sinks, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
-			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
-		} else if len(sinks) > 0 {
-			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out (a worker stopped answering); their messages are delivered again")
-		}
 		if n%40 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")

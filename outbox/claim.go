@@ -180,8 +180,9 @@ FROM (SELECT 1) one
 LEFT JOIN (pick JOIN outbox o ON o.id = pick.id) ON true
 ORDER BY pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
 
-// Claim takes a batch for one worker: the claim lock, the reaping of ended
-// claims and the claim go in one round trip, as one implicit transaction.
+// Claim takes a batch for one worker: the claim lock and the claim go in
+// one round trip, as one implicit transaction. Claims that ended without
+// an outcome are not live for it; ReapClaims ends them for good.
 // It returns nil when there is nothing to take.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 	var workerID *int64
@@ -193,7 +194,6 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 		var demoted int64
 		err := s.batch(ctx, func(pb *pgx.Batch) {
 			pb.Queue(claimLockSQL, req.SinkID)
-			pb.Queue(reapSQL, req.SinkID)
 			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID).Query(func(rows pgx.Rows) error {
 				b = nil
 				for rows.Next() {
@@ -399,10 +399,9 @@ func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err 
 }
 
 // ReapClaims ends every sink's claims whose lease ran out or that were
-// revoked, promoting their groups. Claims reap their own sink's first;
-// this covers sinks nobody claims from (paused, or no worker running).
-// It returns the sinks whose claims it ended, so their workers can be
-// woken.
+// revoked, promoting their groups (rule R). Every delivering process runs
+// it each second; until then such a claim is simply not live. It returns
+// the sinks whose claims it ended, so their workers can be woken.
 func (s *Store) ReapClaims(ctx context.Context) ([]int64, error) {
 	rows, err := s.Pool.Query(ctx, `SELECT DISTINCT sink_id FROM claims WHERE until <= clock_timestamp()`)
 	if err != nil {

@@ -90,8 +90,9 @@
 // returns ErrClaimEnded.
 //
 // R (reap). A claim that ended without an outcome (lease ran out, or
-// revoked by W) is deleted under L, and its groups promoted (P). Each claim
-// reaps its sink first; ReapClaims covers sinks nobody claims from.
+// revoked by W) is not live for claims, acks and nacks from that moment;
+// every delivering process deletes such claims each second (ReapClaims),
+// under L, and promotes their groups (P).
 //
 // W (worker). A delivering process registers a worker and holds a session
 // advisory lock keyed by its id for its whole life. A worker whose lock
