@@ -62,6 +62,12 @@ type Batch struct {
 // must see what was committed while this one waited.
 const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`
 
+// claimLockPlanSQL is claimLockSQL for claims, acks and nacks: it also has
+// the statements after it run on their generic plans, planned once per
+// connection rather than at every execution (their plans do not depend on
+// the values, and planning the claim costs about as much as running it).
+const claimLockPlanSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int), set_config('plan_cache_mode', 'force_generic_plan', true)`
+
 // firstOfGroupSQL is the oldest unfailed message of group %s of sink $1,
 // in commit order (see groupOrder). %s is an expression naming the group.
 const firstOfGroupSQL = `(SELECT x.id FROM outbox x
@@ -193,7 +199,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 		var b *Batch
 		var demoted int64
 		err := s.batch(ctx, func(pb *pgx.Batch) {
-			pb.Queue(claimLockSQL, req.SinkID)
+			pb.Queue(claimLockPlanSQL, req.SinkID)
 			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID).Query(func(rows pgx.Rows) error {
 				b = nil
 				for rows.Next() {
@@ -295,7 +301,7 @@ func (s *Store) AckAll(ctx context.Context, sinkID int64, batches []*Batch) (end
 	}
 	var live []int64
 	err = s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(claimLockSQL, sinkID)
+		pb.Queue(claimLockPlanSQL, sinkID)
 		pb.Queue(ackSQL, ids).QueryRow(func(row pgx.Row) error { return row.Scan(&live) })
 		pb.Queue(promoteSQL, sinkID, groups)
 	})
@@ -383,7 +389,7 @@ func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err 
 	}
 	var live int
 	err = s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(claimLockSQL, b.SinkID)
+		pb.Queue(claimLockPlanSQL, b.SinkID)
 		pb.Queue(nackSQL, b.ClaimID, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&live, &failed)
 		})
