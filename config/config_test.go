@@ -211,7 +211,7 @@ func TestTypeErrors(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	c := mustParse(t, base, nil)
 	want := Config{
-		Database: Database{URL: "postgres://app@localhost:5432/app", Slot: "walhook", Publication: "walhook"},
+		Database: Database{URL: "postgres://app@localhost:5432/app", Slot: "walhook", Publication: "walhook", LeaderLease: Duration(15 * time.Second)},
 		State:    State{URL: "postgres://app@localhost:5432/app", Schema: "walhook"},
 		Server:   Server{Listen: "127.0.0.1:7376", PublicURL: "http://127.0.0.1:7376"},
 		Log:      Log{Level: "info", Format: "json"},
@@ -763,5 +763,13 @@ func TestEgressDenyDefault(t *testing.T) {
 		if !slices.Equal(c.Egress.Deny, tt.want) || c.Egress.Deny == nil {
 			t.Errorf("%q: egress.deny = %#v, want %#v", tt.src, c.Egress.Deny, tt.want)
 		}
+	}
+}
+
+// A leader lease too short to renew is an error that names the key.
+func TestLeaderLeaseTooShort(t *testing.T) {
+	_, err := Parse("walhook.yaml", []byte("database: {url: postgres://a@b/c, leader_lease: 1s}\n"), func(string) (string, bool) { return "", false })
+	if err == nil || !strings.Contains(err.Error(), "database.leader_lease") || !strings.Contains(err.Error(), "at least 3s") {
+		t.Fatalf("got %v, want an error naming database.leader_lease", err)
 	}
 }

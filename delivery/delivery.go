@@ -307,15 +307,15 @@ func (m *Manager) housekeep(ctx context.Context) {
 		} else if dead > 0 {
 			m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
 		}
+		if sinks, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
+		} else if len(sinks) > 0 {
+			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out or whose worker died; their messages are delivered again")
+		}
 		if n%8 != 0 {
 			continue
 		}
 		m.checkWorker(ctx)
-		if sinks, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
-			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
-		} else if len(sinks) > 0 {
-			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out (a worker stopped answering); their messages are delivered again")
-		}
 		if n%40 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
@@ -540,11 +540,11 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
 		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
 	})
+	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if outbox.IsClaimEnded(nerr) {
 		r.log.Warn().Err(nerr).Msg("delivery failed, but the claim had ended: nothing recorded")
 		return
 	}
-	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if nerr != nil {
 		r.log.Error().Err(nerr).Msg("record failed delivery")
 		return

@@ -70,6 +70,12 @@ type Batch struct {
 // must see what was committed while this one waited.
 const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int)`
 
+// claimLockPlanSQL is claimLockSQL for claims, acks and nacks: it also has
+// the statements after it run on their generic plans, planned once per
+// connection rather than at every execution (their plans do not depend on
+// the values, and planning the claim costs about as much as running it).
+const claimLockPlanSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int), set_config('plan_cache_mode', 'force_generic_plan', true)`
+
 // firstOfGroupSQL is the oldest unfailed message of group %s of sink $1,
 // in commit order (see groupOrder). %s is an expression naming the group.
 const firstOfGroupSQL = `(SELECT x.id FROM outbox x
@@ -117,7 +123,11 @@ var claimSQL = `
 WITH t AS MATERIALIZED (
 	SELECT clock_timestamp() AS now
 ), live AS MATERIALIZED (
-	SELECT fresh, ids, groups FROM claims WHERE sink_id = $1 AND until > (SELECT now FROM t)
+	-- A pull claim whose lease ended keeps its messages from claims until
+	-- ReapClaims has recorded the lapse as an attempt (lapse_max_age NULL
+	-- after lapseSQL): they come back with their deliver count raised,
+	-- and a lapse never fails a message another claim holds.
+	SELECT fresh, ids, groups FROM claims WHERE sink_id = $1 AND (until > (SELECT now FROM t) OR lapse_max_age IS NOT NULL)
 ), st AS MATERIALIZED (
 	SELECT s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= (SELECT now FROM t)) AS active,
 		$3::int
@@ -190,8 +200,9 @@ FROM (SELECT 1) one
 LEFT JOIN (pick JOIN outbox o ON o.id = pick.id) ON true
 ORDER BY pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
 
-// Claim takes a batch for one worker: the claim lock, the reaping of ended
-// claims and the claim go in one round trip, as one implicit transaction.
+// Claim takes a batch for one worker: the claim lock and the claim go in
+// one round trip, as one implicit transaction. Claims that ended without
+// an outcome are not live for it; ReapClaims ends them for good.
 // It returns nil when there is nothing to take.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 	var workerID, lapse *int64
@@ -206,9 +217,7 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 		var b *Batch
 		var demoted int64
 		err := s.batch(ctx, func(pb *pgx.Batch) {
-			pb.Queue(claimLockSQL, req.SinkID)
-			pb.Queue(lapseSQL, req.SinkID)
-			pb.Queue(reapSQL, req.SinkID)
+			pb.Queue(claimLockPlanSQL, req.SinkID)
 			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse).Query(func(rows pgx.Rows) error {
 				b = nil
 				for rows.Next() {
@@ -310,7 +319,7 @@ func (s *Store) AckAll(ctx context.Context, sinkID int64, batches []*Batch) (end
 	}
 	var live []int64
 	err = s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(claimLockSQL, sinkID)
+		pb.Queue(claimLockPlanSQL, sinkID)
 		pb.Queue(ackSQL, ids).QueryRow(func(row pgx.Row) error { return row.Scan(&live) })
 		pb.Queue(promoteSQL, sinkID, groups)
 	})
@@ -399,7 +408,7 @@ func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err 
 	}
 	var live int
 	err = s.batch(ctx, func(pb *pgx.Batch) {
-		pb.Queue(claimLockSQL, b.SinkID)
+		pb.Queue(claimLockPlanSQL, b.SinkID)
 		pb.Queue(nackSQL, b.ClaimID, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&live, &failed)
 		})
@@ -415,10 +424,9 @@ func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err 
 }
 
 // ReapClaims ends every sink's claims whose lease ran out or that were
-// revoked, promoting their groups. Claims reap their own sink's first;
-// this covers sinks nobody claims from (paused, or no worker running).
-// It returns the sinks whose claims it ended, so their workers can be
-// woken.
+// revoked, promoting their groups (rule R). Every delivering process runs
+// it each second; until then such a claim is simply not live. It returns
+// the sinks whose claims it ended, so their workers can be woken.
 func (s *Store) ReapClaims(ctx context.Context) ([]int64, error) {
 	rows, err := s.Pool.Query(ctx, `SELECT DISTINCT sink_id FROM claims WHERE until <= clock_timestamp()`)
 	if err != nil {

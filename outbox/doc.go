@@ -91,8 +91,9 @@
 // returns ErrClaimEnded (pull: reports the messages as not held).
 //
 // R (reap). A claim that ended without an outcome (lease ran out, or
-// revoked by W) is deleted under L, and its groups promoted (P). Each claim
-// reaps its sink first; ReapClaims covers sinks nobody claims from.
+// revoked by W) is not live for claims, acks and nacks from that moment;
+// every delivering process deletes such claims each second (ReapClaims),
+// under L, and promotes their groups (P).
 //
 // W (worker). A delivering process registers a worker and holds a session
 // advisory lock keyed by its id for its whole life. A worker whose lock
@@ -113,8 +114,12 @@
 // groups that left. A lease that ends with messages still held counts as
 // a failed attempt on them (a consumer had them): under L, before R
 // deletes the row, lapseSQL records the attempt (and fails the messages
-// past retry.max_age, recorded in the row), so a consumer that vanished
-// loses nothing and holds its groups only until its lease ends.
+// past retry.max_age, recorded in the row). Until it has, claims still
+// count the row as live (its messages and groups stay out of C), so the
+// messages come back with their count raised and a lapse never touches a
+// message another claim holds; acks and nacks see the row as ended (F).
+// A consumer that vanished loses nothing and holds its groups only until
+// its lease ends (and the next reap, within a second).
 //
 // T (term). One process streams the replication slot: the holder of a
 // lease row (leases) with a token that grows with every term and an end

@@ -45,9 +45,10 @@ type PullRef struct {
 // lapseSQL records an attempt on the messages still held by the sink's
 // pull claims whose lease (visibility timeout) ended, failing those past
 // the sink's retry.max_age, and turns the claims into plain ended ones
-// (lapse_max_age NULL) for reapSQL, which the same pipeline runs next
-// under the same lock. Its own statement: reapSQL then promotes with a
-// snapshot that sees the messages that failed here.
+// (lapse_max_age NULL) for reapSQL, which ReapClaims runs next under the
+// same lock. Its own statement: reapSQL then promotes with a snapshot
+// that sees the messages that failed here. Until then claimSQL counts
+// such a claim as live, so nobody else holds its messages meanwhile.
 const lapseSQL = `
 WITH e AS (
 	-- RETURNING shows the new row: the old max_age comes from x.
@@ -236,7 +237,7 @@ func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notB
 // is a second round trip in the same transaction.
 func (s *Store) pullTx(ctx context.Context, sinkID int64, fn func(pgx.Tx) error) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, claimLockSQL, sinkID); err != nil {
+		if _, err := tx.Exec(ctx, claimLockPlanSQL, sinkID); err != nil {
 			return err
 		}
 		return fn(tx)

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -52,13 +53,14 @@ func (tt *torture) puller(ctx context.Context, id int) {
 		if abandon {
 			// Its lease may run out at any time: not counted in flight.
 			tt.endPost(name, batch)
-			if maxAge > 0 {
-				tt.mu.Lock()
-				for _, m := range ms {
+			tt.mu.Lock()
+			for _, m := range ms {
+				m.history = append(m.history, fmt.Sprintf("abandoned by %s at %d (lapse fails: %v)", name, tt.clock.Load(), maxAge > 0))
+				if maxAge > 0 {
 					m.everFailed = true
 				}
-				tt.mu.Unlock()
 			}
+			tt.mu.Unlock()
 			claimed := time.Now()
 			time.Sleep(lease + 50*time.Millisecond - time.Since(claimed))
 			tt.pullAck(ctx, name, ms, refs, true)
@@ -104,7 +106,7 @@ func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []P
 	start := tt.tick()
 	tt.mu.Lock()
 	for _, m := range ms {
-		m.ackStart = start
+		m.outcomes++
 	}
 	tt.mu.Unlock()
 	res, err := tt.b.store.PullAck(ctx, tt.b.sinkID, refs)
@@ -112,6 +114,9 @@ func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []P
 	tt.pullOps.Add(1)
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
+	for _, m := range ms {
+		m.outcomes--
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			tt.violateLocked("error", "%s: pull ack: %v", who, err)
@@ -123,15 +128,13 @@ func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []P
 		acked[m.ID] = true
 	}
 	for i, m := range ms {
+		m.history = append(m.history, fmt.Sprintf("pull ack by %s (late %v) %d-%d: held %v", who, late, start, tt.clock.Load(), acked[refs[i].MessageID]))
 		switch {
 		case acked[refs[i].MessageID] && late:
 			tt.violateLocked("late ack took effect", "%s: a pull ack after the visibility timeout took effect (message %d)", who, m.n)
 		case acked[refs[i].MessageID]:
 			m.acked = true
 		default:
-			if m.ackStart == start {
-				m.ackStart = 0
-			}
 			if !late {
 				tt.violateLocked("timely ack refused", "%s: a timely pull ack of message %d was not held", who, m.n)
 			}
@@ -148,7 +151,7 @@ func (tt *torture) pullNack(ctx context.Context, who string, ms []*tmsg, refs []
 	start := tt.tick()
 	tt.mu.Lock()
 	for _, m := range ms {
-		m.ackStart = start
+		m.outcomes++
 	}
 	tt.mu.Unlock()
 	res, err := tt.b.store.PullNack(ctx, tt.b.sinkID, refs, notBefore, maxAge, "boom")
@@ -156,6 +159,9 @@ func (tt *torture) pullNack(ctx context.Context, who string, ms []*tmsg, refs []
 	tt.pullOps.Add(1)
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
+	for _, m := range ms {
+		m.outcomes--
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			tt.violateLocked("error", "%s: pull nack: %v", who, err)
@@ -166,10 +172,9 @@ func (tt *torture) pullNack(ctx context.Context, who string, ms []*tmsg, refs []
 		tt.violateLocked("timely nack refused", "%s: a timely pull nack found %d of %d messages not held", who, len(res.NotHeld), len(ms))
 	}
 	for _, m := range ms {
+		m.history = append(m.history, fmt.Sprintf("pull nack by %s %d-%d: failed %d", who, start, tt.clock.Load(), res.Failed))
 		if res.Failed > 0 {
 			m.everFailed = true
-		} else if m.ackStart == start {
-			m.ackStart = 0
 		}
 	}
 }

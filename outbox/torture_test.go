@@ -75,8 +75,9 @@ type tmsg struct {
 	rolledBack bool
 	committed  int64 // event number when its commit returned; 0 before
 	everFailed bool  // a nack that may have failed it returned
-	ackStart   int64 // event number when an ack or nack naming it started that may have removed it from waiting; 0 if none
+	outcomes   int   // ack or nack calls naming it that have not returned
 	acked      bool
+	history    []string // what happened to it, for a violation report
 }
 
 func (m *tmsg) before(o *tmsg) bool {
@@ -344,6 +345,11 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			tt.record(ms, func() error { return tt.b.store.Ack(ctx, batch) }, name, true)
 		case chaos && r.IntN(40) == 0:
 			// Crashes: its session ends, the batch is abandoned.
+			tt.mu.Lock()
+			for _, m := range ms {
+				m.history = append(m.history, fmt.Sprintf("abandoned by %s at %d", name, tt.clock.Load()))
+			}
+			tt.mu.Unlock()
 			w.kill(ctx)
 			if w, err = tt.b.store.RegisterWorker(ctx, name); err != nil {
 				tt.violate("error", "%s: register again: %v", name, err)
@@ -357,7 +363,7 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			nstart := tt.tick()
 			tt.mu.Lock()
 			for _, m := range ms {
-				m.ackStart = nstart
+				m.outcomes++
 			}
 			tt.mu.Unlock()
 			failed, err := tt.b.store.Nack(ctx, batch, f)
@@ -367,10 +373,10 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			}
 			tt.mu.Lock()
 			for _, m := range ms {
+				m.outcomes--
+				m.history = append(m.history, fmt.Sprintf("nack by %s %d-%d: failed %d, %v", name, nstart, tt.clock.Load(), failed, err))
 				if failed > 0 {
 					m.everFailed = true
-				} else if m.ackStart == nstart {
-					m.ackStart = 0
 				}
 			}
 			tt.mu.Unlock()
@@ -386,13 +392,17 @@ func (tt *torture) record(ms []*tmsg, ack func() error, who string, late bool) {
 	start := tt.tick()
 	tt.mu.Lock()
 	for _, m := range ms {
-		m.ackStart = start
+		m.outcomes++
 	}
 	tt.mu.Unlock()
 	err := ack()
 	tt.ops.Add(1)
 	tt.mu.Lock()
 	defer tt.mu.Unlock()
+	for _, m := range ms {
+		m.outcomes--
+		m.history = append(m.history, fmt.Sprintf("ack by %s (late %v) %d-%d: %v", who, late, start, tt.clock.Load(), err))
+	}
 	switch {
 	case err == nil && late:
 		tt.violateLocked("late ack took effect", "%s: an ack after the lease took effect (messages %v)", who, nums(ms))
@@ -401,11 +411,6 @@ func (tt *torture) record(ms []*tmsg, ack func() error, who string, late bool) {
 			m.acked = true
 		}
 	case IsClaimEnded(err):
-		for _, m := range ms {
-			if m.ackStart == start {
-				m.ackStart = 0
-			}
-		}
 		if !late {
 			tt.violateLocked("timely ack refused", "%s: a timely ack was refused: %v", who, err)
 		}
@@ -443,6 +448,7 @@ func (tt *torture) checkClaim(who string, b *Batch, start, end int64) []*tmsg {
 		if tm.group != m.Group {
 			tt.violateLocked("wrong group", "%s: message %d claimed as group %s, queued as %s", who, n, m.Group, tm.group)
 		}
+		tm.history = append(tm.history, fmt.Sprintf("claimed by %s in claim %d at %d-%d", who, b.ClaimID, start, end))
 		ms = append(ms, tm)
 		byGroup[tm.group] = append(byGroup[tm.group], tm)
 	}
@@ -462,11 +468,13 @@ func (tt *torture) checkClaim(who string, b *Batch, start, end int64) []*tmsg {
 				continue
 			}
 			// x is older than the batch: it must not have been waiting
-			// for certain while the claim ran.
-			waiting := x.committed > 0 && x.committed < start && !x.everFailed && !x.acked && (x.ackStart == 0 || x.ackStart > end)
+			// for certain while the claim ran (committed before it began,
+			// never failed, and no outcome that could have removed it has
+			// returned or is under way).
+			waiting := x.committed > 0 && x.committed < start && !x.everFailed && !x.acked && x.outcomes == 0
 			if waiting {
-				tt.violateLocked("older message waited", "%s: claimed group %s from message %d (lsn %d/%d) while older message %d (lsn %d/%d) waited",
-					who, g, first.n, first.lsn, first.idx, x.n, x.lsn, x.idx)
+				tt.violateLocked("older message waited", "%s: claimed group %s from message %d (lsn %d/%d) while older message %d (lsn %d/%d) waited; now:\n%s",
+					who, g, first.n, first.lsn, first.idx, x.n, x.lsn, x.idx, tt.dump(g)+fmt.Sprintf("  claim %d-%d; older: committed %d history %q\n", start, end, x.committed, x.history))
 			}
 		}
 	}
