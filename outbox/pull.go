@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -94,9 +95,11 @@ WITH req AS MATERIALIZED (
 const pullAckSQL = pullHeldSQL + `, d AS (
 	DELETE FROM outbox o WHERE o.id IN (SELECT id FROM hit) AND o.sink_id = $1
 	RETURNING o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+), gs AS (
+	SELECT set_config('walhook.left_groups', COALESCE(array_to_json(array_agg(DISTINCT d.group_key))::text, '[]'), true) FROM d
 )
 SELECT req.claim_id, req.id, d.id IS NOT NULL, d.group_key, d.commit_lsn, d.commit_idx, d.payload, d.deliver_count, d.first_attempt_at, d.created_at
-FROM req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN d ON d.id = h.id
+FROM (SELECT 1 FROM gs) one CROSS JOIN req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN d ON d.id = h.id
 ORDER BY req.claim_id, req.id`
 
 // pullNackSQL records a failed attempt on the held messages among those
@@ -112,10 +115,23 @@ const pullNackSQL = pullHeldSQL + `, o AS (
 	FROM hit h
 	WHERE o.id = h.id AND o.sink_id = $1 AND o.failed_at IS NULL
 	RETURNING o.id, o.group_key, o.failed_at IS NOT NULL AS failed
+), gs AS (
+	SELECT set_config('walhook.left_groups', COALESCE(array_to_json(array_agg(DISTINCT o.group_key))::text, '[]'), true) FROM o
 )
 SELECT req.claim_id, req.id, o.id IS NOT NULL, o.group_key, COALESCE(o.failed, false)
-FROM req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN o ON o.id = h.id
+FROM (SELECT 1 FROM gs) one CROSS JOIN req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN o ON o.id = h.id
 ORDER BY req.claim_id, req.id`
+
+// pullPromoteSQL is rule P for the groups whose messages the ack or nack
+// before it (same pipeline, same transaction) took out of their claim:
+// that statement leaves them in the transaction-local setting
+// walhook.left_groups, so the whole outcome is one round trip and the
+// claim lock is held for no longer than that.
+var pullPromoteSQL = strings.Replace(promoteSQL, "unnest($2::text[])",
+	"json_array_elements_text(current_setting('walhook.left_groups')::json)", 1)
+
+// pullNotifySQL wakes the sink's consumers when groups were handed on.
+const pullNotifySQL = `SELECT pg_notify($1, $2) WHERE current_setting('walhook.left_groups') <> '[]'`
 
 // PullAckResult is what an ack of received messages did.
 type PullAckResult struct {
@@ -132,14 +148,8 @@ type PullAckResult struct {
 func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*PullAckResult, error) {
 	claims, ids := splitRefs(refs)
 	res := &PullAckResult{}
-	var groups []string
-	err := s.pullTx(ctx, sinkID, func(tx pgx.Tx) error {
-		res.Acked, res.NotHeld, groups = nil, nil, nil
-		rows, err := tx.Query(ctx, pullAckSQL, sinkID, claims, ids)
-		if err != nil {
-			return err
-		}
-		seen := map[string]bool{}
+	err := s.pullOutcome(ctx, sinkID, pullAckSQL, []any{sinkID, claims, ids}, func(rows pgx.Rows) error {
+		*res = PullAckResult{}
 		for rows.Next() {
 			var ref PullRef
 			var held bool
@@ -149,7 +159,6 @@ func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*Pul
 			var idx, count *int32
 			var created *time.Time
 			if err := rows.Scan(&ref.ClaimID, &ref.MessageID, &held, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
-				rows.Close()
 				return err
 			}
 			if !held || group == nil {
@@ -158,15 +167,8 @@ func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*Pul
 			}
 			m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = ref.MessageID, *group, *lsn, *idx, *count, *created
 			res.Acked = append(res.Acked, m)
-			if !seen[m.Group] {
-				seen[m.Group] = true
-				groups = append(groups, m.Group)
-			}
 		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return s.pullPromote(ctx, tx, sinkID, groups)
+		return rows.Err()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ack %d received messages of sink %d: %w", len(refs), sinkID, err)
@@ -192,20 +194,14 @@ func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notB
 		nb = &notBefore
 	}
 	res := &PullNackResult{}
-	err := s.pullTx(ctx, sinkID, func(tx pgx.Tx) error {
+	args := []any{sinkID, claims, ids, reason, nb, maxAge.Microseconds()}
+	err := s.pullOutcome(ctx, sinkID, pullNackSQL, args, func(rows pgx.Rows) error {
 		*res = PullNackResult{}
-		rows, err := tx.Query(ctx, pullNackSQL, sinkID, claims, ids, reason, nb, maxAge.Microseconds())
-		if err != nil {
-			return err
-		}
-		seen := map[string]bool{}
-		var groups []string
 		for rows.Next() {
 			var ref PullRef
 			var held, failed bool
 			var group *string
 			if err := rows.Scan(&ref.ClaimID, &ref.MessageID, &held, &group, &failed); err != nil {
-				rows.Close()
 				return err
 			}
 			if !held || group == nil {
@@ -216,15 +212,8 @@ func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notB
 			if failed {
 				res.Failed++
 			}
-			if !seen[*group] {
-				seen[*group] = true
-				groups = append(groups, *group)
-			}
 		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return s.pullPromote(ctx, tx, sinkID, groups)
+		return rows.Err()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("nack %d received messages of sink %d: %w", len(refs), sinkID, err)
@@ -232,29 +221,17 @@ func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notB
 	return res, nil
 }
 
-// pullTx runs fn under the sink's claim lock (rule L), in a transaction:
-// an ack's groups are known only from its result, so promotion (rule P)
-// is a second round trip in the same transaction.
-func (s *Store) pullTx(ctx context.Context, sinkID int64, fn func(pgx.Tx) error) error {
-	return s.inTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, claimLockPlanSQL, sinkID); err != nil {
-			return err
-		}
-		return fn(tx)
+// pullOutcome runs an ack or nack (sql with args, its rows read by scan)
+// under the sink's claim lock (rule L), then rule P for the groups it
+// took out of their claims, and wakes the sink's consumers when it did:
+// one pipeline, one implicit transaction, one round trip.
+func (s *Store) pullOutcome(ctx context.Context, sinkID int64, sql string, args []any, scan func(pgx.Rows) error) error {
+	return s.batch(ctx, func(pb *pgx.Batch) {
+		pb.Queue(claimLockPlanSQL, sinkID)
+		pb.Queue(sql, args...).Query(scan)
+		pb.Queue(pullPromoteSQL, sinkID)
+		pb.Queue(pullNotifySQL, s.Channel(), fmt.Sprint(sinkID))
 	})
-}
-
-// pullPromote runs rule P for the groups whose messages left a claim
-// (always safe, see promoteSQL) and wakes the sink's consumers: the next
-// messages of those groups may be claimable now.
-func (s *Store) pullPromote(ctx context.Context, tx pgx.Tx, sinkID int64, groups []string) error {
-	if len(groups) == 0 {
-		return nil
-	}
-	b := &pgx.Batch{}
-	b.Queue(promoteSQL, sinkID, groups)
-	b.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(sinkID))
-	return tx.SendBatch(ctx, b).Close()
 }
 
 func splitRefs(refs []PullRef) (claims, ids []int64) {
