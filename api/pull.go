@@ -121,11 +121,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if b != nil {
-			out := make([]received, len(b.Messages))
-			for i, m := range b.Messages {
-				out[i] = received{AckID: encodeAckID(row.ID, b.ClaimID, m.ID), Message: json.RawMessage(m.Payload)}
-			}
-			writeJSON(w, http.StatusOK, map[string]any{"data": out})
+			writeReceived(w, row.ID, b)
 			return
 		}
 		select {
@@ -141,6 +137,33 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 			return // the client went away
 		}
 	}
+}
+
+// writeReceived answers a receive. Payloads are stored as the JSON they
+// are delivered as (rendered at capture), so they are written as they
+// are, like push delivery's bodies, not decoded and encoded again.
+func writeReceived(w http.ResponseWriter, sinkID int64, b *outbox.Batch) {
+	n := 16
+	for _, m := range b.Messages {
+		n += len(m.Payload) + 64
+	}
+	buf := make([]byte, 0, n)
+	buf = append(buf, `{"data":[`...)
+	for i, m := range b.Messages {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, `{"ack_id":"`...)
+		buf = append(buf, encodeAckID(sinkID, b.ClaimID, m.ID)...) // base64url: nothing to escape
+		buf = append(buf, `","message":`...)
+		buf = append(buf, m.Payload...)
+		buf = append(buf, '}')
+	}
+	buf = append(buf, "]}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(buf)
 }
 
 // receiveParams applies the defaults (the sink's batch_size, no wait, a
@@ -294,12 +317,10 @@ func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	metrics.Delivered.WithLabelValues(row.Name).Add(float64(len(res.Acked)))
 	latency := metrics.Latency.WithLabelValues(row.Name)
-	history := make([]outbox.Delivered, len(res.Acked))
-	for i, m := range res.Acked {
+	for _, m := range res.Acked {
 		latency.Observe(now.Sub(m.CreatedAt).Seconds())
-		history[i] = outbox.Delivered{SinkID: row.ID, Message: m, DeliverCount: m.DeliverCount + 1, At: now}
 	}
-	s.recordDelivered(history)
+	s.recordDelivered(&outbox.Batch{SinkID: row.ID, Messages: res.Acked}, now)
 	if len(res.NotHeld) > 0 {
 		writeNotHeld(w, "acked", len(res.Acked), res.NotHeld, byRef)
 		return
@@ -307,11 +328,21 @@ func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"acked": len(res.Acked)})
 }
 
-// recordDelivered writes the recent-delivery history off the ack's path
-// (a debugging aid, not part of the guarantee), as push delivery does.
-func (s *Server) recordDelivered(rows []outbox.Delivered) {
-	if len(rows) == 0 {
+// recordDelivered puts acked messages in the recent-delivery history (a
+// debugging aid, not part of the guarantee) off the ack's path: through
+// delivery's batched history when the service wired it, else written in
+// the background.
+func (s *Server) recordDelivered(b *outbox.Batch, at time.Time) {
+	if len(b.Messages) == 0 {
 		return
+	}
+	if s.d.Delivered != nil {
+		s.d.Delivered(b, 0, at)
+		return
+	}
+	rows := make([]outbox.Delivered, len(b.Messages))
+	for i, m := range b.Messages {
+		rows[i] = outbox.Delivered{SinkID: b.SinkID, Message: m, DeliverCount: m.DeliverCount + 1, At: at}
 	}
 	s.bg.Add(1)
 	go func() {

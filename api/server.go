@@ -61,6 +61,10 @@ type Deps struct {
 	Stream func() replication.Status
 	// Logins are the web console's one-time sign-in codes (nil: none).
 	Logins *console.Logins
+	// Delivered records messages a pull consumer acked in the recent
+	// delivery history (batched by delivery, off the ack's path). Nil:
+	// written at once.
+	Delivered func(b *outbox.Batch, status int, at time.Time)
 }
 
 // Server serves the HTTP API.

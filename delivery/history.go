@@ -54,3 +54,10 @@ func (h *history) flush(ctx context.Context, store *outbox.Store) error {
 	h.mu.Unlock()
 	return store.RecordDelivered(ctx, rows)
 }
+
+// Delivered adds a batch acknowledged outside delivery (a pull consumer's
+// ack; status 0: no HTTP status) to the history, written with the next
+// flush like delivery's own.
+func (m *Manager) Delivered(b *outbox.Batch, status int, at time.Time) {
+	m.history.add(b, status, at)
+}

@@ -21,6 +21,8 @@ func (s *Service) API() *api.Server {
 		Router:  s.Router.Load,
 		Refresh: s.Refresh,
 		Reload:  s.Delivery.Reload,
+		// Pull acks join push deliveries in delivery's batched history.
+		Delivered: s.Delivery.Delivered,
 		ResolveTables: func(ctx context.Context, sinks []*sink.Sink) (*replication.Resolution, error) {
 			return s.ResolveTables(ctx, sinks, false)
 		},
