@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/walhook/walhook/config"
@@ -56,13 +57,50 @@ func (s *Server) pullRoutes() {
 // delivers those itself, and a consumer's claim would take their groups
 // from delivery.
 func (s *Server) pullSink(ctx context.Context, name string) (*outbox.SinkRow, error) {
-	row, err := s.d.Store.Sink(ctx, name)
+	row, err := s.pullSinks.get(ctx, s.d.Store, name)
 	if err != nil {
 		return nil, err
 	}
 	if !row.Config.IsPull() {
 		return nil, conflict("not_pull", "sink %q is a %s sink: walhook delivers its messages; only pull sinks (kind: pull) can be received from", name, row.Config.Kind)
 	}
+	return row, nil
+}
+
+// sinkCache keeps the sinks receives, acks and nacks look up for
+// sinkCacheTTL: a consumer polls its sink many times a second, and the
+// lookup would otherwise cost as much as the claim. A change to the sink
+// reaches consumers within the TTL; nothing stale can break the protocol:
+// a claim or an outcome on a deleted sink finds nothing to take or hold.
+type sinkCache struct {
+	mu   sync.Mutex
+	rows map[string]cachedSink
+}
+
+type cachedSink struct {
+	row *outbox.SinkRow
+	at  time.Time
+}
+
+const sinkCacheTTL = time.Second
+
+func (c *sinkCache) get(ctx context.Context, store *outbox.Store, name string) (*outbox.SinkRow, error) {
+	c.mu.Lock()
+	e, ok := c.rows[name]
+	c.mu.Unlock()
+	if ok && time.Since(e.at) < sinkCacheTTL {
+		return e.row, nil
+	}
+	row, err := store.Sink(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.rows == nil || len(c.rows) > 1000 {
+		c.rows = map[string]cachedSink{}
+	}
+	c.rows[name] = cachedSink{row: row, at: time.Now()}
+	c.mu.Unlock()
 	return row, nil
 }
 

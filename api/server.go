@@ -75,6 +75,8 @@ type Server struct {
 	tokens [][sha256.Size]byte
 	hub    *hub
 	waker  *waker // long-polling receives (pull sinks)
+	// pullSinks caches the sinks pull consumers poll (pull.go).
+	pullSinks sinkCache
 
 	// stop ends long-lived responses (observe) on shutdown, which
 	// http.Server.Shutdown would otherwise wait for forever.
