@@ -476,7 +476,10 @@ func (r *runner) work(ctx context.Context) {
 	for ctx.Err() == nil {
 		req.WorkerID = r.m.worker.Load().ID
 		claimStart := time.Now()
-		b, err := r.m.cfg.Store.Claim(ctx, req)
+		// A claim is not cancelled half way: one that committed while its
+		// caller gave up would hold its groups until the lease ran out. A
+		// batch claimed as the runner stops is still delivered.
+		b, err := r.m.cfg.Store.Claim(context.WithoutCancel(ctx), req)
 		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(time.Since(claimStart).Seconds())
 		if err != nil {
 			if ctx.Err() == nil {

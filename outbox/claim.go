@@ -136,13 +136,16 @@ WITH t AS MATERIALIZED (
 		- (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND deliver_count > 0 AND failed_at IS NULL LIMIT $3) x) AS room
 	FROM sinks s WHERE s.id = $1
 ), cand AS MATERIALIZED (
-	(SELECT o.id, o.group_key, o.ready_at FROM outbox o
+	-- Retries keep their flags (they are never cleared, below), so those
+	-- of groups in flight are passed over here rather than fill the window.
+	(SELECT o.id, o.group_key, o.ready_at, true AS retry FROM outbox o
 	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count > 0 -- outbox_retry_idx
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
+		AND o.group_key NOT IN (SELECT unnest(groups) FROM live)
 	ORDER BY o.ready_at, o.id LIMIT $2)
 	UNION ALL
-	(SELECT o.id, o.group_key, o.ready_at FROM outbox o
+	(SELECT o.id, o.group_key, o.ready_at, false FROM outbox o
 	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count = 0 -- outbox_ready_idx
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active AND room > 0 FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live)
@@ -151,7 +154,7 @@ WITH t AS MATERIALIZED (
 	-- Each candidate's group from its first message on, in commit order:
 	-- a fair share of the batch per group (twice it, for slack), so many
 	-- deep groups do not make the claim read batch² rows.
-	SELECT c.id AS cid, c.group_key, c.ready_at AS cready, c.group_key IN (SELECT unnest(groups) FROM live) AS busy, y.*
+	SELECT c.id AS cid, c.group_key, c.ready_at AS cready, c.retry AS cretry, c.group_key IN (SELECT unnest(groups) FROM live) AS busy, y.*
 	FROM cand c CROSS JOIN LATERAL (
 		SELECT z.*, row_number() OVER (ORDER BY z.commit_lsn, z.commit_idx, z.id) AS pos FROM (
 			SELECT id, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
@@ -162,9 +165,12 @@ WITH t AS MATERIALIZED (
 		) z
 	) y
 ), cls AS (
-	SELECT cid, group_key, cready, busy, id AS first_id, ready AS first_ready FROM x WHERE pos = 1
+	SELECT cid, group_key, cready, cretry, busy, id AS first_id, ready AS first_ready FROM x WHERE pos = 1
 ), demote AS (
-	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE busy OR cid <> first_id)) RETURNING 1
+	-- A retry keeps its flag: without room it is how a claim reaches the
+	-- fresh messages before it in its group (a replay queued them), which
+	-- it must take first; retries are few (max_ack_pending bounds them).
+	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE NOT cretry AND (busy OR cid <> first_id))) RETURNING 1
 ), h AS (
 	SELECT cid, cready FROM (
 		SELECT DISTINCT ON (group_key) cid, group_key, cready FROM cls
@@ -387,7 +393,9 @@ const nackSQL = `
 WITH c AS (
 	DELETE FROM claims WHERE id = $1 AND until > clock_timestamp() RETURNING ids
 ), o AS (
-	UPDATE outbox SET deliver_count = deliver_count + 1,
+	-- An attempted message is a retry: its flag is reset (rule Q) and
+	-- no claim clears it again (rule C).
+	UPDATE outbox SET deliver_count = deliver_count + 1, head = NULL,
 		first_attempt_at = COALESCE(first_attempt_at, $2),
 		last_attempt_at = $2, last_status = $3, last_error = $4, not_before = $5, ready_at = $5,
 		failed_at = CASE WHEN $6::bigint > 0 AND COALESCE(first_attempt_at, $2) + make_interval(secs => $6::bigint / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END

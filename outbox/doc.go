@@ -64,15 +64,18 @@
 // insert (queueRows), every message of a group after the group's first
 // in commit order is false. They commit together, so nobody sees the false
 // ones without the older one they are behind. A revived (redelivered)
-// message is NULL.
+// message is NULL, and so is every message a nack or a lapse records an
+// attempt on: it is a retry from then on.
 //
 // C (claim). Under L, a claim reads candidates: unclaimed, unfailed,
 // ready, flag not false, oldest ready first (retries always; fresh
 // messages while max_ack_pending leaves room). A candidate of a group no
 // live claim names starts a batch at first(g), if first(g) is ready: g's
 // messages from there on, in commit order, up to the first one still
-// backing off. Every candidate that is not first(g), or whose group a live
-// claim names, is cleared to false. max_ack_pending counts messages
+// backing off. Every fresh candidate that is not first(g), or whose group a
+// live claim names, is cleared to false; retries keep their flags (they are
+// few, and without room a retry is how a claim reaches the fresh messages a
+// replay queued before it), and those of groups in flight are passed over. max_ack_pending counts messages
 // attempted before, and fresh ones beyond the room left, except fresh
 // messages that stand before a retry in their group (the retry cannot go
 // without them: they hold its room). A batch is cut only after a prefix of

@@ -59,7 +59,7 @@ WITH e AS (
 	WHERE c.id = x.id
 	RETURNING c.ids, c.claimed_at, x.lapse_max_age AS max_age
 )
-UPDATE outbox o SET deliver_count = o.deliver_count + 1,
+UPDATE outbox o SET deliver_count = o.deliver_count + 1, head = NULL,
 	first_attempt_at = COALESCE(o.first_attempt_at, e.claimed_at),
 	last_attempt_at = e.claimed_at, last_status = NULL,
 	last_error = 'visibility timeout passed without an ack or nack',
@@ -107,7 +107,7 @@ ORDER BY req.claim_id, req.id`
 // (NULL: at once), $6 max_age in microseconds. The attempt started when
 // the claim was made.
 const pullNackSQL = pullHeldSQL + `, o AS (
-	UPDATE outbox o SET deliver_count = o.deliver_count + 1,
+	UPDATE outbox o SET deliver_count = o.deliver_count + 1, head = NULL,
 		first_attempt_at = COALESCE(o.first_attempt_at, h.claimed_at),
 		last_attempt_at = h.claimed_at, last_status = NULL, last_error = $4,
 		not_before = COALESCE($5, clock_timestamp()), ready_at = COALESCE($5, clock_timestamp()),

@@ -156,17 +156,11 @@ func TestPullLapsePastMaxAge(t *testing.T) {
 	}
 }
 
-// Known stall (rule C, not pull-specific; found by the pull actors of
-// the torture, e.g. WALHOOK_TORTURE_SEED=4242, about one run in three):
-// when max_ack_pending is full of retries and each of their groups has a
-// fresh message in front (a replay queued an older commit position), the
-// fresh firsts are never candidates (room <= 0) and the retries behind
-// them are flagged false (a claim demoted them while their group was busy
-// or not taken), so nothing is claimable although I3 holds. Left for the
-// delivery-protocol owner: the fresh candidates that stand before a retry
-// must stay reachable without scanning the backlog.
-func TestKnownStallFreshBeforeRetriesWithRoomFull(t *testing.T) {
-	t.Skip("known protocol stall (rule C): fresh group heads before retries are not candidates when max_ack_pending is full; see the comment")
+// Found by the pull actors of the torture test: when max_ack_pending is
+// full of retries and each of their groups has a fresh message in front
+// (a replay queued an older commit position), the retries must still lead
+// a claim to those fresh messages (rule C: retries keep their flags).
+func TestFreshBeforeRetriesWithRoomFullDoesNotStall(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
 	q := func(g string, lsn uint64, n int) {
