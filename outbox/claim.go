@@ -156,8 +156,8 @@ WITH t AS MATERIALIZED (
 	-- deep groups do not make the claim read batch² rows.
 	SELECT c.id AS cid, c.group_key, c.ready_at AS cready, c.retry AS cretry, c.group_key IN (SELECT unnest(groups) FROM live) AS busy, y.*
 	FROM cand c CROSS JOIN LATERAL (
-		SELECT z.*, row_number() OVER (ORDER BY z.commit_lsn, z.commit_idx, z.id) AS pos FROM (
-			SELECT id, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
+		SELECT z.*, row_number() OVER (ORDER BY z.gk, z.commit_lsn, z.commit_idx, z.id) AS pos FROM (
+			SELECT id, group_key AS gk, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
 			FROM outbox
 			WHERE sink_id = $1 AND group_key >= c.group_key AND group_key <= c.group_key AND failed_at IS NULL -- see groupOrder
 			ORDER BY group_key, commit_lsn, commit_idx, id
