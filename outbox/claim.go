@@ -110,9 +110,10 @@ AND head IS NOT TRUE`
 // than a window of each). A candidate whose group no live claim names
 // starts a batch at its group's first message, if that one is ready: the
 // group from there on, in commit order, up to its first message still
-// backing off, a fair share of the batch per group. Every candidate that
-// is not its group's first, or whose group is in a live claim, has its
-// flag cleared, so no candidate is looked at twice in vain. Messages
+// backing off, a fair share of the batch per group. Every fresh candidate
+// that is not its group's first, or whose group is in a live claim, has
+// its flag cleared, so no candidate is looked at twice in vain (retries
+// keep theirs: see demote). Messages
 // already attempted count against max_ack_pending already, and so do
 // fresh ones that stand before a retry in their group (the retry cannot
 // go without them); other fresh ones are limited by the room left, and a
