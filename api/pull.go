@@ -325,26 +325,36 @@ func writeNotHeld(w http.ResponseWriter, verb string, done int, notHeld []outbox
 	writeJSON(w, http.StatusConflict, b)
 }
 
+// pullOutcome reads the body of an ack or a nack into req, finds the pull
+// sink, runs check on the rest of the body (when set), and resolves the
+// ack ids. On an error it has answered, and ok is false.
+func (s *Server) pullOutcome(w http.ResponseWriter, r *http.Request, req any, ids *[]string, check func() error) (
+	row *outbox.SinkRow, refs []outbox.PullRef, byRef map[outbox.PullRef]string, ok bool) {
+	body, err := readBody(r)
+	if err == nil {
+		err = decodeStrict(body, req)
+	}
+	if err == nil {
+		row, err = s.pullSink(r.Context(), r.PathValue("name"))
+	}
+	if err == nil && check != nil {
+		err = check()
+	}
+	if err == nil {
+		refs, byRef, err = ackIDs(*ids, row.ID, row.Name)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return nil, nil, nil, false
+	}
+	return row, refs, byRef, true
+}
+
 func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	body, err := readBody(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var req ackRequest
-	if err := decodeStrict(body, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	row, err := s.pullSink(ctx, r.PathValue("name"))
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	refs, byRef, err := ackIDs(req.AckIDs, row.ID, row.Name)
-	if err != nil {
-		s.fail(w, r, err)
+	row, refs, byRef, ok := s.pullOutcome(w, r, &req, &req.AckIDs, nil)
+	if !ok {
 		return
 	}
 	res, err := s.d.Store.PullAck(ctx, row.ID, refs)
@@ -395,40 +405,25 @@ func (s *Server) recordDelivered(b *outbox.Batch, at time.Time) {
 
 func (s *Server) nackReceived(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	body, err := readBody(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var req nackRequest
-	if err := decodeStrict(body, &req); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	row, err := s.pullSink(ctx, r.PathValue("name"))
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	var notBefore time.Time
-	switch {
-	case req.NotBefore != nil && req.Delay != nil:
-		s.fail(w, r, invalid("delay", "give not_before or delay, not both"))
-		return
-	case req.NotBefore != nil:
-		notBefore = *req.NotBefore
-	case req.Delay != nil:
-		if req.Delay.D() < 0 {
-			s.fail(w, r, invalid("delay", "%s must not be negative", req.Delay))
-			return
+	row, refs, byRef, ok := s.pullOutcome(w, r, &req, &req.AckIDs, func() error {
+		switch {
+		case req.NotBefore != nil && req.Delay != nil:
+			return invalid("delay", "give not_before or delay, not both")
+		case req.NotBefore != nil:
+			notBefore = *req.NotBefore
+		case req.Delay != nil:
+			if req.Delay.D() < 0 {
+				return invalid("delay", "%s must not be negative", req.Delay)
+			}
+			if req.Delay.D() > 0 {
+				notBefore = time.Now().Add(req.Delay.D())
+			}
 		}
-		if req.Delay.D() > 0 {
-			notBefore = time.Now().Add(req.Delay.D())
-		}
-	}
-	refs, byRef, err := ackIDs(req.AckIDs, row.ID, row.Name)
-	if err != nil {
-		s.fail(w, r, err)
+		return nil
+	})
+	if !ok {
 		return
 	}
 	reason := req.Reason

@@ -243,6 +243,16 @@ func (r *receiver) acked() []message {
 
 func (r *receiver) count() int { return len(r.acked()) }
 
+// has reports whether a message of row id was acknowledged.
+func (r *receiver) has(id float64) bool {
+	for _, m := range r.acked() {
+		if m.Record["id"] == id {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *receiver) ackedRequests() []request {
 	r.mu.Lock()
 	defer r.mu.Unlock()
