@@ -360,16 +360,20 @@ type runner struct {
 
 	// acks carries delivered batches from the workers to the acker, which
 	// acknowledges all that are waiting in one statement (group commit):
-	// one turn of the sink's claim lock for many batches, and a worker
-	// that handed its batch over claims the next one at once.
+	// one turn of the sink's claim lock for many batches. A worker waits
+	// for its ack before it claims again, so a process never has more
+	// than concurrency batches delivered but unacknowledged (the
+	// duplicates a crash can cause).
 	acks   chan acked
 	ackers sync.WaitGroup
 }
 
-// acked is a batch the endpoint acknowledged.
+// acked is a batch the endpoint acknowledged; done is closed once the ack
+// is recorded (or refused).
 type acked struct {
 	b      *outbox.Batch
 	status int
+	done   chan struct{}
 }
 
 func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runner, error) {
@@ -439,32 +443,40 @@ func (r *runner) ack(ctx context.Context) {
 		for i, j := range jobs {
 			batches[i] = j.b
 		}
-		ackStart := time.Now()
-		ended, err := r.m.cfg.Store.AckAll(ctx, r.sink.ID, batches)
-		metrics.AckDuration.WithLabelValues(r.sink.Name, "ack").Observe(time.Since(ackStart).Seconds())
-		if err != nil {
-			r.log.Error().Err(err).Int("batches", len(jobs)).Msg("ack (messages will be delivered again)")
+		r.record(ctx, jobs, batches)
+		for _, j := range jobs {
+			close(j.done)
+		}
+	}
+}
+
+// record acknowledges one group of delivered batches.
+func (r *runner) record(ctx context.Context, jobs []acked, batches []*outbox.Batch) {
+	ackStart := time.Now()
+	ended, err := r.m.cfg.Store.AckAll(ctx, r.sink.ID, batches)
+	metrics.AckDuration.WithLabelValues(r.sink.Name, "ack").Observe(time.Since(ackStart).Seconds())
+	if err != nil {
+		r.log.Error().Err(err).Int("batches", len(jobs)).Msg("ack (messages will be delivered again)")
+		return
+	}
+	// The groups are free: a worker may find their next messages.
+	r.wake.ring()
+	now := time.Now()
+	latency := metrics.Latency.WithLabelValues(r.sink.Name)
+	delivered := 0
+	for _, j := range jobs {
+		if slices.Contains(ended, j.b) {
+			r.log.Warn().Int64("claim", j.b.ClaimID).Int("messages", len(j.b.Messages)).
+				Msg("delivered, but the claim had ended: the ack changed nothing and the messages will be delivered again")
 			continue
 		}
-		// The groups are free: a worker may find their next messages.
-		r.wake.ring()
-		now := time.Now()
-		latency := metrics.Latency.WithLabelValues(r.sink.Name)
-		delivered := 0
-		for _, j := range jobs {
-			if slices.Contains(ended, j.b) {
-				r.log.Warn().Int64("claim", j.b.ClaimID).Int("messages", len(j.b.Messages)).
-					Msg("delivered, but the claim had ended: the ack changed nothing and the messages will be delivered again")
-				continue
-			}
-			delivered += len(j.b.Messages)
-			r.m.history.add(j.b, j.status, now)
-			for _, m := range j.b.Messages {
-				latency.Observe(now.Sub(m.CreatedAt).Seconds())
-			}
+		delivered += len(j.b.Messages)
+		r.m.history.add(j.b, j.status, now)
+		for _, m := range j.b.Messages {
+			latency.Observe(now.Sub(m.CreatedAt).Seconds())
 		}
-		metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(delivered))
 	}
+	metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(delivered))
 }
 
 func (r *runner) work(ctx context.Context) {
@@ -520,7 +532,9 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
-		r.acks <- acked{b, status}
+		done := make(chan struct{})
+		r.acks <- acked{b, status, done}
+		<-done
 		return
 	}
 	attempt := 1
