@@ -98,27 +98,42 @@ func (w *Worker) kill(ctx context.Context) {
 }
 
 // reapWorkersSQL finds workers whose session lock is free (their process
-// is gone: taking the lock for this statement succeeds), revokes their
-// claims and forgets them. ReapClaims then ends the claims and promotes
-// their groups (rule R).
+// is gone: taking the lock for this transaction succeeds), revokes their
+// claims and forgets them. The claims are ended with their groups
+// promoted by the next claim or ReapClaims (rule R).
 const reapWorkersSQL = `
 WITH dead AS (
 	SELECT id FROM workers WHERE id <> $1 AND pg_try_advisory_xact_lock(` + "hashtext('walhook.worker.' || current_schema()), id::int" + `)
 ), r AS (
-	UPDATE claims SET until = '-infinity' WHERE worker_id IN (SELECT id FROM dead)
+	UPDATE claims SET until = '-infinity' WHERE worker_id IN (SELECT id FROM dead) RETURNING sink_id
 ), d AS (
 	DELETE FROM workers WHERE id IN (SELECT id FROM dead) RETURNING id
 )
-SELECT count(*) FROM d`
+SELECT (SELECT count(*) FROM d), COALESCE((SELECT array_agg(DISTINCT sink_id) FROM r), '{}')`
 
-// ReapDeadWorkers revokes the claims of workers whose process died; the
-// caller runs ReapClaims next, which ends them and wakes their sinks'
-// delivery. self is the caller's worker id (0 for none). It returns how
-// many workers it found dead.
+// ReapDeadWorkers revokes the claims of workers whose process died and
+// wakes the delivery of their sinks. self is the caller's worker id (0
+// for none). It returns how many workers it found dead.
 func (s *Store) ReapDeadWorkers(ctx context.Context, self int64) (int, error) {
 	var n int
-	if err := s.Pool.QueryRow(ctx, reapWorkersSQL, self).Scan(&n); err != nil {
+	var sinks []int64
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, reapWorkersSQL, self).Scan(&n, &sinks); err != nil {
+			return err
+		}
+		if len(sinks) > 0 {
+			_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.Channel(), joinIDs(sinks))
+			return err
+		}
+		return nil
+	})
+	if err != nil {
 		return 0, fmt.Errorf("reap dead workers: %w", err)
+	}
+	if len(sinks) > 0 {
+		if _, err := s.ReapClaims(ctx); err != nil {
+			return n, err
+		}
 	}
 	return n, nil
 }
