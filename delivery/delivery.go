@@ -229,7 +229,7 @@ func fingerprint(s *sink.Sink, ep *outbox.Endpoint) string {
 	return string(b)
 }
 
-// Wake tells a sink's workers that messages arrived.
+// Wake tells a sink's dispatcher that messages arrived.
 func (m *Manager) Wake(sinkID int64) {
 	m.mu.Lock()
 	r := m.runners[sinkID]
@@ -330,11 +330,10 @@ func (m *Manager) housekeep(ctx context.Context) {
 	}
 }
 
-// doorbell wakes idle workers of a sink, one at a time: a notification
-// rings it, one idle worker claims, and a worker that found a full batch
-// rings again for the next one. (Waking them all made most claims come
-// back empty.) One token: a ring while nobody waits is kept for the next
-// worker to sleep, so no notification is lost.
+// doorbell wakes a sink's dispatcher when there may be something to
+// claim: a notification, an ack that freed groups, a backoff that ended.
+// One token: a ring while the dispatcher is busy is kept for its next
+// sleep, so no notification is lost.
 type doorbell chan struct{}
 
 func (d doorbell) ring() {
@@ -405,9 +404,15 @@ func (r *runner) start(ctx context.Context) {
 	r.acks = make(chan acked, 2*n)
 	r.ackers.Go(func() { r.ack(context.WithoutCancel(ctx)) })
 	ctx, r.cancel = context.WithCancel(ctx)
+	jobs := make(chan *outbox.Batch, n)
+	idle := make(chan struct{}, n)
 	for i := 0; i < n; i++ {
-		r.wg.Go(func() { r.work(ctx) })
+		r.wg.Go(func() { r.work(ctx, jobs, idle) })
 	}
+	r.wg.Go(func() {
+		r.dispatch(ctx, n, jobs, idle)
+		close(jobs)
+	})
 }
 
 // stop stops claiming, waits for in-flight batches and records their
@@ -479,19 +484,43 @@ func (r *runner) record(ctx context.Context, jobs []acked, batches []*outbox.Bat
 	metrics.Delivered.WithLabelValues(r.sink.Name).Add(float64(delivered))
 }
 
-func (r *runner) work(ctx context.Context) {
+// dispatch claims for the sink's idle workers, all of them in one claim
+// (one turn of the sink's claim lock), and hands them the batches. A
+// worker reports idle once its outcome is recorded, so a process never
+// holds more than n batches.
+func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch, idle <-chan struct{}) {
 	cfg := r.sink.Config
 	req := outbox.ClaimRequest{
 		SinkID: r.sink.ID, BatchSize: max(cfg.BatchSize, 1), MaxAckPending: max(cfg.MaxAckPending, 1),
 		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
 	}
+	free := n
 	for ctx.Err() == nil {
+		// Wait for a worker, then count every other that is free too.
+		for free == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-idle:
+				free++
+			}
+		}
+	more:
+		for {
+			select {
+			case <-idle:
+				free++
+			default:
+				break more
+			}
+		}
 		req.WorkerID = r.m.worker.Load().ID
+		req.Batches = free
 		claimStart := time.Now()
 		// A claim is not cancelled half way: one that committed while its
 		// caller gave up would hold its groups until the lease ran out. A
 		// batch claimed as the runner stops is still delivered.
-		b, err := r.m.cfg.Store.Claim(context.WithoutCancel(ctx), req)
+		bs, err := r.m.cfg.Store.ClaimBatches(context.WithoutCancel(ctx), req)
 		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(time.Since(claimStart).Seconds())
 		if err != nil {
 			if ctx.Err() == nil {
@@ -500,14 +529,23 @@ func (r *runner) work(ctx context.Context) {
 			}
 			continue
 		}
-		if b == nil {
+		for _, b := range bs {
+			jobs <- b
+		}
+		free -= len(bs)
+		if len(bs) < req.Batches {
+			// Nothing more to take until a notification, an ack freeing
+			// groups, or the poll.
 			sleep(ctx, r.m.cfg.Poll, r.wake)
-			continue
 		}
-		if len(b.Messages) == req.BatchSize {
-			r.wake.ring() // there may be more: let an idle worker look
-		}
+	}
+}
+
+// work delivers the batches the dispatcher hands it.
+func (r *runner) work(ctx context.Context, jobs <-chan *outbox.Batch, idle chan<- struct{}) {
+	for b := range jobs {
 		r.deliver(ctx, b)
+		idle <- struct{}{}
 	}
 }
 
@@ -554,8 +592,9 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 		msg = redactError(err, r.url)
 	}
 	nackStart := time.Now()
+	notBefore := time.Now().Add(wait)
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
-		AttemptStart: start, Status: status, Error: msg, NotBefore: time.Now().Add(wait), MaxAge: cfg.Retry.MaxAge.D(),
+		AttemptStart: start, Status: status, Error: msg, NotBefore: notBefore, MaxAge: cfg.Retry.MaxAge.D(),
 	})
 	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if outbox.IsClaimEnded(nerr) {
@@ -566,6 +605,9 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 		r.log.Error().Err(nerr).Msg("record failed delivery")
 		return
 	}
+	// The retry goes on time, not at the next poll (other processes'
+	// backoffs are found by theirs).
+	time.AfterFunc(time.Until(notBefore)+2*time.Millisecond, r.wake.ring)
 	ev := r.log.Warn()
 	ev.Int("status", status).Str("error", msg).Int("messages", len(msgs)).Int("attempt", attempt).Dur("retry_in", wait).Msg("delivery failed")
 	if failed > 0 {

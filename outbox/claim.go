@@ -44,6 +44,11 @@ type ClaimRequest struct {
 	// died, and a delivery that never happened is no attempt.
 	Pull   bool
 	MaxAge time.Duration
+	// Batches is how many batches of up to BatchSize one claim may take
+	// (ClaimBatches; 0 means 1): a process claims for all its idle
+	// workers in one turn of the claim lock. Each batch is a claim of its
+	// own, acked, nacked and fenced alone.
+	Batches int
 }
 
 // groupOrder: the statements that walk one group's messages in commit
@@ -144,13 +149,13 @@ WITH t AS MATERIALIZED (
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live) -- a hashed lookup
 		AND o.group_key NOT IN (SELECT unnest(groups) FROM live)
-	ORDER BY o.ready_at, o.id LIMIT $2)
+	ORDER BY o.ready_at, o.id LIMIT $2::int * $8::int)
 	UNION ALL
 	(SELECT o.id, o.group_key, o.ready_at, false FROM outbox o
 	WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL AND o.deliver_count = 0 -- outbox_ready_idx
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active AND room > 0 FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live)
-	ORDER BY o.ready_at, o.id LIMIT $2)
+	ORDER BY o.ready_at, o.id LIMIT $2::int * $8::int)
 ), x AS MATERIALIZED (
 	-- Each candidate's group from its first message on, in commit order:
 	-- a fair share of the batch per group (twice it, for slack), so many
@@ -162,7 +167,7 @@ WITH t AS MATERIALIZED (
 			FROM outbox
 			WHERE sink_id = $1 AND group_key >= c.group_key AND group_key <= c.group_key AND failed_at IS NULL -- see groupOrder
 			ORDER BY group_key, commit_lsn, commit_idx, id
-			LIMIT LEAST($2, CEIL(2.0 * $2 / (SELECT count(*) FROM cand))::int)
+			LIMIT LEAST($2, CEIL(2.0 * $2::int * $8::int / (SELECT count(*) FROM cand))::int)
 		) z
 	) y
 ), cls AS (
@@ -177,7 +182,7 @@ WITH t AS MATERIALIZED (
 		SELECT DISTINCT ON (group_key) cid, group_key, cready FROM cls
 		WHERE NOT busy AND first_ready
 		ORDER BY group_key, cready, cid
-	) d ORDER BY cready, cid LIMIT $2
+	) d ORDER BY cready, cid LIMIT $2::int * $8::int
 ), g AS (
 	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, x.ready, h.cready AS head_ready, h.cid AS head_id
 	FROM h JOIN x ON x.cid = h.cid
@@ -188,30 +193,49 @@ WITH t AS MATERIALIZED (
 ), r AS (
 	SELECT q.*, ready AND (pending OR sum((NOT pending)::int) OVER (ORDER BY head_ready, head_id, commit_lsn, commit_idx, id) <= (SELECT room FROM st)) AS fits
 	FROM q
-), pick AS (
+), fit AS (
 	SELECT * FROM (
 		SELECT r.*, bool_and(fits) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id) AS prefix FROM r
 	) p WHERE prefix
-	ORDER BY head_ready, head_id, commit_lsn, commit_idx, id LIMIT $2
+	ORDER BY head_ready, head_id, commit_lsn, commit_idx, id LIMIT $2::int * $8::int
+), cut AS (
+	-- $8 batches of at most $2 messages, in order; a group that would
+	-- straddle two batches keeps only its part in the first (a prefix).
+	SELECT fit.*, (row_number() OVER (ORDER BY head_ready, head_id, commit_lsn, commit_idx, id) - 1) / $2 AS bn FROM fit
+), pick AS (
+	SELECT * FROM (SELECT cut.*, min(bn) OVER (PARTITION BY head_id) AS gbn FROM cut) b WHERE bn = gbn
 ), c AS (
+	-- One claims row per batch: each is acked, nacked and fenced alone.
 	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups, claimed_at, lapse_max_age)
 	SELECT $1, $5, $6, (SELECT now FROM t) + make_interval(secs => $4::float8),
 		count(*) FILTER (WHERE NOT pending), array_agg(id), array_agg(DISTINCT group_key), (SELECT now FROM t), $7::bigint
-	FROM pick HAVING count(*) > 0
-	RETURNING id
+	FROM pick GROUP BY bn
+	RETURNING id, ids
 )
 -- Payloads are read last, for the picked messages only. One row even when
 -- nothing is picked: it says how many flags were cleared.
-SELECT (SELECT count(*) FROM demote), (SELECT id FROM c), o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+SELECT (SELECT count(*) FROM demote), c.id, o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 FROM (SELECT 1) one
-LEFT JOIN (pick JOIN outbox o ON o.id = pick.id) ON true
-ORDER BY pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
+LEFT JOIN (c CROSS JOIN LATERAL unnest(c.ids) AS u(mid) JOIN pick ON pick.id = u.mid JOIN outbox o ON o.id = u.mid) ON true
+ORDER BY pick.bn, pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
 
-// Claim takes a batch for one worker: the claim lock and the claim go in
-// one round trip, as one implicit transaction. Claims that ended without
-// an outcome are not live for it; ReapClaims ends them for good.
+// Claim takes one batch for one worker (ClaimBatches with Batches 1).
 // It returns nil when there is nothing to take.
 func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
+	req.Batches = 1
+	bs, err := s.ClaimBatches(ctx, req)
+	if err != nil || len(bs) == 0 {
+		return nil, err
+	}
+	return bs[0], nil
+}
+
+// ClaimBatches takes up to req.Batches batches, for as many workers: the
+// claim lock and the claim go in one round trip, as one implicit
+// transaction. Claims that ended without an outcome are not live for it;
+// ReapClaims ends them for good. It returns no batches when there is
+// nothing to take.
+func (s *Store) ClaimBatches(ctx context.Context, req ClaimRequest) ([]*Batch, error) {
 	var workerID, lapse *int64
 	if req.WorkerID != 0 {
 		workerID = &req.WorkerID
@@ -220,13 +244,15 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 		us := max(req.MaxAge.Microseconds(), 0)
 		lapse = &us
 	}
+	batches := max(req.Batches, 1)
 	for {
-		var b *Batch
+		var bs []*Batch
 		var demoted int64
 		err := s.batch(ctx, func(pb *pgx.Batch) {
 			pb.Queue(claimLockPlanSQL, req.SinkID)
-			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse).Query(func(rows pgx.Rows) error {
-				b = nil
+			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse, batches).Query(func(rows pgx.Rows) error {
+				bs = nil
+				var b *Batch
 				for rows.Next() {
 					var claim, id *int64
 					var m Message
@@ -241,8 +267,9 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 						continue
 					}
 					m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = *id, *group, *lsn, *idx, *count, *created
-					if b == nil {
+					if b == nil || b.ClaimID != *claim {
 						b = &Batch{ClaimID: *claim, SinkID: req.SinkID}
+						bs = append(bs, b)
 					}
 					b.Messages = append(b.Messages, m)
 				}
@@ -250,12 +277,12 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 			})
 		})
 		if err != nil {
-			return nil, fmt.Errorf("claim batch for sink %d: %w", req.SinkID, err)
+			return nil, fmt.Errorf("claim batches for sink %d: %w", req.SinkID, err)
 		}
 		// Candidates that were behind others took the places of ones that
 		// may be claimable: look again, past them.
-		if b != nil || demoted == 0 {
-			return b, nil
+		if len(bs) > 0 || demoted == 0 {
+			return bs, nil
 		}
 	}
 }

@@ -246,3 +246,59 @@ func (b *testBundle) nack(t *testing.T, batch *Batch, notBefore time.Time, maxAg
 		t.Fatal(err)
 	}
 }
+
+// A claim for several workers hands each a batch of at most BatchSize
+// messages; a group goes whole into one batch (never split over two,
+// which would put it in flight twice), and each batch is acked alone.
+func TestClaimBatchesKeepGroupsWhole(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	b.queueCommitted(t, "a", 3)
+	b.queueCommitted(t, "b", 1)
+	b.queueCommitted(t, "c", 2)
+	b.queueCommitted(t, "d", 1)
+	bs, err := b.store.ClaimBatches(ctx, ClaimRequest{SinkID: b.sinkID, BatchSize: 2, MaxAckPending: 1000, Lease: time.Minute, Worker: "w", Batches: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) == 0 || len(bs) > 3 {
+		t.Fatalf("got %d batches, want 1 to 3", len(bs))
+	}
+	owner := map[string]int64{}
+	claimed := 0
+	for _, batch := range bs {
+		if len(batch.Messages) == 0 || len(batch.Messages) > 2 {
+			t.Fatalf("batch %d has %d messages, want 1 or 2", batch.ClaimID, len(batch.Messages))
+		}
+		for i, m := range batch.Messages {
+			if o, ok := owner[m.Group]; ok && o != batch.ClaimID {
+				t.Fatalf("group %s is in claims %d and %d", m.Group, o, batch.ClaimID)
+			}
+			owner[m.Group] = batch.ClaimID
+			if i > 0 && batch.Messages[i-1].Group == m.Group && batch.Messages[i-1].CommitIdx >= m.CommitIdx {
+				t.Fatalf("batch %d out of commit order: %+v", batch.ClaimID, batch.Messages)
+			}
+			claimed++
+		}
+	}
+	if claimed < 4 {
+		t.Fatalf("claimed %d messages in %d batches, want at least 4 (a prefix of each of 3 groups fits)", claimed, len(bs))
+	}
+	// Nothing of a claimed group is claimable by anyone else.
+	if more, err := b.store.ClaimBatches(ctx, ClaimRequest{SinkID: b.sinkID, BatchSize: 2, MaxAckPending: 1000, Lease: time.Minute, Worker: "x", Batches: 3}); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, batch := range more {
+			for _, m := range batch.Messages {
+				if _, ok := owner[m.Group]; ok {
+					t.Fatalf("group %s claimed again while in claim %d", m.Group, owner[m.Group])
+				}
+			}
+		}
+	}
+	// Each batch is its own claim: acking one leaves the others held.
+	b.ack(t, bs[0])
+	for _, batch := range bs[1:] {
+		b.ack(t, batch)
+	}
+}

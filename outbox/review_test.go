@@ -88,7 +88,7 @@ func (b *testBundle) explainClaim(t *testing.T, req ClaimRequest) (removed int64
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	var raw []byte
-	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, FORMAT JSON) `+claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, nil, nil).Scan(&raw); err != nil {
+	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, FORMAT JSON) `+claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, nil, nil, max(req.Batches, 1)).Scan(&raw); err != nil {
 		t.Fatal(err)
 	}
 	var walk func(any)

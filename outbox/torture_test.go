@@ -306,9 +306,16 @@ func (tt *torture) worker(ctx context.Context, id int) {
 		if slow {
 			lease = 200 * time.Millisecond
 		}
+		// A worker claims for several of its goroutines at once (as
+		// delivery's dispatcher does) and handles the batches in turn; a
+		// slow one takes one batch, so that only its lease runs out.
+		n := 1 + r.IntN(3)
+		if slow {
+			n = 1
+		}
 		start := tt.tick()
-		batch, err := tt.b.store.Claim(ctx, ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 1 + r.IntN(6), MaxAckPending: 60,
-			Lease: lease, Worker: name, WorkerID: w.ID})
+		batches, err := tt.b.store.ClaimBatches(ctx, ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 1 + r.IntN(6), MaxAckPending: 60,
+			Lease: lease, Worker: name, WorkerID: w.ID, Batches: n})
 		tt.ops.Add(1)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -316,11 +323,31 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			}
 			return
 		}
-		if batch == nil {
+		if len(batches) == 0 {
 			time.Sleep(time.Duration(1+r.IntN(5)) * time.Millisecond)
 			continue
 		}
-		ms := tt.checkClaim(name, batch, start, tt.tick())
+		if len(batches) > n {
+			tt.violate("too many batches", "%s: asked for %d batches, got %d", name, n, len(batches))
+		}
+		end := tt.tick()
+		claimedMs := make([][]*tmsg, len(batches))
+		for i, b := range batches {
+			claimedMs[i] = tt.checkClaim(name, b, start, end)
+		}
+		if !tt.handle(ctx, r, name, &w, batches, claimedMs, slow, lease) {
+			return
+		}
+	}
+}
+
+// handle posts a worker's claimed batches one after another and records
+// their outcomes. It returns false when the worker must stop.
+func (tt *torture) handle(ctx context.Context, r *rand.Rand, name string, wp **Worker, batches []*Batch, claimedMs [][]*tmsg, slow bool, lease time.Duration) bool {
+	w := *wp
+	defer func() { *wp = w }()
+	for bi, batch := range batches {
+		ms := claimedMs[bi]
 		claimed := time.Now()
 		// The post. The batch is in flight, for certain, until the worker
 		// records an outcome (or crashes); a slow worker's lease may run out
@@ -344,17 +371,25 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			time.Sleep(lease + 50*time.Millisecond - time.Since(claimed))
 			tt.record(ms, func() error { return tt.b.store.Ack(ctx, batch) }, name, true)
 		case chaos && r.IntN(40) == 0:
-			// Crashes: its session ends, the batch is abandoned.
+			// Crashes: its session ends, the batches it holds are
+			// abandoned.
 			tt.mu.Lock()
-			for _, m := range ms {
-				m.history = append(m.history, fmt.Sprintf("abandoned by %s at %d", name, tt.clock.Load()))
+			for _, ms := range claimedMs[bi:] {
+				for _, m := range ms {
+					m.history = append(m.history, fmt.Sprintf("abandoned by %s at %d", name, tt.clock.Load()))
+				}
 			}
 			tt.mu.Unlock()
+			for _, b := range batches[bi+1:] {
+				tt.endPost(name, b) // never posted: dead with the worker
+			}
 			w.kill(ctx)
+			var err error
 			if w, err = tt.b.store.RegisterWorker(ctx, name); err != nil {
 				tt.violate("error", "%s: register again: %v", name, err)
-				return
+				return false
 			}
+			return true
 		case chaos && r.IntN(5) == 0:
 			f := Failure{AttemptStart: time.Now(), Status: 500, Error: "boom", NotBefore: time.Now().Add(time.Duration(r.IntN(40)) * time.Millisecond)}
 			if r.IntN(3) == 0 {
@@ -384,6 +419,7 @@ func (tt *torture) worker(ctx context.Context, id int) {
 			tt.record(ms, func() error { return tt.b.store.Ack(ctx, batch) }, name, false)
 		}
 	}
+	return true
 }
 
 // record runs an ack of ms and models its outcome. A late ack must be
@@ -576,6 +612,10 @@ func (tt *torture) run(chaos time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	drained := time.Since(drainStart)
+	var live string
+	if len(left) > 0 {
+		live = tt.liveState(ctx)
+	}
 	cancel()
 	workers.Wait()
 	house.Wait()
@@ -597,8 +637,8 @@ func (tt *torture) run(chaos time.Duration) {
 	}
 	if len(left) > 0 {
 		slices.SortFunc(left, func(a, b *tmsg) int { return int(a.n - b.n) })
-		t.Errorf("seed %d: stalled: %d committed messages never acknowledged, e.g. %d (group %s, lsn %d/%d)\n%s",
-			tt.seed, len(left), left[0].n, left[0].group, left[0].lsn, left[0].idx, tt.dump(left[0].group))
+		t.Errorf("seed %d: stalled: %d committed messages never acknowledged, e.g. %d (group %s, lsn %d/%d)\nwhile stalled:\n%s\nafter the actors stopped:\n%s",
+			tt.seed, len(left), left[0].n, left[0].group, left[0].lsn, left[0].idx, live, tt.dump(left[0].group))
 	}
 }
 
@@ -632,6 +672,46 @@ func (tt *torture) dump(group string) string {
 	var claims, workers int
 	_ = tt.b.store.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM claims), (SELECT count(*) FROM workers)`).Scan(&claims, &workers)
 	fmt.Fprintf(&sb, "  claims %d, workers %d\n", claims, workers)
+	return sb.String()
+}
+
+// liveState describes a stall while the actors still run: the sink, its
+// claims and workers, whether the actors make progress, what a claim
+// finds, and what every session is doing.
+func (tt *torture) liveState(ctx context.Context) string {
+	var sb strings.Builder
+	q := func(title, sql string, args ...any) {
+		rows, err := tt.b.store.Pool.Query(ctx, sql, args...)
+		if err != nil {
+			fmt.Fprintf(&sb, "  %s: %v\n", title, err)
+			return
+		}
+		defer rows.Close()
+		fmt.Fprintf(&sb, "  %s:\n", title)
+		for rows.Next() {
+			vals, err := rows.Values()
+			if err != nil {
+				fmt.Fprintf(&sb, "    %v\n", err)
+				return
+			}
+			fmt.Fprintf(&sb, "    %v\n", vals)
+		}
+		if err := rows.Err(); err != nil {
+			fmt.Fprintf(&sb, "    %v\n", err)
+		}
+	}
+	before := tt.ops.Load()
+	time.Sleep(time.Second)
+	fmt.Fprintf(&sb, "  operations in the last second: %d\n", tt.ops.Load()-before)
+	q("sink", `SELECT status, hold_until, clock_timestamp() FROM sinks WHERE id = $1`, tt.b.sinkID)
+	q("claims", `SELECT id, worker, worker_id, until - clock_timestamp(), lapse_max_age, cardinality(ids), groups FROM claims ORDER BY id`)
+	q("workers", `SELECT * FROM workers`)
+	q("waiting messages by flag, retry, ready", `SELECT head, deliver_count > 0, ready_at <= clock_timestamp(), count(*) FROM outbox
+		WHERE failed_at IS NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`)
+	q("sessions", `SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 80) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid`)
+	b, err := tt.b.store.ClaimBatches(ctx, ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 6, MaxAckPending: 60, Lease: time.Second, Worker: "probe", Batches: 3})
+	fmt.Fprintf(&sb, "  a probe claim: %d batches, %v\n", len(b), err)
 	return sb.String()
 }
 
