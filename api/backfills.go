@@ -10,9 +10,9 @@ import (
 	"github.com/walhook/walhook/outbox"
 )
 
-// Backfills and replays (SPEC §5). The work is in package backfill; these
-// handlers only decode, call and answer. Backfills run on the leader,
-// whichever process took the request.
+// Backfills and replays (docs/reference.md#56-backfills-and-replays). The work
+// is in package backfill; these handlers only decode, call and answer.
+// Backfills run on the leader, whichever process took the request.
 
 // backfillRoutes registers the backfill and replay routes.
 func (s *Server) backfillRoutes() {

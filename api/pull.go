@@ -16,10 +16,10 @@ import (
 	"github.com/walhook/walhook/outbox"
 )
 
-// Pull sinks (SPEC §5): consumers receive, ack and nack over HTTP on the
-// outbox's claim protocol (outbox/pull.go). A receive is a claim whose
-// lease is the visibility timeout; an ack id names one message of one
-// claim.
+// Pull sinks (docs/reference.md#57-pull-sinks): consumers receive, ack and nack
+// over HTTP on the outbox's claim protocol (outbox/pull.go). A receive is a
+// claim whose lease is the visibility timeout; an ack id names one message of
+// one claim.
 //
 // Ack ids are base64url (no padding) of "v1.SINK.CLAIM.MESSAGE", the
 // sink's, the claim's and the message's ids. They are opaque to clients

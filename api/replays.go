@@ -8,8 +8,8 @@ import (
 	"github.com/walhook/walhook/backfill"
 )
 
-// Replays are jobs like backfills (SPEC §5): POST answers the replay at
-// once, the leader runs it, GET shows its progress.
+// Replays are jobs like backfills (docs/reference.md#56-backfills-and-replays):
+// POST answers the replay at once, the leader runs it, GET shows its progress.
 
 func (s *Server) replayRoutes() {
 	s.handle("GET /api/sinks/{name}/replays", s.listReplays)

@@ -71,7 +71,7 @@ type Deps struct {
 type Server struct {
 	d      Deps
 	log    zerolog.Logger
-	mux    *http.ServeMux
+	mux    *routeMux
 	tokens [][sha256.Size]byte
 	hub    *hub
 	waker  *waker // long-polling receives (pull sinks)
@@ -117,7 +117,7 @@ func New(d Deps) *Server {
 	if d.Stream == nil {
 		d.Stream = func() replication.Status { return replication.Status{} }
 	}
-	s := &Server{d: d, log: d.Log.With().Str("component", "api").Logger(), mux: http.NewServeMux(), stop: make(chan struct{})}
+	s := &Server{d: d, log: d.Log.With().Str("component", "api").Logger(), mux: &routeMux{ServeMux: http.NewServeMux()}, stop: make(chan struct{})}
 	for _, t := range d.Config.Server.APITokens {
 		if t != "" {
 			s.tokens = append(s.tokens, sha256.Sum256([]byte(t)))
@@ -171,6 +171,22 @@ func (s *Server) routes() {
 	s.handle("GET /api/status", s.status)
 	s.backfillRoutes() // backfills.go
 	s.pullRoutes()     // pull.go
+}
+
+// routeMux is the server's mux, remembering every pattern registered on
+// it, so a test can hold the router against docs/api.yaml.
+type routeMux struct {
+	*http.ServeMux
+	patterns []string
+}
+
+func (m *routeMux) Handle(pattern string, h http.Handler) {
+	m.patterns = append(m.patterns, pattern)
+	m.ServeMux.Handle(pattern, h)
+}
+
+func (m *routeMux) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	m.Handle(pattern, http.HandlerFunc(h))
 }
 
 // handle registers a management route: bearer token required.

@@ -201,9 +201,10 @@ func (s *Server) patchSink(w http.ResponseWriter, r *http.Request) {
 	s.respondSink(ctx, w, r, name, http.StatusOK)
 }
 
-// applySinkDefaults fills fields the body left out with the SPEC
-// defaults, like the config loader: a number given explicitly as 0 stays
-// 0, so validation rejects it instead of it silently becoming the default.
+// applySinkDefaults fills fields the body left out with the documented defaults
+// (docs/reference.md#27-sinks), like the config loader: a number given
+// explicitly as 0 stays 0, so validation rejects it instead of it silently
+// becoming the default.
 func applySinkDefaults(cfg *config.Sink, body []byte) {
 	var top, retry map[string]json.RawMessage
 	_ = json.Unmarshal(body, &top)

@@ -1,5 +1,6 @@
-// Package backfill copies the rows of a sink's tables into its outbox as
-// `read` messages (SPEC §1, §5, §6), and replays retained changes.
+// Package backfill copies the rows of a sink's tables into its outbox as `read`
+// messages (docs/reference.md#6-backfills-retention-and-the-slot), and replays
+// retained changes.
 //
 // A backfill pages through each table in primary-key order (keyset pages
 // whose size follows a query-time budget) on the leader, the process that

@@ -179,10 +179,10 @@ func (r *Runner) Run(ctx context.Context) {
 }
 
 // ApplyStarts applies the `start` of sinks created since it last ran
-// (SPEC §2: once, when the sink is created): `start: beginning` gets a
-// backfill of all the sink's tables. Marking the sink and creating the
-// backfill are one statement, so a start applies exactly once whichever
-// way the sink was made and whatever crashes. The leader runs it.
+// (docs/reference.md#27-sinks: once, when the sink is created): `start:
+// beginning` gets a backfill of all the sink's tables. Marking the sink and
+// creating the backfill are one statement, so a start applies exactly once
+// whichever way the sink was made and whatever crashes. The leader runs it.
 func ApplyStarts(ctx context.Context, store *outbox.Store) error {
 	_, err := store.Pool.Exec(ctx, `
 		WITH s AS (

@@ -93,8 +93,9 @@ type Retention struct {
 // (kind pull).
 type Sink struct {
 	Name string `yaml:"name" json:"name"`
-	// Kind is webhook (default: delivery POSTs to Endpoint) or pull
-	// (no endpoint: consumers receive, ack and nack, SPEC §5).
+	// Kind is webhook (default: delivery POSTs to Endpoint) or pull (no
+	// endpoint: consumers receive, ack and nack,
+	// docs/reference.md#57-pull-sinks).
 	Kind           string              `yaml:"kind" json:"kind"`
 	Endpoint       string              `yaml:"endpoint" json:"endpoint"`
 	Path           string              `yaml:"path" json:"path"`
@@ -111,7 +112,7 @@ type Sink struct {
 	SigningSecret  string              `yaml:"signing_secret" json:"signing_secret,omitempty"`
 	Start          string              `yaml:"start" json:"start"`
 	// Concurrency is how many batches of this sink may be in flight at once
-	// (each for different groups). Not in the SPEC; default 4.
+	// (each for different groups). Default 4 (docs/reference.md#27-sinks).
 	Concurrency int `yaml:"concurrency" json:"concurrency"`
 }
 
@@ -136,8 +137,8 @@ type Duration time.Duration
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
-// Defaults of the SPEC (§2). Kept as named values so the API, the config
-// loader and the docs agree.
+// Defaults of docs/reference.md#2-configuration. Kept as named values so the
+// API, the config loader and the docs agree.
 const (
 	DefaultListen         = "127.0.0.1:7376"
 	DefaultSchema         = "walhook"
@@ -162,8 +163,9 @@ var FilterOps = []string{"=", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_nu
 // Actions a sink may subscribe to; "read" (backfill) always flows.
 var Actions = []string{"insert", "update", "delete"}
 
-// Sink kinds: webhook sinks are delivered by walhook (POST to an
-// endpoint); pull sinks wait in the outbox for consumers (SPEC §5).
+// Sink kinds: webhook sinks are delivered by walhook (POST to an endpoint);
+// pull sinks wait in the outbox for consumers
+// (docs/reference.md#57-pull-sinks).
 const (
 	KindWebhook = "webhook"
 	KindPull    = "pull"

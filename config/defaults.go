@@ -9,16 +9,17 @@ import (
 	"github.com/walhook/walhook/egress"
 )
 
-// Log defaults (SPEC §2).
+// Log defaults (docs/reference.md#2-configuration).
 const (
 	DefaultLogLevel  = "info"
 	DefaultLogFormat = "json"
 )
 
-// ApplyDefaults fills every unset value with the SPEC §2 default, so code
-// that builds a Config by hand (walhook dev, tests) gets the same values as
-// a loaded file. Zero means unset here; Parse is stricter and rejects an
-// explicit zero where zero is invalid.
+// ApplyDefaults fills every unset value with the
+// docs/reference.md#2-configuration default, so code that builds a Config by
+// hand (walhook dev, tests) gets the same values as a loaded file. Zero means
+// unset here; Parse is stricter and rejects an explicit zero where zero is
+// invalid.
 func (c *Config) ApplyDefaults() { c.applyDefaults(nil) }
 
 // applyDefaults skips numeric defaults for keys the file set explicitly
@@ -72,8 +73,9 @@ func under(set func(string) bool, p *keyPath) func(string) bool {
 	return func(field string) bool { return set(p.key + "." + field) }
 }
 
-// ApplyDefaults fills unset fields with the SPEC §2 defaults. The HTTP API
-// calls it on objects it creates so they match objects from the file.
+// ApplyDefaults fills unset fields with the docs/reference.md#2-configuration
+// defaults. The HTTP API calls it on objects it creates so they match objects
+// from the file.
 func (w *WebhookSource) ApplyDefaults() { w.applyDefaults(nil) }
 
 func (w *WebhookSource) applyDefaults(set func(string) bool) {
@@ -82,9 +84,9 @@ func (w *WebhookSource) applyDefaults(set func(string) bool) {
 	}
 }
 
-// ApplyDefaults fills unset fields with the SPEC §2 defaults (zero means
-// unset; a nil Actions means all three). The HTTP API calls it on sinks it
-// creates so they match sinks from the file.
+// ApplyDefaults fills unset fields with the docs/reference.md#2-configuration
+// defaults (zero means unset; a nil Actions means all three). The HTTP API
+// calls it on sinks it creates so they match sinks from the file.
 func (s *Sink) ApplyDefaults() { s.applyDefaults(nil) }
 
 func (s *Sink) applyDefaults(set func(string) bool) {

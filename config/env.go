@@ -10,10 +10,11 @@ import (
 var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // expandEnv replaces ${VAR} and ${VAR:-default} in the raw file bytes and
-// turns $$ into $. Expansion is textual (before YAML parsing), as the SPEC
-// says, so it works in keys, flow lists and comments alike; a lone $ not
-// followed by { or $ is kept. An unset ${VAR} becomes empty; the default
-// applies when VAR is unset or empty, as in a POSIX shell.
+// turns $$ into $. Expansion is textual (before YAML parsing), as
+// docs/reference.md#2-configuration says, so it works in keys, flow lists
+// and comments alike; a lone $ not followed by { or $ is kept. An unset
+// ${VAR} becomes empty; the default applies when VAR is unset or empty, as
+// in a POSIX shell.
 //
 // lines maps each output line (index = line-1) to its line in the input, so
 // a variable whose value holds newlines does not shift error positions.

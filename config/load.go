@@ -15,13 +15,14 @@ import (
 )
 
 // DefaultPath and EnvPath are where the config is looked for when no -c flag
-// is given (SPEC §1).
+// is given (docs/reference.md#11-service-commands).
 const (
 	DefaultPath = "walhook.yaml"
 	EnvPath     = "WALHOOK_CONFIG"
 )
 
-// ResolvePath applies the SPEC's lookup order so every command finds the same
+// ResolvePath applies the documented lookup order
+// (docs/reference.md#11-service-commands) so every command finds the same
 // file: the -c flag, else $WALHOOK_CONFIG, else ./walhook.yaml.
 func ResolvePath(flag string) string {
 	if flag != "" {

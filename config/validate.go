@@ -19,7 +19,7 @@ import (
 	"github.com/walhook/walhook/secrets"
 )
 
-// Limits of the SPEC (§2) and of this implementation.
+// Limits of the configuration (docs/reference.md#2-configuration).
 const (
 	MaxBatchSize   = 1000
 	MaxConcurrency = 64
@@ -100,7 +100,7 @@ func DecodeEncryptionKey(s string) ([]byte, error) {
 }
 
 // DecodeSigningSecret returns the HMAC key of a Standard Webhooks secret:
-// the base64-decoded bytes after "whsec_" (SPEC §3).
+// the base64-decoded bytes after "whsec_" (docs/reference.md#32-signatures).
 func DecodeSigningSecret(s string) ([]byte, error) {
 	rest, ok := strings.CutPrefix(s, SigningSecretPrefix)
 	if !ok {
@@ -263,8 +263,9 @@ func (c *Config) validate(ch *checker) {
 		checkUnique(ch, p.field("name"), s.Name, seen, root.field("sinks").index(i, ""))
 	}
 
-	// walhook's own tables must never be captured (SPEC §6): with the state
-	// in the source database, no captured table may be in the state schema.
+	// walhook's own tables must never be captured
+	// (docs/reference.md#6-backfills-retention-and-the-slot): with the state in
+	// the source database, no captured table may be in the state schema.
 	if c.State.URL == c.Database.URL {
 		inState := func(p *keyPath, t string) {
 			if sch, _, ok := SplitTable(t); ok && sch == c.State.Schema {

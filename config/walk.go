@@ -305,8 +305,8 @@ func nameOf(n *yaml.Node) string {
 
 // plainValue decodes a filter value like go-yaml does, except that a plain
 // scalar that looks like a timestamp stays the string the user wrote: change
-// messages carry dates and times as strings (SPEC §4), and values that come
-// through the JSON API are strings too.
+// messages carry dates and times as strings (docs/reference.md#44-values), and
+// values that come through the JSON API are strings too.
 func plainValue(n *yaml.Node) any {
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias

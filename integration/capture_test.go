@@ -10,7 +10,7 @@ import (
 	"github.com/walhook/walhook/config"
 )
 
-// Every SPEC §4 value type arrives as the SPEC says.
+// Every value type of docs/reference.md#44-values arrives as documented there.
 func TestValueTypes(t *testing.T) {
 	b := setup(t, `
 		CREATE TYPE mood AS ENUM ('sad', 'happy');
@@ -59,7 +59,7 @@ next', 'abc', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'happy', '{"a": [1, 
 	}
 }
 
-// Inserts, updates and deletes arrive in commit order with the SPEC's
+// Inserts, updates and deletes arrive in commit order with the documented
 // shapes; a TRUNCATE is counted, not delivered.
 func TestChangesInCommitOrder(t *testing.T) {
 	b := setup(t, `CREATE TABLE orders (id int PRIMARY KEY, customer_id int, status text)`, "public.orders")

@@ -292,7 +292,7 @@ func peakRSS(t testing.TB, pid int) int64 {
 }
 
 // writeConfigDefaults writes a config with one sink "s" on public.t at the
-// SPEC's defaults (batch_size 1, request_timeout 30s, retry backoff from
+// documented defaults (batch_size 1, request_timeout 30s, retry backoff from
 // 1s), except a short backoff cap so that failed requests come back soon.
 func (b *testBundle) writeConfigDefaults(t testing.TB, endpointURL string) string {
 	t.Helper()

@@ -16,16 +16,17 @@ import (
 	"github.com/walhook/walhook/sink"
 )
 
-// This file is capture's side of backfills (SPEC §6), after DBLog: a
+// This file is capture's side of backfills
+// (docs/reference.md#6-backfills-retention-and-the-slot), after DBLog: a
 // backfill reads a page of rows between two watermarks it writes into the
 // source's WAL with pg_logical_emit_message, and the page meets the stream
-// here. Between the low and the high watermark the keys of every change
-// to the table that the backfill's sink receives are recorded; at the
-// high watermark the rows whose key changed are dropped from the page
-// (the stream carries their newer state) and the others are written as `read` messages, into the same
-// state transaction as the surrounding stream and the backfill's new
-// position. So a `read` is never queued behind a newer change of its row,
-// and a page is written exactly once.
+// here. Between the low and the high watermark the keys of every change to the
+// table that the backfill's sink receives are recorded; at the high watermark
+// the rows whose key changed are dropped from the page (the stream carries
+// their newer state) and the others are written as `read` messages, into the
+// same state transaction as the surrounding stream and the backfill's new
+// position. So a `read` is never queued behind a newer change of its row, and a
+// page is written exactly once.
 //
 // One refinement over DBLog: a page's drop set starts at the low
 // watermark of the page before it (the runner writes an extra low

@@ -13,12 +13,12 @@ import (
 	"github.com/walhook/walhook/sink"
 )
 
-// This file is capture's side of change retention (SPEC §2 `retention`):
-// every change of the retained tables is copied into retained_changes in
-// the same state transaction as the outbox rows and the stream position,
-// so the retained history has no gaps and no duplicates across crashes.
-// Values are kept as capture rendered them, so a replay renders messages
-// byte for byte as they were first sent.
+// This file is capture's side of change retention
+// (docs/reference.md#26-retention): every change of the retained tables is
+// copied into retained_changes in the same state transaction as the outbox rows
+// and the stream position, so the retained history has no gaps and no
+// duplicates across crashes. Values are kept as capture rendered them, so a
+// replay renders messages byte for byte as they were first sent.
 
 // retention is the set of retained tables: "schema.table" names and
 // schemas retained whole ("schema.*").

@@ -8,11 +8,11 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// This file turns column values, in the text format pgoutput sends, into
-// JSON (SPEC §4 "Values"). It runs once per column of every captured row, so
-// it appends to a caller-owned buffer and allocates nothing once that buffer
-// has room. Whatever it cannot make sense of is emitted as a JSON string of
-// the Postgres text: a surprising value must never corrupt a message.
+// This file turns column values, in the text format pgoutput sends, into JSON
+// (docs/reference.md#44-values). It runs once per column of every captured row,
+// so it appends to a caller-owned buffer and allocates nothing once that buffer
+// has room. Whatever it cannot make sense of is emitted as a JSON string of the
+// Postgres text: a surprising value must never corrupt a message.
 //
 // The session settings it relies on (the replication connection sets them):
 // DateStyle=ISO, TimeZone=UTC, IntervalStyle=postgres, extra_float_digits=3,

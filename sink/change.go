@@ -13,7 +13,7 @@ import (
 // Action is what happened to a row. Read is a backfill's copy of a row.
 type Action string
 
-// The actions of SPEC §4.
+// The actions of docs/reference.md#41-change-message-message-change.
 const (
 	Insert Action = "insert"
 	Update Action = "update"

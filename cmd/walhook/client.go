@@ -18,7 +18,8 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Environment variables and defaults of the client commands (SPEC §1).
+// Environment variables and defaults of the client commands
+// (docs/reference.md#12-client-commands).
 const (
 	envURL     = "WALHOOK_URL"
 	envToken   = "WALHOOK_TOKEN"
