@@ -178,17 +178,23 @@ WITH t AS MATERIALIZED (
 	-- it must take first; retries are few (max_ack_pending bounds them).
 	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE NOT cretry AND (busy OR cid <> first_id))) RETURNING 1
 ), h AS (
-	SELECT cid, cready FROM (
-		SELECT DISTINCT ON (group_key) cid, group_key, cready FROM cls
+	SELECT cid, cready, cretry FROM (
+		SELECT DISTINCT ON (group_key) cid, group_key, cready, cretry FROM cls
 		WHERE NOT busy AND first_ready
 		ORDER BY group_key, cready, cid
 	) d ORDER BY cready, cid LIMIT $2::int * $8::int
 ), g AS (
-	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, x.ready, h.cready AS head_ready, h.cid AS head_id
+	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, x.ready, h.cready AS head_ready, h.cid AS head_id, h.cretry AS head_retry
 	FROM h JOIN x ON x.cid = h.cid
 ), q AS (
-	SELECT g.*, deliver_count > 0 OR bool_or(deliver_count > 0) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
-		ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING) AS pending
+	-- Pending: attempted before, or standing before a retry of its group:
+	-- one later in the window, or the candidate itself when it is a
+	-- retry, wherever it stands (the window may end before it).
+	SELECT g.*, deliver_count > 0
+		OR bool_or(deliver_count > 0) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
+			ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)
+		OR head_retry AND COALESCE(bool_and(id <> head_id) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
+			ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), true) AS pending
 	FROM g
 ), r AS (
 	SELECT q.*, ready AND (pending OR sum((NOT pending)::int) OVER (ORDER BY head_ready, head_id, commit_lsn, commit_idx, id) <= (SELECT room FROM st)) AS fits

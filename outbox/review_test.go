@@ -233,3 +233,44 @@ func TestLongSourceTransactionFlushes(t *testing.T) {
 		t.Fatalf("a source transaction whose decoding pauses 31 s between two chunks cannot be flushed: %v", err)
 	}
 }
+
+// Found by the torture test (a stall under load, seed 20261127): retries
+// fill max_ack_pending, and the oldest retry stands behind more fresh
+// messages than a batch holds (a replay queued older commit positions
+// into its group). The fresh messages before a retry need no room (rule
+// C), but the claim only counted them as before a retry when the retry
+// was within the batch's window of the group: every claim then found
+// the same retry, took nothing, and the sink stalled for good.
+func TestRetryBehindLongReplayGoesWithMaxAckPendingFull(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	req := ClaimRequest{SinkID: b.sinkID, BatchSize: 2, MaxAckPending: 2, Lease: time.Minute, Worker: "w"}
+	// Two retries, ready, fill max_ack_pending.
+	if _, err := b.store.Pool.Exec(ctx, `INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, head, deliver_count, ready_at)
+		SELECT $1, 'g' || i, 100, 0, '{}', true, 1, now() - interval '1 second' FROM generate_series(1, 2) i`, b.sinkID); err != nil {
+		t.Fatal(err)
+	}
+	// A replay queues five older messages into each retry's group.
+	for _, g := range []string{"g1", "g2"} {
+		for i := range 5 {
+			b.enqueueAt(t, g, 10, i)
+		}
+	}
+	var got []int64
+	for range 20 {
+		batch, err := b.store.Claim(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if batch == nil {
+			break
+		}
+		for _, m := range batch.Messages {
+			got = append(got, m.ID)
+		}
+		b.ack(t, batch)
+	}
+	if len(got) != 12 {
+		t.Fatalf("delivered %d of 12 messages (%v): the retries behind the replays stalled the sink", len(got), got)
+	}
+}
