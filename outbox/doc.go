@@ -77,10 +77,13 @@
 // few, and without room a retry is how a claim reaches the fresh messages a
 // replay queued before it), and those of groups in flight are passed over. max_ack_pending counts messages
 // attempted before, and fresh ones beyond the room left, except fresh
-// messages that stand before a retry in their group (the retry cannot go
-// without them: they hold its room). A batch is cut only after a prefix of
-// its group. A claim names its messages and their groups in one claims
-// row.
+// messages that stand before a retry in their group, wherever the retry
+// stands (the retry cannot go without them: they hold its room). A batch
+// is cut only after a prefix of its group. A claim names its messages and
+// their groups in one claims row. One turn of the lock may take several
+// batches (ClaimBatches, for a process's idle workers): each is a claims
+// row of its own, and a group goes whole into one of them (cut to a
+// prefix that fits, never split across two).
 //
 // P (promote). After every ack and nack (and reap, R), under L, first(g)
 // of each of the batch's groups is flagged true. Setting first(g) to

@@ -23,8 +23,10 @@ type Config struct {
 	Slot        string
 	Publication string
 	// FlushDelay bounds how long a committed transaction may wait in the
-	// handler's buffer before a flush; small values trade throughput for
-	// latency. Default 10ms.
+	// handler's buffer before a flush, under load; small values trade
+	// throughput for latency. Default 10ms. A transaction that arrives
+	// alone, more than idleGap after the last flush, is flushed at once:
+	// light traffic pays no batching delay.
 	FlushDelay time.Duration
 	// MaxBuffered flushes early once this many changes wait. Default 10000.
 	MaxBuffered int
@@ -33,6 +35,9 @@ type Config struct {
 	StatusInterval time.Duration
 	Log            zerolog.Logger
 }
+
+// idleGap is how long after a flush the stream counts as quiet again.
+const idleGap = time.Millisecond
 
 // Status is what the stream reports for health checks and metrics.
 type Status struct {
@@ -141,6 +146,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 	s.confirmed.Store(confirmed)
 	lastStatus := time.Now()
 	var dirtySince time.Time // first commit not yet flushed; zero when clean
+	var lastFlush time.Time  // when the last flush ended
 
 	sendStatus := func() error {
 		lastStatus = time.Now()
@@ -156,6 +162,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 			return fmt.Errorf("flush to outbox: %w", err)
 		}
 		dirtySince = time.Time{}
+		lastFlush = time.Now()
 		if lsn > confirmed {
 			confirmed = lsn
 			s.confirmed.Store(confirmed)
@@ -236,10 +243,14 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 			}
 			if wasInTx && !dec.inTx { // a commit
 				s.lag.Store(int64(max(xld.ServerTime.Sub(dec.commitTime), 0)))
-				if dirtySince.IsZero() {
+				alone := dirtySince.IsZero()
+				if alone {
 					dirtySince = time.Now()
 				}
-				if h.Buffered() >= s.cfg.MaxBuffered {
+				// Alone and after a quiet spell: nobody to batch with, so
+				// flush now. Under load the next commit is already
+				// waiting when a flush ends, and batches form.
+				if alone && dirtySince.Sub(lastFlush) >= idleGap || h.Buffered() >= s.cfg.MaxBuffered {
 					if err := flush(); err != nil {
 						return err
 					}

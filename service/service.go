@@ -118,7 +118,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 		URL: cfg.Database.URL, Slot: cfg.Database.Slot, Publication: cfg.Database.Publication, Log: log,
 	}, source)
 	s.Capture = outbox.NewCapture(store, cfg.Database.Slot, &s.Router, log)
-	s.Capture.OnCommit = s.countCaptured
+	s.Capture.OnCommit = s.captured
 	s.Capture.SetRetention(cfg.Retention.Tables)
 	s.Backfills = backfill.NewRunner(backfill.Config{
 		Store: store, Capture: s.Capture, SourceURL: cfg.Database.URL, Publication: cfg.Database.Publication,
@@ -261,7 +261,14 @@ func sinkFingerprint(sinks []*sink.Sink) []any {
 // Leading reports whether this process streams the slot.
 func (s *Service) Leading() bool { return s.leading.Load() }
 
-func (s *Service) countCaptured(counts map[int64]int) {
+// captured runs after each capture flush: this process's delivery is
+// woken at once (other processes hear the flush's NOTIFY).
+func (s *Service) captured(counts map[int64]int) {
+	if s.Delivery != nil {
+		for id := range counts {
+			s.Delivery.Wake(id)
+		}
+	}
 	r := s.Router.Load()
 	if r == nil {
 		return
