@@ -214,15 +214,18 @@ WITH t AS MATERIALIZED (
 	-- One claims row per batch: each is acked, nacked and fenced alone.
 	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups, claimed_at, lapse_max_age)
 	SELECT $1, $5, $6, (SELECT now FROM t) + make_interval(secs => $4::float8),
-		count(*) FILTER (WHERE NOT pending), array_agg(id), array_agg(DISTINCT group_key), (SELECT now FROM t), $7::bigint
+		count(*) FILTER (WHERE NOT pending), array_agg(id ORDER BY id), array_agg(DISTINCT group_key), (SELECT now FROM t), $7::bigint
 	FROM pick GROUP BY bn
-	RETURNING id, ids
+	RETURNING id, ids[1] AS first
+), bf AS (
+	-- Which claims row is which batch: by the batch's least id.
+	SELECT bn, min(id) AS first FROM pick GROUP BY bn
 )
 -- Payloads are read last, for the picked messages only. One row even when
 -- nothing is picked: it says how many flags were cleared.
 SELECT (SELECT count(*) FROM demote), c.id, o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 FROM (SELECT 1) one
-LEFT JOIN (c CROSS JOIN LATERAL unnest(c.ids) AS u(mid) JOIN pick ON pick.id = u.mid JOIN outbox o ON o.id = u.mid) ON true
+LEFT JOIN (pick JOIN bf ON bf.bn = pick.bn JOIN c ON c.first = bf.first JOIN outbox o ON o.id = pick.id) ON true
 ORDER BY pick.bn, pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
 
 // Claim takes one batch for one worker (ClaimBatches with Batches 1).
