@@ -140,6 +140,22 @@
 // check and the commit. A leader that was frozen or cut off and comes back
 // finds its term over before it writes anything, and stands by.
 //
+// # Durability
+//
+// Capture's outbox write commits synchronously, before the slot is
+// acknowledged: a committed change is never lost. Claims, acks and nacks
+// commit asynchronously (synchronous_commit off, for their transaction
+// only): a Postgres crash may lose the last fraction of a second of them.
+// That only delivers messages again, which at-least-once allows, and
+// breaks no rule: a crash ends every worker's session, so W revokes every
+// push claim made before it anyway, lost or not (a pull consumer's
+// receive, tied to no session, commits durably); a lost ack leaves its
+// messages and claim behind, to be delivered again in order; a lost nack
+// leaves its messages to be tried again sooner. Without it, every claim
+// and ack held the sink's claim lock across a WAL flush (milliseconds on
+// real disks), and at batch_size 1 the flushes, not the work, set the
+// pace.
+//
 // # Invariants
 //
 // I1. At most one live claim names a group. (C takes only groups no live
