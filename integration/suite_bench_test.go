@@ -55,7 +55,7 @@ import (
 //
 // Sizes can be scaled with WALHOOK_BENCH_SCALE (e.g. 0.2 for a smoke
 // run). WALHOOK_BENCH_ONLY=2,5 runs only those rows. No measurement
-// waits more than WALHOOK_BENCH_CAP (default 30s) for its messages: a
+// waits more than WALHOOK_BENCH_CAP (default 20s) for its messages: a
 // slow build reports the rate of what came by then, and says so.
 func BenchmarkSuite(b *testing.B) {
 	for i := 0; i < b.N; i++ {
@@ -91,7 +91,7 @@ type suiteRow struct {
 }
 
 func newSuite(b *testing.B) *suite {
-	s := &suite{b: b, ctx: context.Background(), scale: 1, cap: 30 * time.Second, only: map[string]bool{}}
+	s := &suite{b: b, ctx: context.Background(), scale: 1, cap: 20 * time.Second, only: map[string]bool{}}
 	if d, err := time.ParseDuration(os.Getenv("WALHOOK_BENCH_CAP")); err == nil && d > 0 {
 		s.cap = d
 	}
@@ -289,6 +289,19 @@ func (s *suite) sourceDB(raw bool) (string, *pgxpool.Pool) {
 	return u, db
 }
 
+// dropSlot drops a slot once its walsender has gone (a closed
+// replication connection's walsender exits a moment later).
+func (s *suite) dropSlot(db *pgxpool.Pool, slot string) {
+	var err error
+	for range 100 {
+		if _, err = db.Exec(s.ctx, `SELECT pg_drop_replication_slot($1)`, slot); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.b.Fatalf("drop slot %s: %v", slot, err)
+}
+
 // config is walhook's config for one sink "s" on public.orders posting to
 // the helper at /s; conc 0 keeps the default concurrency.
 func (s *suite) config(src, state string, batch, conc int) *config.Config {
@@ -357,17 +370,39 @@ func (s *suite) walsenderPID(db *pgxpool.Pool, slot string) int {
 	return 0
 }
 
-// meter measures this process's CPU and a walsender's over a window.
+// meter measures this process's CPU and a walsender's over a window,
+// and the server's commits, WAL flushes and WAL bytes (whole cluster,
+// which only the row's workload uses).
 type meter struct {
 	self, ws time.Duration
 	pid      int
+	db       *pgxpool.Pool
+	srv      serverStats
+}
+
+type serverStats struct{ commits, syncs, bytes float64 }
+
+func (s *suite) serverStats(db *pgxpool.Pool) serverStats {
+	var st serverStats
+	_ = db.QueryRow(s.ctx, `SELECT (SELECT sum(xact_commit) FROM pg_stat_database)::float8, wal_sync::float8, wal_bytes::float8 FROM pg_stat_wal`).
+		Scan(&st.commits, &st.syncs, &st.bytes)
+	return st
 }
 
 func (s *suite) startMeter(db *pgxpool.Pool, slot string) *meter {
-	m := &meter{pid: s.walsenderPID(db, slot)}
+	m := &meter{pid: s.walsenderPID(db, slot), db: db, srv: s.serverStats(db)}
 	m.ws = procCPU(m.pid)
 	m.self = selfCPU()
 	return m
+}
+
+// server is the server's work per row since startMeter: commits, WAL
+// flushes and WAL bytes. Postgres publishes these counters up to a
+// second late, so short windows undercount.
+func (s *suite) server(m *meter, rows int64) string {
+	now := s.serverStats(m.db)
+	r := float64(max(rows, 1))
+	return fmt.Sprintf("per row: %.2f commits, %.2f WAL flushes, %.0f WAL bytes", (now.commits-m.srv.commits)/r, (now.syncs-m.srv.syncs)/r, (now.bytes-m.srv.bytes)/r)
 }
 
 // perRow is µs of walhook and walsender CPU per row since startMeter.
@@ -507,7 +542,7 @@ func (s *suite) drain(id, what string, rows, batch int, ownState bool) {
 	startService(s.b, cfg, zerolog.ErrorLevel, nil)() // makes the slot and the state schema
 	s.writeParallel(db, 1, rows)
 	raw := s.rawRun(s.ctx, src, "bench_raw", "bench", rows, nil)
-	s.exec(db, `SELECT pg_drop_replication_slot('bench_raw')`)
+	s.dropSlot(db, "bench_raw")
 
 	s.helper.reset(helperMode{})
 	cpu0 := selfCPU()
@@ -519,9 +554,11 @@ func (s *suite) drain(id, what string, rows, batch int, ownState bool) {
 	st, all := s.helper.waitUpTo(int64(rows), s.cap)
 	cpu, ws := m.perRow(int(st.N))
 	stop()
+	time.Sleep(time.Second) // the server's counters
+	srv := s.server(m, st.N)
 	dur := time.Duration(st.Last - streaming.UnixNano())
 	s.add(suiteRow{id: id, workload: what, rate: float64(st.N) / dur.Seconds(), raw: raw.rate(), cpu: cpu, ws: ws, rawCPU: raw.cpu, rawWS: raw.ws,
-		note: fmt.Sprintf("%s, concurrency %d; start-up to streaming %s (not in rows/s)", s.partial(st.N, rows, all), cfg.Sinks[0].Concurrency, streaming.Sub(t0).Round(time.Millisecond))})
+		note: fmt.Sprintf("%s, concurrency %d; start-up to streaming %s (not in rows/s); %s", s.partial(st.N, rows, all), cfg.Sinks[0].Concurrency, streaming.Sub(t0).Round(time.Millisecond), srv)})
 }
 
 // live3k: 1-row transactions committed at about 3k/s over 8 connections
@@ -536,12 +573,14 @@ func (s *suite) live3k() {
 	rows := s.n(9_000)
 	s.helper.reset(helperMode{Record: true})
 	m := s.startMeter(db, cfg.Database.Slot)
-	s.helper.write(helperWrite{URL: src, Table: "orders", From: 1, N: int64(rows), TPS: 3000, Conns: 8})
+	s.helper.write(helperWrite{URL: src, Table: "orders", From: 1, N: int64(rows), TPS: 3000, Conns: 16})
 	w := s.helper.written()
 	s.helper.waitUpTo(int64(rows), s.cap)
 	st := s.helper.stats(true)
 	cpu, ws := m.perRow(int(st.N))
 	stop()
+	time.Sleep(time.Second)
+	srv := s.server(m, int64(rows))
 	lats, missing := latencies(w, st, "/s", 1)
 	first, last := w.Commits[0], slices.Max(w.Commits)
 	committed := float64(rows) / time.Duration(last-first).Seconds()
@@ -549,7 +588,7 @@ func (s *suite) live3k() {
 	raw := s.rawRun(s.ctx, src, "bench_raw", "bench", rows, nil)
 	s.add(suiteRow{id: "2", workload: "1-row txs committed at ~3k/s while running, batch_size 1", rate: delivered, raw: raw.rate(), lat: latText(lats, missing),
 		cpu: cpu, ws: ws, rawCPU: raw.cpu, rawWS: raw.ws,
-		note: fmt.Sprintf("%s; committed at %.0f/s over 8 connections; rows/s = first commit → last receipt; raw decode after walhook, so its WAL has walhook's writes too", s.partial(st.N, rows, missing == 0), committed)})
+		note: fmt.Sprintf("%s; committed at %.0f/s over 16 connections; rows/s = first commit → last receipt; raw decode after walhook, so its WAL has walhook's writes too; %s (the writer's included)", s.partial(st.N, rows, missing == 0), committed, srv)})
 }
 
 // paced: one 1-row transaction every 5 ms, decoded raw first (live, for
@@ -574,7 +613,7 @@ func (s *suite) paced() {
 	s.helper.write(helperWrite{URL: src, Table: "orders", From: 1, N: int64(rawN), TPS: 200, Conns: 2})
 	rw := s.helper.written()
 	raw := <-done
-	s.exec(db, `SELECT pg_drop_replication_slot('bench_raw')`)
+	s.dropSlot(db, "bench_raw")
 	var rawLats []time.Duration
 	for i, c := range rw.Commits {
 		if a, ok := rawAt["/raw "+strconv.Itoa(1+i)]; ok && c != 0 {
@@ -594,10 +633,12 @@ func (s *suite) paced() {
 	st := s.helper.stats(true)
 	cpu, ws := m.perRow(int(st.N))
 	stop()
+	time.Sleep(time.Second)
+	srv := s.server(m, int64(rows))
 	lats, missing := latencies(w, st, "/s", 100_001)
 	_, _, mx := pct(lats)
 	s.add(suiteRow{id: "4", workload: "paced: a 1-row tx every 5 ms (200 tps), batch_size 1", lat: latText(lats, missing), cpu: cpu, ws: ws,
-		note: fmt.Sprintf("%s over %s, max %s; raw decode live (%d rows): p50 / p99 %s", s.partial(st.N, rows, missing == 0), time.Duration(slices.Max(w.Commits)-w.Commits[0]).Round(100*time.Millisecond), ms(mx), rawN, p50p99(rawLats))})
+		note: fmt.Sprintf("%s over %s, max %s; raw decode live (%d rows): p50 / p99 %s; %s (the writer's included)", s.partial(st.N, rows, missing == 0), time.Duration(slices.Max(w.Commits)-w.Commits[0]).Round(100*time.Millisecond), ms(mx), rawN, p50p99(rawLats), srv)})
 	s.add(suiteRow{id: "4raw", workload: "paced, raw pglogrepl decode of the same kind of WAL (live)", lat: p50p99(rawLats), rawCPU: raw.cpu, rawWS: raw.ws})
 }
 
@@ -771,19 +812,29 @@ func (s *suite) scaleOut() {
 		next += rows
 	}
 	startService(s.b, s.config(src, src, 1, 1), zerolog.ErrorLevel, nil)()
+	// Each measurement lasts at most window: the backlog is what the ideal
+	// rate (50 requests per second per worker) would take twice as long
+	// to deliver.
+	const limit = 6 * time.Second
+	window := func(got int64, rows int, all bool) string {
+		if all {
+			return fmt.Sprintf("%d rows", rows)
+		}
+		return fmt.Sprintf("%d rows in %s (of a backlog of %d)", got, limit, rows)
+	}
 	for _, c := range []int{1, 4, 16} {
-		rows := s.n(150 * c)
+		rows := s.n(600 * c)
 		backlog(rows)
 		s.helper.reset(helperMode{SleepMS: 20})
 		cfg := s.config(src, src, 1, c)
 		stop := startService(s.b, cfg, zerolog.ErrorLevel, nil)
 		m := s.startMeter(db, cfg.Database.Slot)
-		st, all := s.helper.waitUpTo(int64(rows), s.cap)
+		st, all := s.helper.waitUpTo(int64(rows), limit)
 		cpu, ws := m.perRow(int(st.N))
 		stop()
 		rate := float64(st.N-1) / time.Duration(st.Last-st.First).Seconds()
 		s.add(suiteRow{id: "7", workload: fmt.Sprintf("receiver takes 20 ms, batch_size 1, concurrency %d, 1 in-process service", c), rate: rate, cpu: cpu, ws: ws,
-			note: fmt.Sprintf("%s; ideal %d rows/s; rows/s = first → last receipt", s.partial(st.N, rows, all), 50*c)})
+			note: fmt.Sprintf("%s; ideal %d rows/s; rows/s = first → last receipt", window(st.N, rows, all), 50*c)})
 	}
 	s.drop(src)
 	db.Close()
@@ -804,14 +855,14 @@ func (s *suite) scaleOut() {
 	waitFor(s.b, 30*time.Second, "streaming", func() bool { return s.walsenderPID(db, "walhook") != 0 })
 	stopProc(p)
 	for _, k := range []int{1, 2, 4} {
-		rows := s.n(600 * k)
+		rows := s.n(2400 * k)
 		backlog(rows)
 		s.helper.reset(helperMode{SleepMS: 20})
 		procs := make([]*proc, k)
 		for i := range procs {
 			procs[i] = startProc(s.b, cfgs[i], fmt.Sprintf("walhook-%d-of-%d", i+1, k))
 		}
-		st, all := s.helper.waitUpTo(int64(rows), s.cap)
+		st, all := s.helper.waitUpTo(int64(rows), limit)
 		var cpu time.Duration
 		per := make([]string, k)
 		for i, p := range procs {
@@ -826,7 +877,7 @@ func (s *suite) scaleOut() {
 		rate := float64(st.N-1) / time.Duration(st.Last-st.First).Seconds()
 		s.add(suiteRow{id: "7", workload: fmt.Sprintf("receiver takes 20 ms, batch_size 1, %d `walhook run` process(es) × concurrency 4, one state schema", k), rate: rate,
 			cpu: float64(cpu.Microseconds()) / float64(st.N), ws: ws,
-			note: fmt.Sprintf("%s; ideal %d rows/s; delivered per process: %s; CPU = the processes' whole life, start-up included", s.partial(st.N, rows, all), 200*k, strings.Join(per, " + "))})
+			note: fmt.Sprintf("%s; ideal %d rows/s; delivered per process: %s; CPU = the processes' whole life, start-up included", window(st.N, rows, all), 200*k, strings.Join(per, " + "))})
 	}
 }
 
@@ -896,7 +947,7 @@ func procDelivered(port int) float64 {
 // pull: one backlog drained by push (batch_size 100, default concurrency)
 // and by one pull consumer receiving batches of 100 and acking each.
 func (s *suite) pull() {
-	rows := s.n(30_000)
+	rows := s.n(20_000)
 	src, db := s.sourceDB(true)
 	defer s.drop(src)
 	defer db.Close()
@@ -917,7 +968,7 @@ func (s *suite) pull() {
 	e.must(s.b, 200, "POST", "/api/sinks/push/pause", nil)
 	s.writeParallel(db, 1, rows)
 	raw := s.rawRun(s.ctx, src, "bench_raw", "bench", rows, nil)
-	s.exec(db, `SELECT pg_drop_replication_slot('bench_raw')`)
+	s.dropSlot(db, "bench_raw")
 	for _, name := range []string{"push", "pull1"} {
 		for decodeAs[apiSink](s.b, e.must(s.b, 200, "GET", "/api/sinks/"+name, nil)).RawCounts["pending"] < int64(rows) {
 			time.Sleep(50 * time.Millisecond)
