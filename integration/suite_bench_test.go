@@ -862,6 +862,12 @@ func (s *suite) scaleOut() {
 		for i := range procs {
 			procs[i] = startProc(s.b, cfgs[i], fmt.Sprintf("walhook-%d-of-%d", i+1, k))
 		}
+		// The window starts once every process serves and one streams:
+		// start-up under load takes seconds, and is not delivery.
+		for i := range procs {
+			waitFor(s.b, time.Minute, "walhook process serving", func() bool { return procDelivered(ports[i]) >= 0 })
+		}
+		waitFor(s.b, time.Minute, "streaming", func() bool { return s.walsenderPID(db, "walhook") != 0 })
 		st, all := s.helper.waitUpTo(int64(rows), limit)
 		var cpu time.Duration
 		per := make([]string, k)
