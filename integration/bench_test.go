@@ -2,10 +2,13 @@ package integration
 
 // Benchmarks print rows/s as ratios to a raw pglogrepl decode of the same
 // WAL, measured in the same run, because this machine is shared and
-// absolute numbers drift. Run them with:
+// absolute numbers drift. BenchmarkSuite (suite_bench_test.go) runs every
+// workload of the performance targets and prints one table:
 //
-//	go test ./integration/ -run '^$' -bench . -benchtime 1x
+//	go test ./integration/ -run '^$' -bench BenchmarkSuite -benchtime 1x -timeout 20m
 //
+// The ones here give more detail on one thing each; run one with
+// -bench <name>.
 // Each benchmark does its whole workload once per b.N iteration, so
 // -benchtime 1x is the useful setting.
 
