@@ -153,7 +153,7 @@ const (
 	DefaultInitialBackoff = time.Second
 	DefaultMaxBackoff     = 3 * time.Minute
 	DefaultStart          = "end"
-	DefaultConcurrency    = 4
+	DefaultConcurrency    = 32
 	DefaultMaxBodyBytes   = 1 << 20
 )
 

@@ -232,7 +232,7 @@ func TestDefaults(t *testing.T) {
 			MaxAckPending:  10000,
 			Retry:          Retry{InitialBackoff: Duration(time.Second), MaxBackoff: Duration(3 * time.Minute)},
 			Start:          "end",
-			Concurrency:    4,
+			Concurrency:    32,
 		}},
 		Path: file,
 	}
@@ -282,7 +282,7 @@ func TestDefaults(t *testing.T) {
 	// The exported ApplyDefaults treat zero as unset (API objects).
 	var s Sink
 	s.ApplyDefaults()
-	if s.BatchSize != 1 || s.Concurrency != 4 || s.RequestTimeout.D() != 30*time.Second || s.Start != "end" || len(s.Actions) != 3 {
+	if s.BatchSize != 1 || s.Concurrency != 32 || s.RequestTimeout.D() != 30*time.Second || s.Start != "end" || len(s.Actions) != 3 {
 		t.Errorf("Sink.ApplyDefaults: %+v", s)
 	}
 	var w WebhookSource
