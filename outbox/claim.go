@@ -181,11 +181,11 @@ WITH t AS MATERIALIZED (
 	) y
 ), cls AS (
 	SELECT cid, group_key, cready, cretry, busy, id AS first_id, ready AS first_ready FROM x WHERE pos = 1
-), demote AS MATERIALIZED (
+), demote AS (
 	-- A retry keeps its flag: without room it is how a claim reaches the
 	-- fresh messages before it in its group (a replay queued them), which
 	-- it must take first; retries are few (max_ack_pending bounds them).
-	SELECT cid FROM cls WHERE NOT cretry AND (busy OR cid <> first_id)
+	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE NOT cretry AND (busy OR cid <> first_id))) RETURNING 1
 ), h AS (
 	SELECT cid, cready, cretry FROM (
 		SELECT DISTINCT ON (group_key) cid, group_key, cready, cretry FROM cls
@@ -226,12 +226,6 @@ WITH t AS MATERIALIZED (
 		count(*) FILTER (WHERE NOT pending), array_agg(id ORDER BY id), array_agg(DISTINCT group_key), (SELECT now FROM t), $7::bigint
 	FROM pick GROUP BY bn
 	RETURNING id, ids[1] AS first
-), flag AS (
-	-- Cleared: the candidates that are behind, and the claimed messages
-	-- that head their group (their claim names it; whatever ends the
-	-- claim promotes the group, rule P), so claims do not skip past
-	-- in-flight messages in the ready index.
-	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM demote UNION SELECT id FROM pick)) AND head IS NOT FALSE
 ), bf AS (
 	-- Which claims row is which batch: by the batch's least id.
 	SELECT bn, min(id) AS first FROM pick GROUP BY bn

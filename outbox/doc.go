@@ -75,9 +75,7 @@
 // backing off. Every fresh candidate that is not first(g), or whose group a
 // live claim names, is cleared to false; retries keep their flags (they are
 // few, and without room a retry is how a claim reaches the fresh messages a
-// replay queued before it), and those of groups in flight are passed over.
-// The messages a claim takes are cleared too (their claim names their
-// group; rule R restores them). max_ack_pending counts messages
+// replay queued before it), and those of groups in flight are passed over. max_ack_pending counts messages
 // attempted before, and fresh ones beyond the room left, except fresh
 // messages that stand before a retry in their group, wherever the retry
 // stands (the retry cannot go without them: they hold its room). A batch
@@ -101,10 +99,7 @@
 // R (reap). A claim that ended without an outcome (lease ran out, or
 // revoked by W) is not live for claims, acks and nacks from that moment;
 // every delivering process deletes such claims each second (ReapClaims),
-// under L, and promotes their groups (P). Its messages are claimable again
-// from then: a claim clears the flags of the messages it takes that head
-// their group (rule C), so that later claims need not skip past messages
-// in flight, and the promotion restores them.
+// under L, and promotes their groups (P).
 //
 // W (worker). A delivering process registers a worker and holds a session
 // advisory lock keyed by its id for its whole life. A worker whose lock
