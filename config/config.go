@@ -153,9 +153,19 @@ const (
 	DefaultInitialBackoff = time.Second
 	DefaultMaxBackoff     = 3 * time.Minute
 	DefaultStart          = "end"
-	DefaultConcurrency    = 32
+	DefaultConcurrency    = 4
 	DefaultMaxBodyBytes   = 1 << 20
 )
+
+// DefaultConcurrencyFor is a sink's concurrency when it sets none: at
+// least DefaultConcurrency batches, and at least 32 messages in flight,
+// so that batch_size 1 is not held to four requests at a time (one claim
+// takes batches for every idle worker, so more workers cost no extra
+// round trips), while large batches are not multiplied into thousands of
+// messages in flight.
+func DefaultConcurrencyFor(batchSize int) int {
+	return min(max(DefaultConcurrency, 32/max(batchSize, 1)), MaxConcurrency)
+}
 
 // FilterOps are the operators a filter may use.
 var FilterOps = []string{"=", "!=", "<", "<=", ">", ">=", "in", "not_in", "is_null", "is_not_null", "changed"}

@@ -232,7 +232,7 @@ func TestDefaults(t *testing.T) {
 			MaxAckPending:  10000,
 			Retry:          Retry{InitialBackoff: Duration(time.Second), MaxBackoff: Duration(3 * time.Minute)},
 			Start:          "end",
-			Concurrency:    32,
+			Concurrency:    32, // batch_size 1 (DefaultConcurrencyFor)
 		}},
 		Path: file,
 	}
@@ -373,7 +373,7 @@ func TestSpecExample(t *testing.T) {
 	if c.Retention.Keep.D() != 168*time.Hour || s.Retry.MaxBackoff.D() != 3*time.Minute || s.Retry.MaxAge != 0 {
 		t.Errorf("durations: %v %v %v", c.Retention.Keep, s.Retry.MaxBackoff, s.Retry.MaxAge)
 	}
-	if c.Sinks[0].Concurrency != DefaultConcurrency {
+	if c.Sinks[0].Concurrency != DefaultConcurrencyFor(c.Sinks[0].BatchSize) {
 		t.Errorf("concurrency = %d", c.Sinks[0].Concurrency)
 	}
 
@@ -771,5 +771,17 @@ func TestLeaderLeaseTooShort(t *testing.T) {
 	_, err := Parse("walhook.yaml", []byte("database: {url: postgres://a@b/c, leader_lease: 1s}\n"), func(string) (string, bool) { return "", false })
 	if err == nil || !strings.Contains(err.Error(), "database.leader_lease") || !strings.Contains(err.Error(), "at least 3s") {
 		t.Fatalf("got %v, want an error naming database.leader_lease", err)
+	}
+}
+
+// Small batches get enough workers to keep messages flowing to a slow
+// receiver; large ones are not multiplied into thousands in flight.
+func TestDefaultConcurrencyFollowsBatchSize(t *testing.T) {
+	for batch, want := range map[int]int{1: 32, 2: 16, 4: 8, 8: 4, 100: 4} {
+		s := Sink{BatchSize: batch}
+		s.ApplyDefaults()
+		if s.Concurrency != want {
+			t.Errorf("batch_size %d: concurrency %d, want %d", batch, s.Concurrency, want)
+		}
 	}
 }

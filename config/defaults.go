@@ -118,7 +118,7 @@ func (s *Sink) applyDefaults(set func(string) bool) {
 		s.Start = DefaultStart
 	}
 	if s.Concurrency == 0 && !isSet(set, "concurrency") {
-		s.Concurrency = DefaultConcurrency
+		s.Concurrency = DefaultConcurrencyFor(s.BatchSize)
 	}
 }
 
