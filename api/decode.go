@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/walhook/walhook/config"
 )
 
 // readBody reads a management request body, bounded.
@@ -69,10 +73,7 @@ func decodeValue(data json.RawMessage, v reflect.Value, path string, errs *valid
 		for _, k := range keys {
 			idx, ok := fields[k]
 			if !ok {
-				msg := "unknown field"
-				if s := closest(k, fields); s != "" {
-					msg += fmt.Sprintf(" (did you mean %q?)", s)
-				}
+				msg := "unknown field" + config.Suggest(k, slices.Sorted(maps.Keys(fields)))
 				*errs = append(*errs, fieldError{Field: join(path, k), Message: msg})
 				continue
 			}
@@ -183,35 +184,4 @@ func jsonKind(data json.RawMessage) string {
 		return "a fractional number"
 	}
 	return "a number"
-}
-
-// closest suggests a known field for a misspelt one.
-func closest(k string, fields map[string]int) string {
-	best, bestD := "", 3
-	for f := range fields {
-		if d := editDistance(k, f); d < bestD || (d == bestD && f < best) {
-			best, bestD = f, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

@@ -189,7 +189,7 @@ func ApplyStarts(ctx context.Context, store *outbox.Store) error {
 		)
 		INSERT INTO backfills (sink_id)
 		SELECT id FROM s WHERE start = 'beginning'
-			AND EXISTS (SELECT 1 FROM subscriptions WHERE sink_id = s.id AND emitter LIKE 'table:%')`)
+			AND EXISTS (SELECT 1 FROM subscriptions WHERE sink_id = s.id AND emitter LIKE '`+outbox.TableEmitter+`%')`)
 	if err != nil {
 		return fmt.Errorf("apply sink starts: %w", err)
 	}

@@ -191,7 +191,7 @@ func (c *Config) validate(ch *checker) {
 
 func checkOneOf(ch *checker, p *keyPath, s string, allowed []string) bool {
 	if !slices.Contains(allowed, s) {
-		ch.errorf(p, "%s is not one of %s%s", quote(s), strings.Join(allowed, ", "), suggest(s, allowed))
+		ch.errorf(p, "%s is not one of %s%s", quote(s), strings.Join(allowed, ", "), Suggest(s, allowed))
 		return false
 	}
 	return true
@@ -258,7 +258,7 @@ func checkSink(ch *checker, p *keyPath, s *Sink, endpoints, sources map[string]b
 	case s.Endpoint == "":
 		ch.errorf(p.field("endpoint"), "is required (the name of an http_endpoint)")
 	case endpoints != nil && !endpoints[s.Endpoint]:
-		ch.errorf(p.field("endpoint"), "%s is not a defined http_endpoint%s", quote(s.Endpoint), suggest(s.Endpoint, sortedKeys(endpoints)))
+		ch.errorf(p.field("endpoint"), "%s is not a defined http_endpoint%s", quote(s.Endpoint), Suggest(s.Endpoint, sortedKeys(endpoints)))
 	}
 	if s.Path != "" {
 		if !strings.HasPrefix(s.Path, "/") {
@@ -277,7 +277,7 @@ func checkSink(ch *checker, p *keyPath, s *Sink, endpoints, sources map[string]b
 		wp := p.field("webhook_sources").index(i, "")
 		switch {
 		case sources != nil && !sources[w]:
-			ch.errorf(wp, "%s is not a defined webhook source%s", quote(w), suggest(w, sortedKeys(sources)))
+			ch.errorf(wp, "%s is not a defined webhook source%s", quote(w), Suggest(w, sortedKeys(sources)))
 		case seen[w]:
 			ch.errorf(wp, "%s is listed twice", quote(w))
 		}
@@ -370,7 +370,7 @@ func checkFilter(ch *checker, p *keyPath, f Filter) {
 		if f.Op == "" {
 			ch.errorf(p.field("op"), "is required (one of %s)", strings.Join(FilterOps, " "))
 		} else {
-			ch.errorf(p.field("op"), "%s is not an operator (one of %s)%s", quote(f.Op), strings.Join(FilterOps, " "), suggest(f.Op, FilterOps))
+			ch.errorf(p.field("op"), "%s is not an operator (one of %s)%s", quote(f.Op), strings.Join(FilterOps, " "), Suggest(f.Op, FilterOps))
 		}
 		return
 	}

@@ -267,7 +267,7 @@ type WebhookSourceRow struct {
 const sourceSelect = `
 	SELECT w.id, w.name, w.max_body_bytes, w.created_at,
 		COALESCE((SELECT array_agg(s.name ORDER BY s.name) FROM subscriptions x JOIN sinks s ON s.id = x.sink_id
-			WHERE x.emitter = 'webhook:' || w.name), '{}')
+			WHERE x.emitter = '` + WebhookEmitter + `' || w.name), '{}')
 	FROM webhook_sources w`
 
 func scanSource(row pgx.Row) (*WebhookSourceRow, error) {

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/secrets"
 	"github.com/walhook/walhook/sink"
 )
 
@@ -149,6 +152,20 @@ type Endpoint struct {
 	EncryptedHeaders     []byte
 	EncryptedHeaderNames []string
 	CreatedAt, UpdatedAt time.Time
+}
+
+// SealEndpoint is the one way a configured endpoint becomes its stored
+// form, from the config file and the API alike: encrypted headers sealed
+// with box, their names kept in clear so the API can list them masked.
+func SealEndpoint(box *secrets.Box, e config.HTTPEndpoint) (*Endpoint, error) {
+	sealed, err := box.SealMap(e.EncryptedHeaders)
+	if err != nil {
+		return nil, fmt.Errorf("seal encrypted headers: %w", err)
+	}
+	return &Endpoint{
+		Name: e.Name, URL: e.URL, Headers: e.Headers, EncryptedHeaders: sealed,
+		EncryptedHeaderNames: slices.Sorted(maps.Keys(e.EncryptedHeaders)),
+	}, nil
 }
 
 const endpointSelect = `SELECT id, name, url, headers, encrypted_headers, encrypted_header_names, created_at, updated_at FROM http_endpoints`
