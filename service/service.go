@@ -89,6 +89,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	if err != nil {
 		return nil, err
 	}
+	store.Box = box
 	host, _ := os.Hostname()
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
