@@ -194,7 +194,7 @@ func TestApplySinkDefaultsKeepsExplicitZero(t *testing.T) {
 	if s.BatchSize != 0 || s.Retry.InitialBackoff != 0 {
 		t.Errorf("explicit zeros replaced: %+v", s)
 	}
-	if s.Concurrency != config.DefaultConcurrency || s.MaxAckPending != config.DefaultMaxAckPending || s.Message != "change" {
+	if s.Concurrency != config.DefaultConcurrencyFor(s.BatchSize) || s.MaxAckPending != config.DefaultMaxAckPending || s.Message != "change" {
 		t.Errorf("defaults not applied: %+v", s)
 	}
 }

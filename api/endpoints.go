@@ -165,14 +165,11 @@ func (s *Server) sealEndpoint(e config.HTTPEndpoint) (*outbox.Endpoint, error) {
 	if errs := config.ValidateEndpoint(e, s.d.Config.EncryptionKey != ""); len(errs) > 0 {
 		return nil, fromConfigErrors(errs)
 	}
-	sealed, err := s.d.Box.SealMap(e.EncryptedHeaders)
+	row, err := outbox.SealEndpoint(s.d.Box, e)
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: seal encrypted headers: %w", e.Name, err)
+		return nil, fmt.Errorf("endpoint %s: %w", e.Name, err)
 	}
-	return &outbox.Endpoint{
-		Name: e.Name, URL: e.URL, Headers: e.Headers, EncryptedHeaders: sealed,
-		EncryptedHeaderNames: slices.Sorted(maps.Keys(e.EncryptedHeaders)),
-	}, nil
+	return row, nil
 }
 
 // checkURLUnmasked refuses a new URL that still holds the mask: its

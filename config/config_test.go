@@ -484,6 +484,7 @@ func TestValidation(t *testing.T) {
 		{"max_age negative", sinkBase("retry: {max_age: -1m}"), []string{sl(1) + "sinks[orders].retry.max_age: -1m0s must not be negative"}},
 		{"signing secret prefix", sinkBase("signing_secret: abc"), []string{sl(1) + "sinks[orders].signing_secret:", `must start with "whsec_"`}},
 		{"signing secret base64", sinkBase("signing_secret: 'whsec_***'"), []string{sl(1) + "sinks[orders].signing_secret:", "followed by base64"}},
+		{"signing secret empty key", sinkBase("signing_secret: whsec_"), []string{sl(1) + "sinks[orders].signing_secret:", "followed by base64"}},
 		{"signing secret ok", sinkBase("signing_secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), nil},
 		{"start", sinkBase("start: now"), []string{sl(1) + "sinks[orders].start:", `"now" is not one of end, beginning`}},
 		{"concurrency zero", sinkBase("concurrency: 0"), []string{sl(1) + "sinks[orders].concurrency: 0 is out of range 1..64"}},

@@ -151,8 +151,10 @@ func quote(s string) string {
 	return strconv.Quote(s)
 }
 
-// suggest returns ` (did you mean "x"?)` when one candidate is close to s.
-func suggest(s string, candidates []string) string {
+// Suggest returns ` (did you mean "x"?)` when one candidate is close to s
+// (case ignored; the first of equally close ones), else "". It is the one
+// rule for misspelt keys and names, in config files and API bodies alike.
+func Suggest(s string, candidates []string) string {
 	best, bestD := "", 3
 	for _, c := range candidates {
 		if d := editDistance(strings.ToLower(s), strings.ToLower(c)); d < bestD {

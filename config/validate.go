@@ -1,32 +1,18 @@
 package config
 
 import (
-	"encoding/base64"
-	"errors"
-	"fmt"
-	"net"
-	"net/url"
 	"reflect"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/walhook/walhook/egress"
-	"github.com/walhook/walhook/secrets"
 )
 
 // Limits of the configuration (docs/reference.md#2-configuration).
 const (
 	MaxBatchSize   = 1000
 	MaxConcurrency = 64
-	// EncryptionKeyBytes is the AES-256 key size the encryption_key decodes to.
-	EncryptionKeyBytes = 32
-	// SigningSecretPrefix starts every Standard Webhooks signing secret.
-	SigningSecretPrefix = "whsec_"
 )
 
 // LogLevels and LogFormats are the values log.level and log.format accept.
@@ -41,85 +27,6 @@ var (
 	Kinds    = []string{KindWebhook, KindPull}
 	Starts   = []string{"end", "beginning"}
 )
-
-var (
-	nameRe       = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
-	identRe      = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
-	tablePartRe  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
-	headerNameRe = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-)
-
-const (
-	maxNameLen  = 128
-	maxIdentLen = 63 // Postgres NAMEDATALEN-1
-)
-
-// ValidName reports whether s may name an endpoint, webhook source or sink.
-// Names appear in URL paths (/api/sinks/{name}) and ingest URLs, so they are
-// limited to characters that never need escaping, and "." and ".." are out
-// because routers clean them away.
-func ValidName(s string) bool {
-	return len(s) <= maxNameLen && nameRe.MatchString(s) && s != "." && s != ".."
-}
-
-func validIdent(s string) bool { return len(s) <= maxIdentLen && identRe.MatchString(s) }
-
-// SplitTable splits a sink table entry, "schema.table" or "schema.*" (table
-// is then "*"). Names are matched as written, case-sensitively, against the
-// names in the replication stream; quoted identifiers holding dots or other
-// punctuation are not supported.
-func SplitTable(s string) (schema, table string, ok bool) {
-	schema, table, ok = strings.Cut(s, ".")
-	if !ok || len(schema) > maxIdentLen || len(table) > maxIdentLen || !tablePartRe.MatchString(schema) {
-		return "", "", false
-	}
-	if table != "*" && !tablePartRe.MatchString(table) {
-		return "", "", false
-	}
-	return schema, table, true
-}
-
-// MatchTable reports whether a sink table entry ("public.orders" or
-// "public.*") covers schema.table, so every package matches alike.
-func MatchTable(pattern, schema, table string) bool {
-	ps, pt, ok := SplitTable(pattern)
-	return ok && ps == schema && (pt == "*" || pt == table)
-}
-
-// DecodeEncryptionKey decodes encryption_key (standard base64 of exactly 32
-// bytes) so the loader and the header encryption agree on the format.
-func DecodeEncryptionKey(s string) ([]byte, error) {
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		return nil, errors.New("is not valid base64 (value not shown)")
-	}
-	if len(b) != EncryptionKeyBytes {
-		return nil, fmt.Errorf("decodes to %d bytes, want %d (value not shown)", len(b), EncryptionKeyBytes)
-	}
-	return b, nil
-}
-
-// DecodeSigningSecret returns the HMAC key of a Standard Webhooks secret:
-// the base64-decoded bytes after "whsec_" (docs/reference.md#32-signatures).
-func DecodeSigningSecret(s string) ([]byte, error) {
-	rest, ok := strings.CutPrefix(s, SigningSecretPrefix)
-	if !ok {
-		return nil, errors.New(`must start with "whsec_" (value not shown)`)
-	}
-	b, err := base64.StdEncoding.DecodeString(rest)
-	if err != nil || len(b) == 0 {
-		return nil, errors.New(`must be "whsec_" followed by base64 (value not shown)`)
-	}
-	return b, nil
-}
-
-// SigningKey is the sink's HMAC key, nil when requests are not signed.
-func (s *Sink) SigningKey() ([]byte, error) {
-	if s.SigningSecret == "" {
-		return nil, nil
-	}
-	return DecodeSigningSecret(s.SigningSecret)
-}
 
 // Validate checks a Config built or changed in code; Parse already ran the
 // same checks with line numbers. The error lists every problem, one a line.
@@ -283,147 +190,12 @@ func (c *Config) validate(ch *checker) {
 	}
 }
 
-// checkUnique reports a name used twice within one kind of object.
-func checkUnique(ch *checker, p *keyPath, name string, seen map[string]*keyPath, at *keyPath) {
-	if name == "" {
-		return
-	}
-	if prev, dup := seen[name]; dup {
-		msg := fmt.Sprintf("%s is already used by %s", quote(name), prev.show)
-		if l := ch.lineOf(prev); l > 0 {
-			msg += fmt.Sprintf(" (line %d)", l)
-		}
-		ch.errorf(p, "%s", msg)
-		return
-	}
-	seen[name] = at
-}
-
-func checkName(ch *checker, p *keyPath, name string) {
-	switch {
-	case name == "":
-		ch.errorf(p, "is required")
-	case !ValidName(name):
-		ch.errorf(p, "%s is not a valid name (letters, digits, _ . -; at most %d)", quote(name), maxNameLen)
-	}
-}
-
-func checkIdent(ch *checker, p *keyPath, s, what string) bool {
-	if !validIdent(s) {
-		ch.errorf(p, "%s is not a valid %s (lower-case letters, digits and _, not starting with a digit, at most %d)", quote(s), what, maxIdentLen)
-		return false
-	}
-	return true
-}
-
 func checkOneOf(ch *checker, p *keyPath, s string, allowed []string) bool {
 	if !slices.Contains(allowed, s) {
-		ch.errorf(p, "%s is not one of %s%s", quote(s), strings.Join(allowed, ", "), suggest(s, allowed))
+		ch.errorf(p, "%s is not one of %s%s", quote(s), strings.Join(allowed, ", "), Suggest(s, allowed))
 		return false
 	}
 	return true
-}
-
-func checkListen(ch *checker, p *keyPath, s string) bool {
-	_, port, err := net.SplitHostPort(s)
-	if err == nil {
-		n, perr := strconv.Atoi(port)
-		if perr == nil && n >= 0 && n <= 65535 {
-			return true
-		}
-	}
-	ch.errorf(p, "%s is not host:port (like 127.0.0.1:7376 or :7376)", quote(s))
-	return false
-}
-
-// checkHTTPURL requires an absolute http(s) URL with a host. The shown
-// value has its credentials (password, query values) masked.
-func checkHTTPURL(ch *checker, p *keyPath, s string) {
-	if s == "" {
-		ch.errorf(p, "is required (an absolute http:// or https:// URL)")
-		return
-	}
-	u, err := url.Parse(s)
-	shown := redactConn(s)
-	if err == nil {
-		shown = secrets.RedactURL(s)
-	}
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "" {
-		ch.errorf(p, "%s is not an absolute http:// or https:// URL", quote(shown))
-		return
-	}
-	if u.Fragment != "" {
-		ch.errorf(p, "%s must not have a #fragment", quote(shown))
-	}
-}
-
-// checkConnString parses a Postgres URL or DSN the way pgx will, without
-// connecting. Neither the value nor pgx's message may leak the password.
-func checkConnString(ch *checker, p *keyPath, s string) {
-	_, err := pgconn.ParseConfig(s)
-	if err == nil {
-		return
-	}
-	ch.errorf(p, "%s is not a valid postgres URL or DSN: %s", quote(redactConn(s)), connReason(err, s))
-}
-
-func connReason(err error, conn string) string {
-	reason := "cannot parse"
-	var pe *pgconn.ParseConfigError
-	if errors.As(err, &pe) {
-		full := pe.Error()
-		inner := errors.Unwrap(pe)
-		if inner != nil {
-			full = strings.TrimSuffix(full, " ("+inner.Error()+")")
-		}
-		if i := strings.LastIndex(full, "`: "); i >= 0 {
-			reason = full[i+3:]
-		}
-		if inner != nil {
-			var ue *url.Error
-			if errors.As(inner, &ue) {
-				reason += ": " + ue.Err.Error()
-			} else {
-				reason += ": " + inner.Error()
-			}
-		}
-	}
-	// Belt and braces: never echo the string or its password.
-	for _, secret := range []string{conn, strconv.Quote(conn), connPassword(conn)} {
-		if len(secret) >= 3 {
-			reason = strings.ReplaceAll(reason, secret, "xxxxx")
-		}
-	}
-	return reason
-}
-
-var (
-	quotedPWRe = regexp.MustCompile(`password\s*=\s*'(?:[^'\\]|\\.)*'`)
-	plainPWRe  = regexp.MustCompile(`password\s*=\s*[^\s']\S*`)
-	urlPWRe    = regexp.MustCompile(`://([^/@:]*):[^/@]*@`)
-	anyPWRe    = regexp.MustCompile(`password\s*=\s*(\S+)`)
-)
-
-// redactConn masks the password of a URL or key=value DSN for messages.
-func redactConn(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	s = urlPWRe.ReplaceAllString(s, "://$1:xxxxx@")
-	s = quotedPWRe.ReplaceAllString(s, "password=xxxxx")
-	s = plainPWRe.ReplaceAllString(s, "password=xxxxx")
-	return s
-}
-
-func connPassword(s string) string {
-	if u, err := url.Parse(s); err == nil && u.User != nil {
-		pw, _ := u.User.Password()
-		return pw
-	}
-	if m := anyPWRe.FindStringSubmatch(s); m != nil {
-		return strings.Trim(m[1], "'")
-	}
-	return ""
 }
 
 func checkEndpoint(ch *checker, p *keyPath, e *HTTPEndpoint) {
@@ -472,22 +244,6 @@ func checkWebhookSource(ch *checker, p *keyPath, w *WebhookSource) {
 	}
 }
 
-// checkTables checks a list of "schema.table" / "schema.*" entries.
-func checkTables(ch *checker, p *keyPath, tables []string) {
-	seen := map[string]bool{}
-	for i, t := range tables {
-		tp := p.index(i, "")
-		if _, _, ok := SplitTable(t); !ok {
-			ch.errorf(tp, "%s is not schema-qualified (want schema.table or schema.*)", quote(t))
-			continue
-		}
-		if seen[t] {
-			ch.errorf(tp, "%s is listed twice", quote(t))
-		}
-		seen[t] = true
-	}
-}
-
 func checkSink(ch *checker, p *keyPath, s *Sink, endpoints, sources map[string]bool) {
 	checkName(ch, p.field("name"), s.Name)
 
@@ -503,7 +259,7 @@ func checkSink(ch *checker, p *keyPath, s *Sink, endpoints, sources map[string]b
 	case s.Endpoint == "":
 		ch.errorf(p.field("endpoint"), "is required (the name of an http_endpoint)")
 	case endpoints != nil && !endpoints[s.Endpoint]:
-		ch.errorf(p.field("endpoint"), "%s is not a defined http_endpoint%s", quote(s.Endpoint), suggest(s.Endpoint, sortedKeys(endpoints)))
+		ch.errorf(p.field("endpoint"), "%s is not a defined http_endpoint%s", quote(s.Endpoint), Suggest(s.Endpoint, sortedKeys(endpoints)))
 	}
 	if s.Path != "" {
 		if !strings.HasPrefix(s.Path, "/") {
@@ -522,7 +278,7 @@ func checkSink(ch *checker, p *keyPath, s *Sink, endpoints, sources map[string]b
 		wp := p.field("webhook_sources").index(i, "")
 		switch {
 		case sources != nil && !sources[w]:
-			ch.errorf(wp, "%s is not a defined webhook source%s", quote(w), suggest(w, sortedKeys(sources)))
+			ch.errorf(wp, "%s is not a defined webhook source%s", quote(w), Suggest(w, sortedKeys(sources)))
 		case seen[w]:
 			ch.errorf(wp, "%s is listed twice", quote(w))
 		}
@@ -615,7 +371,7 @@ func checkFilter(ch *checker, p *keyPath, f Filter) {
 		if f.Op == "" {
 			ch.errorf(p.field("op"), "is required (one of %s)", strings.Join(FilterOps, " "))
 		} else {
-			ch.errorf(p.field("op"), "%s is not an operator (one of %s)%s", quote(f.Op), strings.Join(FilterOps, " "), suggest(f.Op, FilterOps))
+			ch.errorf(p.field("op"), "%s is not an operator (one of %s)%s", quote(f.Op), strings.Join(FilterOps, " "), Suggest(f.Op, FilterOps))
 		}
 		return
 	}

@@ -190,7 +190,7 @@ func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, p *keyPath, secret boo
 		kp := p.field(k.Value)
 		f, ok := fi.byName[k.Value]
 		if !ok {
-			w.errorf(k, kp, "unknown key%s", suggest(k.Value, fi.names))
+			w.errorf(k, kp, "unknown key%s", Suggest(k.Value, fi.names))
 			return
 		}
 		if prev, dup := seen[k.Value]; dup {

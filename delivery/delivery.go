@@ -389,7 +389,7 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 	}
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", UserAgent)
-	signer, err := NewSigner(s.Config.SigningSecret)
+	signer, err := SinkSigner(&s.Config)
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", s.Name, err)
 	}

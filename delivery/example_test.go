@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/delivery"
 )
 
@@ -54,7 +55,7 @@ func Example_verifySignature() {
 	sentAt := time.Date(2024, 3, 20, 15, 30, 0, 0, time.UTC)
 
 	// walhook's side (delivery does this for every request of the sink).
-	signer, err := delivery.NewSigner(secret)
+	signer, err := delivery.SinkSigner(&config.Sink{SigningSecret: secret})
 	if err != nil {
 		panic(err)
 	}

@@ -7,8 +7,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/walhook/walhook/config"
 )
 
 // Signer signs requests the Standard Webhooks way
@@ -16,18 +17,16 @@ import (
 // webhook-signature = "v1," + base64(HMAC-SHA256(id.timestamp.body)).
 type Signer struct{ key []byte }
 
-// NewSigner takes a "whsec_<base64>" secret; nil for an empty one.
-func NewSigner(secret string) (*Signer, error) {
-	if secret == "" {
-		return nil, nil
-	}
-	b64, ok := strings.CutPrefix(secret, "whsec_")
-	if !ok {
-		return nil, fmt.Errorf("signing_secret must start with whsec_")
-	}
-	key, err := base64.StdEncoding.DecodeString(b64)
+// SinkSigner signs a sink's requests, nil when they go unsigned. The key
+// comes from config's decoder, so delivery refuses exactly the secrets the
+// config loader and the API refuse.
+func SinkSigner(s *config.Sink) (*Signer, error) {
+	key, err := s.SigningKey()
 	if err != nil {
-		return nil, fmt.Errorf("signing_secret: the part after whsec_ is not base64")
+		return nil, fmt.Errorf("signing_secret %w", err)
+	}
+	if key == nil {
+		return nil, nil
 	}
 	return &Signer{key: key}, nil
 }

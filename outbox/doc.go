@@ -6,7 +6,7 @@
 //
 // # The claim protocol
 //
-// Delivery's promise (docs: SPEC §3) is: every committed message is
+// Delivery's promise (docs/reference.md#7-guarantees) is: every committed message is
 // delivered at least once; a group's messages leave in commit order; a
 // group never has two batches in flight; a failing message holds back its
 // own group only. This is how the outbox keeps it, with several processes

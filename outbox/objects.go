@@ -2,15 +2,17 @@ package outbox
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walhook/walhook/config"
+	"github.com/walhook/walhook/secrets"
 	"github.com/walhook/walhook/sink"
 )
 
@@ -31,31 +33,32 @@ type SinkRow struct {
 	CreatedAt, UpdatedAt time.Time
 }
 
-func scanSink(row pgx.Row) (*SinkRow, error) {
-	var s sink.Sink
+func (s *Store) scanSink(row pgx.Row) (*SinkRow, error) {
+	var sk sink.Sink
 	var r SinkRow
 	var raw []byte
 	var emitters []string
-	if err := row.Scan(&s.ID, &s.UUID, &s.Name, &raw, &s.Paused, &r.CreatedAt, &r.UpdatedAt, &emitters); err != nil {
+	if err := row.Scan(&sk.ID, &sk.UUID, &sk.Name, &raw, &sk.Paused, &r.CreatedAt, &r.UpdatedAt, &emitters); err != nil {
 		return nil, err
 	}
-	if err := json.Unmarshal(raw, &s.Config); err != nil {
-		return nil, fmt.Errorf("sink %s: stored config: %w", s.Name, err)
+	cfg, err := s.readSinkSettings(sk.Name, raw)
+	if err != nil {
+		return nil, err
 	}
-	s.Config.Name = s.Name
-	if s.Config.Kind == "" {
+	sk.Config = cfg
+	sk.Config.Name = sk.Name
+	if sk.Config.Kind == "" {
 		// Stored before sinks had kinds: every one of them was a webhook.
-		s.Config.Kind = config.KindWebhook
+		sk.Config.Kind = config.KindWebhook
 	}
-	s.Config.Tables, s.Config.WebhookSources = nil, nil
 	for _, e := range emitters {
 		if t, ok := strings.CutPrefix(e, TableEmitter); ok {
-			s.Config.Tables = append(s.Config.Tables, t)
+			sk.Config.Tables = append(sk.Config.Tables, t)
 		} else if w, ok := strings.CutPrefix(e, WebhookEmitter); ok {
-			s.Config.WebhookSources = append(s.Config.WebhookSources, w)
+			sk.Config.WebhookSources = append(sk.Config.WebhookSources, w)
 		}
 	}
-	r.Sink = &s
+	r.Sink = &sk
 	return &r, nil
 }
 
@@ -68,7 +71,7 @@ func (s *Store) Sinks(ctx context.Context) ([]*SinkRow, error) {
 	defer rows.Close()
 	var out []*SinkRow
 	for rows.Next() {
-		r, err := scanSink(rows)
+		r, err := s.scanSink(rows)
 		if err != nil {
 			return nil, fmt.Errorf("list sinks: %w", err)
 		}
@@ -79,7 +82,7 @@ func (s *Store) Sinks(ctx context.Context) ([]*SinkRow, error) {
 
 // Sink returns one sink by name, or ErrNotFound.
 func (s *Store) Sink(ctx context.Context, name string) (*SinkRow, error) {
-	r, err := scanSink(s.Pool.QueryRow(ctx, sinkSelect+` WHERE s.name = $1`, name))
+	r, err := s.scanSink(s.Pool.QueryRow(ctx, sinkSelect+` WHERE s.name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("sink %q: %w", name, ErrNotFound)
 	}
@@ -105,18 +108,9 @@ func (s *Store) SinkModels(ctx context.Context) ([]*sink.Sink, error) {
 // PutSink creates or replaces a sink's settings and subscriptions. It
 // reports whether the sink is new (its `start` applies only then).
 func (s *Store) PutSink(ctx context.Context, cfg config.Sink) (created bool, err error) {
-	settings := cfg
-	settings.Tables, settings.WebhookSources = nil, nil
-	raw, err := json.Marshal(settings)
+	raw, emitters, err := s.sinkSettings(cfg)
 	if err != nil {
-		return false, fmt.Errorf("sink %s: encode: %w", cfg.Name, err)
-	}
-	var emitters []string
-	for _, t := range cfg.Tables {
-		emitters = append(emitters, TableEmitter+t)
-	}
-	for _, w := range cfg.WebhookSources {
-		emitters = append(emitters, WebhookEmitter+w)
+		return false, err
 	}
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var id int64
@@ -149,6 +143,20 @@ type Endpoint struct {
 	EncryptedHeaders     []byte
 	EncryptedHeaderNames []string
 	CreatedAt, UpdatedAt time.Time
+}
+
+// SealEndpoint is the one way a configured endpoint becomes its stored
+// form, from the config file and the API alike: encrypted headers sealed
+// with box, their names kept in clear so the API can list them masked.
+func SealEndpoint(box *secrets.Box, e config.HTTPEndpoint) (*Endpoint, error) {
+	sealed, err := box.SealMap(e.EncryptedHeaders)
+	if err != nil {
+		return nil, fmt.Errorf("seal encrypted headers: %w", err)
+	}
+	return &Endpoint{
+		Name: e.Name, URL: e.URL, Headers: e.Headers, EncryptedHeaders: sealed,
+		EncryptedHeaderNames: slices.Sorted(maps.Keys(e.EncryptedHeaders)),
+	}, nil
 }
 
 const endpointSelect = `SELECT id, name, url, headers, encrypted_headers, encrypted_header_names, created_at, updated_at FROM http_endpoints`

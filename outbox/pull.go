@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Pull consumers (SPEC §5) use the claim protocol as it is: a receive is a
+// Pull consumers (docs/reference.md#57-pull-sinks) use the claim protocol as it is: a receive is a
 // Claim (ClaimRequest.Pull) whose lease is the visibility timeout, and an
 // ack or nack names single messages of such claims. What pull adds is that
 // an outcome may cover part of a claim:

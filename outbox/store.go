@@ -12,12 +12,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/pgdial"
+	"github.com/walhook/walhook/secrets"
 )
 
 // Store is the state schema.
 type Store struct {
 	Pool   *pgxpool.Pool
 	Schema string
+	// Box seals sinks' signing secrets (and opens them on read). Without
+	// a key they are stored in clear, as before encryption_key existed.
+	Box *secrets.Box
 }
 
 // idleInTransactionTimeout ends the session of a process frozen inside a

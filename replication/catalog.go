@@ -7,10 +7,12 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walhook/walhook/replication/pgtext"
 )
 
-// knownTypes are the OIDs pgtype registers by default; AppendValue renders
-// them directly.
+// knownTypes are the OIDs pgtype registers by default; pgtext.AppendJSON
+// renders them directly.
 var knownTypes = func() map[uint32]bool {
 	m := pgtype.NewMap()
 	known := map[uint32]bool{}
@@ -79,21 +81,21 @@ func (c *pgCatalog) renderTypes(ctx context.Context, oids []uint32) ([]TypeRende
 	return out, nil
 }
 
-// TypeRender says how a column's text becomes JSON: by AppendValue with
-// OID, or, for an array of a type pgtype does not know, by AppendArray
-// with ArrayOf. Backfills use it too, so a read renders byte for byte like
+// TypeRender says how a column's text becomes JSON: by pgtext.AppendJSON
+// with OID, or, for an array of a type pgtype does not know, by
+// pgtext.AppendArrayJSON with ArrayOf. Backfills use it too, so a read renders byte for byte like
 // a live change of the same row.
 type TypeRender struct {
-	OID     uint32 // the OID AppendValue knows (a domain's base type)
+	OID     uint32 // the OID pgtext.AppendJSON knows (a domain's base type)
 	ArrayOf uint32 // non-zero: an array of this element type
 }
 
 // Append renders one column value given in Postgres text format.
 func (r TypeRender) Append(dst, text []byte) []byte {
 	if r.ArrayOf != 0 {
-		return AppendArray(dst, r.ArrayOf, text)
+		return pgtext.AppendArrayJSON(dst, r.ArrayOf, text)
 	}
-	return AppendValue(dst, r.OID, text)
+	return pgtext.AppendJSON(dst, r.OID, text)
 }
 
 // ResolveTypes resolves domains to their base type and finds the element

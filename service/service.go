@@ -89,6 +89,7 @@ func New(ctx context.Context, cfg *config.Config, log zerolog.Logger) (*Service,
 	if err != nil {
 		return nil, err
 	}
+	store.Box = box
 	host, _ := os.Hostname()
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
@@ -148,16 +149,11 @@ func (s *Service) Close() {
 // sinks (config as code).
 func (s *Service) applyConfig(ctx context.Context) error {
 	for _, e := range s.Cfg.HTTPEndpoints {
-		sealed, err := s.Box.SealMap(e.EncryptedHeaders)
+		row, err := outbox.SealEndpoint(s.Box, e)
 		if err != nil {
-			return fmt.Errorf("http_endpoints[%s].encrypted_headers: %w", e.Name, err)
+			return fmt.Errorf("http_endpoints[%s]: %w", e.Name, err)
 		}
-		names := make([]string, 0, len(e.EncryptedHeaders))
-		for k := range e.EncryptedHeaders {
-			names = append(names, k)
-		}
-		slices.Sort(names)
-		if err := s.Store.PutEndpoint(ctx, &outbox.Endpoint{Name: e.Name, URL: e.URL, Headers: e.Headers, EncryptedHeaders: sealed, EncryptedHeaderNames: names}); err != nil {
+		if err := s.Store.PutEndpoint(ctx, row); err != nil {
 			return err
 		}
 	}
