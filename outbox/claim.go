@@ -84,12 +84,6 @@ const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1
 const claimLockPlanSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int),
 	set_config('plan_cache_mode', 'force_generic_plan', true), set_config('synchronous_commit', 'off', true)`
 
-// claimLockDurableSQL is claimLockPlanSQL for a pull consumer's receive,
-// whose claim is durable: it is tied to no worker session, so nothing
-// else would keep its groups out of other consumers' hands after a crash.
-const claimLockDurableSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int),
-	set_config('plan_cache_mode', 'force_generic_plan', true)`
-
 // firstOfGroupSQL is the oldest unfailed message of group %s of sink $1,
 // in commit order (see groupOrder). %s is an expression naming the group.
 const firstOfGroupSQL = `(SELECT x.id FROM outbox x
@@ -263,15 +257,11 @@ func (s *Store) ClaimBatches(ctx context.Context, req ClaimRequest) ([]*Batch, e
 		lapse = &us
 	}
 	batches := max(req.Batches, 1)
-	lock := claimLockPlanSQL
-	if req.Pull {
-		lock = claimLockDurableSQL
-	}
 	for {
 		var bs []*Batch
 		var demoted int64
 		err := s.batch(ctx, func(pb *pgx.Batch) {
-			pb.Queue(lock, req.SinkID)
+			pb.Queue(claimLockPlanSQL, req.SinkID)
 			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse, batches).Query(func(rows pgx.Rows) error {
 				bs = nil
 				var b *Batch

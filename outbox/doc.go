@@ -141,12 +141,16 @@
 // acknowledged: a committed change is never lost. Claims, acks and nacks
 // commit asynchronously (synchronous_commit off, for their transaction
 // only): a Postgres crash may lose the last fraction of a second of them.
-// That only delivers messages again, which at-least-once allows, and
-// breaks no rule: a crash ends every worker's session, so W revokes every
-// push claim made before it anyway, lost or not (a pull consumer's
-// receive, tied to no session, commits durably); a lost ack leaves its
-// messages and claim behind, to be delivered again in order; a lost nack
-// leaves its messages to be tried again sooner. Without it, every claim
+// That only delivers messages again, which at-least-once allows: a crash
+// ends every worker's session, so W revokes every push claim made before
+// it anyway, lost or not, and their batches go again while the old
+// requests may still be in flight; a pull consumer's lost receive hands
+// its messages out again the same way (a Postgres crash ends the
+// exclusivity of work in flight, for push and pull alike, as it does in
+// any queue that survives one; order within what is delivered again
+// holds). A lost ack leaves its messages and claim behind, to be
+// delivered again in order; a lost nack leaves its messages to be tried
+// again sooner. Without it, every claim
 // and ack held the sink's claim lock across a WAL flush (milliseconds on
 // real disks), and at batch_size 1 the flushes, not the work, set the
 // pace.
