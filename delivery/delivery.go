@@ -64,6 +64,10 @@ type Manager struct {
 	runners map[int64]*runner
 	reload  chan struct{}
 	history *history
+	// running is set while Run loads sinks; reloaded holds the callers of
+	// Reload waiting for the next load to finish.
+	running  atomic.Bool
+	reloaded []chan struct{}
 
 	// worker is this process's registration (outbox.Worker): claims are
 	// tied to its session, so they come back at once if the process dies.
@@ -87,11 +91,30 @@ func NewManager(cfg Config) *Manager {
 	return &Manager{cfg: cfg, client: client, runners: map[int64]*runner{}, reload: make(chan struct{}, 1), history: newHistory()}
 }
 
-// Reload asks the manager to re-read sinks and endpoints now.
+// reloadWait bounds how long Reload waits: stopping a runner waits for
+// its requests in flight.
+const reloadWait = 5 * time.Second
+
+// Reload has the manager re-read sinks and endpoints now, and waits (up to
+// reloadWait) until it has, so that a change made through the API applies
+// to every delivery after the API's answer.
 func (m *Manager) Reload() {
+	if !m.running.Load() {
+		return
+	}
+	done := make(chan struct{})
+	m.mu.Lock()
+	m.reloaded = append(m.reloaded, done)
+	m.mu.Unlock()
 	select {
 	case m.reload <- struct{}{}:
 	default:
+	}
+	t := time.NewTimer(reloadWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
 }
 
@@ -106,9 +129,18 @@ func (m *Manager) Run(ctx context.Context) error {
 	wg.Go(func() { m.housekeep(ctx) })
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
+	m.running.Store(true)
+	defer m.running.Store(false)
 	for {
+		m.mu.Lock()
+		waiting := m.reloaded
+		m.reloaded = nil
+		m.mu.Unlock()
 		if err := m.sync(ctx); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Error().Err(err).Msg("load sinks")
+		}
+		for _, done := range waiting {
+			close(done)
 		}
 		select {
 		case <-ctx.Done():
