@@ -2,7 +2,6 @@ package backfill
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -184,30 +183,11 @@ func (r *Runner) Run(ctx context.Context) {
 // backfill are one statement, so a start applies exactly once whichever
 // way the sink was made and whatever crashes. The leader runs it.
 func ApplyStarts(ctx context.Context, store *outbox.Store) error {
-	_, err := store.Pool.Exec(ctx, `
-		WITH s AS (
-			UPDATE sinks SET start_applied = true WHERE NOT start_applied
-			RETURNING id, config->>'start' AS start
-		)
-		INSERT INTO backfills (sink_id)
-		SELECT id FROM s WHERE start = 'beginning'
-			AND EXISTS (SELECT 1 FROM subscriptions WHERE sink_id = s.id AND emitter LIKE 'table:%')`)
-	if err != nil {
-		return fmt.Errorf("apply sink starts: %w", err)
-	}
-	return nil
+	return store.ApplySinkStarts(ctx)
 }
 
 func runningIDs(ctx context.Context, store *outbox.Store) ([]int64, error) {
-	rows, err := store.Pool.Query(ctx, `SELECT id FROM backfills WHERE state = 'running' ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list running backfills: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("list running backfills: %w", err)
-	}
-	return ids, nil
+	return store.ListRunningBackfills(ctx)
 }
 
 // errStopped ends a run whose backfill is no longer running (cancelled,
@@ -257,14 +237,11 @@ func (r *Runner) runOne(ctx context.Context, source *pgxpool.Pool, id int64) err
 }
 
 func load(ctx context.Context, store *outbox.Store, id int64) (*Backfill, error) {
-	b, err := scanBackfill(store.Pool.QueryRow(ctx, selectBackfill+` WHERE b.id = $1`, id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("backfill %d: %w", id, outbox.ErrNotFound)
-	}
+	r, err := store.GetBackfillByID(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("backfill %d: %w", id, err)
+		return nil, err
 	}
-	return b, nil
+	return fromRow(r), nil
 }
 
 // job is one run of one backfill.
@@ -290,12 +267,7 @@ type job struct {
 }
 
 func (j *job) fail(ctx context.Context, cause error) error {
-	_, err := j.r.cfg.Store.Pool.Exec(ctx, `UPDATE backfills SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
-		j.b.ID, cause.Error())
-	if err != nil {
-		return fmt.Errorf("backfill %d: record failure: %w", j.b.ID, err)
-	}
-	return nil
+	return j.r.cfg.Store.FailBackfill(ctx, j.b.ID, cause.Error())
 }
 
 func (j *job) run(ctx context.Context) error {
@@ -320,12 +292,11 @@ func (j *job) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		tag, err := store.Pool.Exec(ctx, `UPDATE backfills SET tables = $2, resolved = true, rows_total = $3, updated_at = now() WHERE id = $1 AND state = 'running'`,
-			j.b.ID, tables, total)
+		running, err := store.ResolveBackfill(ctx, j.b.ID, tables, total)
 		if err != nil {
-			return fmt.Errorf("backfill %d: record tables: %w", j.b.ID, err)
+			return err
 		}
-		if tag.RowsAffected() == 0 {
+		if !running {
 			return errStopped
 		}
 		j.b.Tables, j.b.resolved = tables, true
@@ -363,13 +334,11 @@ func (j *job) run(ctx context.Context) error {
 // made before that are not streamed, so no page may be read earlier.
 func (j *job) waitPublished(ctx context.Context, schema, table string) error {
 	for logged := false; ; {
-		var ok bool
-		err := j.source.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
-			j.r.cfg.Publication, schema, table).Scan(&ok)
+		published, err := replication.PublishedTables(ctx, j.source, j.r.cfg.Publication)
 		if err != nil {
 			return fmt.Errorf("backfill %d: publication of %s.%s: %w", j.b.ID, schema, table, err)
 		}
-		if ok {
+		if published[schema+"."+table] {
 			return nil
 		}
 		if !logged {
@@ -452,15 +421,10 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 			nextIdx, nextCursor = j.b.tableIdx+1, nil
 		}
 		allDone := tableDone && nextIdx >= len(j.b.Tables)
-		var cursorJSON []byte
-		if nextCursor != nil {
-			cursorJSON, _ = json.Marshal(nextCursor) // strings always marshal
-		}
 		page.Seq, page.SinkID, page.Rel = seq, j.b.sinkID, info.rel
 		page.Done = make(chan outbox.PageResult, 1)
 		page.Flushed = make(chan struct{})
-		page.PersistSQL = persistSQL
-		page.PersistArgs = []any{j.b.ID, nextIdx, cursorJSON, int64(n), allDone}
+		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor, Rows: int64(n), Done: allDone}
 		w.Submit(page)
 		if err := j.emit(ctx, w, seq, true); err != nil {
 			return err
@@ -513,16 +477,6 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 	}
 }
 
-// persistSQL records a page's position; capture runs it in the state
-// transaction that writes the page. A backfill cancelled meanwhile keeps
-// its state (its last page is written anyway).
-const persistSQL = `
-	UPDATE backfills SET table_idx = $2, cursor = $3, rows_processed = rows_processed + $4,
-		state = CASE WHEN $5 THEN 'done' ELSE state END,
-		rows_total = CASE WHEN $5 THEN rows_processed + $4 ELSE GREATEST(rows_total, rows_processed + $4) END,
-		updated_at = now()
-	WHERE id = $1 AND state = 'running'`
-
 // emit writes a watermark into the source's WAL, as its own transaction.
 func (j *job) emit(ctx context.Context, w *outbox.Window, seq uint64, high bool) error {
 	_, err := j.source.Exec(ctx, `SELECT pg_logical_emit_message(true, $1::text, $2::text)`, outbox.WatermarkPrefix, string(w.Watermark(seq, high)))
@@ -548,13 +502,12 @@ func (j *job) adapt(took time.Duration) {
 // checkRunning stops the run when the backfill was cancelled or its sink
 // deleted.
 func (j *job) checkRunning(ctx context.Context) error {
-	var state string
-	err := j.r.cfg.Store.Pool.QueryRow(ctx, `SELECT state FROM backfills WHERE id = $1`, j.b.ID).Scan(&state)
-	if errors.Is(err, pgx.ErrNoRows) {
+	state, err := j.r.cfg.Store.GetBackfillState(ctx, j.b.ID)
+	if errors.Is(err, outbox.ErrNotFound) {
 		return errStopped
 	}
 	if err != nil {
-		return fmt.Errorf("backfill %d: read state: %w", j.b.ID, err)
+		return err
 	}
 	if state != Running {
 		j.log.Info().Str("state", state).Msg("backfill stopped")
@@ -623,13 +576,7 @@ func (j *job) countBacklog(ctx context.Context) (int, error) {
 // countWaiting counts a sink's waiting messages, up to limit: the count
 // costs at most limit index entries.
 func countWaiting(ctx context.Context, store *outbox.Store, sinkID int64, limit int) (int, error) {
-	var n int
-	err := store.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
-		sinkID, limit).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
-	}
-	return n, nil
+	return store.CountWaitingMessages(ctx, sinkID, limit)
 }
 
 // pageQuery is a table's keyset page query: every column, then the

@@ -9,12 +9,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// EnqueueWith queues messages like Enqueue, in one transaction with
+// enqueueWith queues messages like Enqueue, in one transaction with
 // record, which writes the writer's position (a replay's progress): a
 // restart then resumes exactly after what was queued, never queueing a
 // message twice. When record reports false (the job was cancelled or its
-// sink deleted), nothing is queued and EnqueueWith reports false.
-func (s *Store) EnqueueWith(ctx context.Context, rows []NewMessage, record func(pgx.Tx) (bool, error)) (bool, error) {
+// sink deleted), nothing is queued and enqueueWith reports false.
+func (s *Store) enqueueWith(ctx context.Context, rows []NewMessage, record func(pgx.Tx) (bool, error)) (bool, error) {
 	var kept bool
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
