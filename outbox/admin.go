@@ -170,7 +170,7 @@ func (s *Store) SinkCounts(ctx context.Context, sinkID int64) (map[int64]Counts,
 	if sinkID != 0 {
 		arg = &sinkID
 	}
-	rows, err := s.Pool.Query(ctx, countsSQL, arg)
+	rows, err := s.pool.Query(ctx, countsSQL, arg)
 	if err != nil {
 		return nil, fmt.Errorf("count messages: %w", err)
 	}
@@ -205,7 +205,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, e *Endpoint) error {
 	if e.EncryptedHeaderNames == nil {
 		e.EncryptedHeaderNames = []string{}
 	}
-	_, err := s.Pool.Exec(ctx, `
+	_, err := s.pool.Exec(ctx, `
 		INSERT INTO http_endpoints (name, url, headers, encrypted_headers, encrypted_header_names) VALUES ($1, $2, $3, $4, $5)`,
 		e.Name, e.URL, e.Headers, e.EncryptedHeaders, e.EncryptedHeaderNames)
 	if IsUniqueViolation(err) {
@@ -221,7 +221,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, e *Endpoint) error {
 // sink uses it (SinksUsingEndpoint): a sink without its endpoint stops
 // delivering.
 func (s *Store) DeleteEndpoint(ctx context.Context, name string) error {
-	tag, err := s.Pool.Exec(ctx, `DELETE FROM http_endpoints WHERE name = $1`, name)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM http_endpoints WHERE name = $1`, name)
 	if err != nil {
 		return fmt.Errorf("delete http endpoint %s: %w", name, err)
 	}
@@ -243,7 +243,7 @@ func (s *Store) SinksSubscribedTo(ctx context.Context, emitter string) ([]string
 }
 
 func (s *Store) names(ctx context.Context, q string, args ...any) ([]string, error) {
-	rows, err := s.Pool.Query(ctx, q, args...)
+	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list sink names: %w", err)
 	}
@@ -278,7 +278,7 @@ func scanSource(row pgx.Row) (*WebhookSourceRow, error) {
 
 // WebhookSources lists webhook sources by name.
 func (s *Store) WebhookSources(ctx context.Context) ([]*WebhookSourceRow, error) {
-	rows, err := s.Pool.Query(ctx, sourceSelect+` ORDER BY w.name`)
+	rows, err := s.pool.Query(ctx, sourceSelect+` ORDER BY w.name`)
 	if err != nil {
 		return nil, fmt.Errorf("list webhook sources: %w", err)
 	}
@@ -298,7 +298,7 @@ func (s *Store) WebhookSources(ctx context.Context) ([]*WebhookSourceRow, error)
 // the sinks subscribed to it (a subquery over subscriptions). The ingest
 // path needs only the size limit: WebhookSourceLimit.
 func (s *Store) WebhookSource(ctx context.Context, name string) (*WebhookSourceRow, error) {
-	w, err := scanSource(s.Pool.QueryRow(ctx, sourceSelect+` WHERE w.name = $1`, name))
+	w, err := scanSource(s.pool.QueryRow(ctx, sourceSelect+` WHERE w.name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("webhook source %q: %w", name, ErrNotFound)
 	}
@@ -313,7 +313,7 @@ func (s *Store) WebhookSource(ctx context.Context, name string) (*WebhookSourceR
 // lookup.
 func (s *Store) WebhookSourceLimit(ctx context.Context, name string) (int64, error) {
 	var n int64
-	err := s.Pool.QueryRow(ctx, `SELECT max_body_bytes FROM webhook_sources WHERE name = $1`, name).Scan(&n)
+	err := s.pool.QueryRow(ctx, `SELECT max_body_bytes FROM webhook_sources WHERE name = $1`, name).Scan(&n)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, fmt.Errorf("webhook source %q: %w", name, ErrNotFound)
 	}
@@ -326,7 +326,7 @@ func (s *Store) WebhookSourceLimit(ctx context.Context, name string) (int64, err
 // CreateWebhookSource inserts a new webhook source (ErrExists when the
 // name is taken); PutWebhookSource is the config-as-code upsert.
 func (s *Store) CreateWebhookSource(ctx context.Context, w config.WebhookSource) error {
-	_, err := s.Pool.Exec(ctx, `INSERT INTO webhook_sources (name, max_body_bytes) VALUES ($1, $2)`, w.Name, w.MaxBodyBytes)
+	_, err := s.pool.Exec(ctx, `INSERT INTO webhook_sources (name, max_body_bytes) VALUES ($1, $2)`, w.Name, w.MaxBodyBytes)
 	if IsUniqueViolation(err) {
 		return fmt.Errorf("webhook source %q: %w", w.Name, ErrExists)
 	}
@@ -339,7 +339,7 @@ func (s *Store) CreateWebhookSource(ctx context.Context, w config.WebhookSource)
 // DeleteWebhookSource removes a webhook source. The caller checks first
 // that no sink is subscribed to it. Messages already queued stay queued.
 func (s *Store) DeleteWebhookSource(ctx context.Context, name string) error {
-	tag, err := s.Pool.Exec(ctx, `DELETE FROM webhook_sources WHERE name = $1`, name)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM webhook_sources WHERE name = $1`, name)
 	if err != nil {
 		return fmt.Errorf("delete webhook source %s: %w", name, err)
 	}
@@ -365,7 +365,7 @@ type SourceCounts struct {
 // groups always contain a ':').
 func (s *Store) WebhookSourceCounts(ctx context.Context, name string) ([]SourceCounts, error) {
 	pattern := likeEscape(name) + `.%`
-	rows, err := s.Pool.Query(ctx, `
+	rows, err := s.pool.Query(ctx, `
 		SELECT s.name,
 			(SELECT count(*) FROM outbox o WHERE o.sink_id = s.id AND o.commit_lsn = 0 AND o.dedupe_key = o.group_key
 				AND o.dedupe_key LIKE $2 AND o.failed_at IS NULL),
@@ -416,7 +416,7 @@ const subscriptionSelect = `SELECT x.id, x.emitter, s.name, x.created_at FROM su
 
 // Subscriptions lists subscriptions, optionally only those of one sink.
 func (s *Store) Subscriptions(ctx context.Context, listener string) ([]Subscription, error) {
-	rows, err := s.Pool.Query(ctx, subscriptionSelect+` WHERE $1 = '' OR s.name = $1 ORDER BY x.id`, listener)
+	rows, err := s.pool.Query(ctx, subscriptionSelect+` WHERE $1 = '' OR s.name = $1 ORDER BY x.id`, listener)
 	if err != nil {
 		return nil, fmt.Errorf("list subscriptions: %w", err)
 	}
@@ -434,7 +434,7 @@ func (s *Store) Subscriptions(ctx context.Context, listener string) ([]Subscript
 // GetSubscription returns one subscription, or ErrNotFound.
 func (s *Store) GetSubscription(ctx context.Context, id int64) (*Subscription, error) {
 	var x Subscription
-	err := s.Pool.QueryRow(ctx, subscriptionSelect+` WHERE x.id = $1`, id).Scan(&x.ID, &x.Emitter, &x.Listener, &x.CreatedAt)
+	err := s.pool.QueryRow(ctx, subscriptionSelect+` WHERE x.id = $1`, id).Scan(&x.ID, &x.Emitter, &x.Listener, &x.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("subscription %d: %w", id, ErrNotFound)
 	}
@@ -448,7 +448,7 @@ func (s *Store) GetSubscription(ctx context.Context, id int64) (*Subscription, e
 // attached already, ErrNotFound when the sink does not exist).
 func (s *Store) AddSubscription(ctx context.Context, listener, emitter string) (*Subscription, error) {
 	var x Subscription
-	err := s.Pool.QueryRow(ctx, `
+	err := s.pool.QueryRow(ctx, `
 		WITH i AS (
 			INSERT INTO subscriptions (sink_id, emitter) SELECT id, $2 FROM sinks WHERE name = $1
 			RETURNING id, emitter, created_at
@@ -468,7 +468,7 @@ func (s *Store) AddSubscription(ctx context.Context, listener, emitter string) (
 // RemoveSubscription detaches one subscription. Messages it already
 // queued stay queued.
 func (s *Store) RemoveSubscription(ctx context.Context, id int64) error {
-	tag, err := s.Pool.Exec(ctx, `DELETE FROM subscriptions WHERE id = $1`, id)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM subscriptions WHERE id = $1`, id)
 	if err != nil {
 		return fmt.Errorf("remove subscription %d: %w", id, err)
 	}
@@ -567,7 +567,7 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 	default:
 		return nil, fmt.Errorf("list messages: unknown state %q", q.State)
 	}
-	rows, err := s.Pool.Query(ctx, sql, args...)
+	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list messages of sink %d: %w", q.SinkID, err)
 	}
@@ -589,7 +589,7 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 // Message returns one message of a sink from the outbox or, once
 // delivered, from the history; ErrNotFound when it is in neither.
 func (s *Store) Message(ctx context.Context, sinkID, id int64) (*MessageRow, error) {
-	m, err := scanMessage(s.Pool.QueryRow(ctx, outboxMessageSelect+` WHERE o.sink_id = $1 AND o.id = $2
+	m, err := scanMessage(s.pool.QueryRow(ctx, outboxMessageSelect+` WHERE o.sink_id = $1 AND o.id = $2
 		UNION ALL `+deliveredMessageSelect+` WHERE d.sink_id = $1 AND d.id = $2 LIMIT 1`, sinkID, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)

@@ -115,7 +115,7 @@ func (s *Store) CreateBackfill(ctx context.Context, nb NewBackfill) (int64, erro
 		column = &nb.Column
 	}
 	var id int64
-	err := s.Pool.QueryRow(ctx, `
+	err := s.pool.QueryRow(ctx, `
 		INSERT INTO backfills (sink_id, tables, resolved, column_name, from_value, rows_total) VALUES ($1, $2, $3, $4, $5, $6)
 		RETURNING id`, nb.SinkID, tables, nb.Resolved, column, nb.From, nb.RowsTotal).Scan(&id)
 	if err != nil {
@@ -126,7 +126,7 @@ func (s *Store) CreateBackfill(ctx context.Context, nb NewBackfill) (int64, erro
 
 // ListBackfills returns a sink's backfills, newest first.
 func (s *Store) ListBackfills(ctx context.Context, sinkName string) ([]*BackfillRow, error) {
-	rows, err := s.Pool.Query(ctx, backfillSelect+` WHERE s.name = $1 ORDER BY b.id DESC`, sinkName)
+	rows, err := s.pool.Query(ctx, backfillSelect+` WHERE s.name = $1 ORDER BY b.id DESC`, sinkName)
 	if err != nil {
 		return nil, fmt.Errorf("list backfills of sink %s: %w", sinkName, err)
 	}
@@ -148,7 +148,7 @@ func (s *Store) ListBackfills(ctx context.Context, sinkName string) ([]*Backfill
 // GetBackfill returns one backfill of a sink, or an error wrapping
 // ErrNotFound.
 func (s *Store) GetBackfill(ctx context.Context, sinkName string, id int64) (*BackfillRow, error) {
-	b, err := scanBackfill(s.Pool.QueryRow(ctx, backfillSelect+` WHERE s.name = $1 AND b.id = $2`, sinkName, id))
+	b, err := scanBackfill(s.pool.QueryRow(ctx, backfillSelect+` WHERE s.name = $1 AND b.id = $2`, sinkName, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("backfill %d of sink %q: %w", id, sinkName, ErrNotFound)
 	}
@@ -161,7 +161,7 @@ func (s *Store) GetBackfill(ctx context.Context, sinkName string, id int64) (*Ba
 // GetBackfillByID returns a backfill whatever its sink (the runner knows
 // only ids), or an error wrapping ErrNotFound.
 func (s *Store) GetBackfillByID(ctx context.Context, id int64) (*BackfillRow, error) {
-	b, err := scanBackfill(s.Pool.QueryRow(ctx, backfillSelect+` WHERE b.id = $1`, id))
+	b, err := scanBackfill(s.pool.QueryRow(ctx, backfillSelect+` WHERE b.id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("backfill %d: %w", id, ErrNotFound)
 	}
@@ -175,7 +175,7 @@ func (s *Store) GetBackfillByID(ctx context.Context, id int64) (*BackfillRow, er
 // ErrNotFound (its sink was deleted). The runner checks it between pages.
 func (s *Store) GetBackfillState(ctx context.Context, id int64) (string, error) {
 	var state string
-	err := s.Pool.QueryRow(ctx, `SELECT state FROM backfills WHERE id = $1`, id).Scan(&state)
+	err := s.pool.QueryRow(ctx, `SELECT state FROM backfills WHERE id = $1`, id).Scan(&state)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", fmt.Errorf("backfill %d: %w", id, ErrNotFound)
 	}
@@ -194,7 +194,7 @@ func (s *Store) ListRunningBackfills(ctx context.Context) ([]int64, error) {
 // CancelBackfill marks a running backfill of a sink cancelled; one that
 // has ended stays as it is.
 func (s *Store) CancelBackfill(ctx context.Context, sinkName string, id int64) error {
-	_, err := s.Pool.Exec(ctx, `
+	_, err := s.pool.Exec(ctx, `
 		UPDATE backfills b SET state = 'cancelled', updated_at = now()
 		FROM sinks s WHERE s.id = b.sink_id AND s.name = $1 AND b.id = $2 AND b.state = 'running'`, sinkName, id)
 	if err != nil {
@@ -205,7 +205,7 @@ func (s *Store) CancelBackfill(ctx context.Context, sinkName string, id int64) e
 
 // FailBackfill marks a running backfill failed with its cause.
 func (s *Store) FailBackfill(ctx context.Context, id int64, cause string) error {
-	_, err := s.Pool.Exec(ctx, `UPDATE backfills SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
+	_, err := s.pool.Exec(ctx, `UPDATE backfills SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
 		id, cause)
 	if err != nil {
 		return fmt.Errorf("backfill %d: record failure: %w", id, err)
@@ -217,7 +217,7 @@ func (s *Store) FailBackfill(ctx context.Context, id int64, cause string) error 
 // leader resolved them, and their estimated rows. It reports false when
 // the backfill is no longer running.
 func (s *Store) ResolveBackfill(ctx context.Context, id int64, tables []string, rowsTotal int64) (bool, error) {
-	tag, err := s.Pool.Exec(ctx, `UPDATE backfills SET tables = $2, resolved = true, rows_total = $3, updated_at = now() WHERE id = $1 AND state = 'running'`,
+	tag, err := s.pool.Exec(ctx, `UPDATE backfills SET tables = $2, resolved = true, rows_total = $3, updated_at = now() WHERE id = $1 AND state = 'running'`,
 		id, tables, rowsTotal)
 	if err != nil {
 		return false, fmt.Errorf("backfill %d: record tables: %w", id, err)
@@ -231,7 +231,7 @@ func (s *Store) ResolveBackfill(ctx context.Context, id int64, tables []string, 
 // backfill are one statement, so a start applies exactly once whichever
 // way the sink was made and whatever crashes.
 func (s *Store) ApplySinkStarts(ctx context.Context) error {
-	_, err := s.Pool.Exec(ctx, `
+	_, err := s.pool.Exec(ctx, `
 		WITH s AS (
 			UPDATE sinks SET start_applied = true WHERE NOT start_applied
 			RETURNING id, config->>'start' AS start
@@ -250,7 +250,7 @@ func (s *Store) ApplySinkStarts(ctx context.Context) error {
 // only needs to know whether the backlog passed a bound stays cheap.
 func (s *Store) CountWaitingMessages(ctx context.Context, sinkID int64, limit int) (int, error) {
 	var n int
-	err := s.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
 		sinkID, limit).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
@@ -260,7 +260,7 @@ func (s *Store) CountWaitingMessages(ctx context.Context, sinkID int64, limit in
 
 // ids runs a query of one bigint column.
 func (s *Store) ids(ctx context.Context, what, q string, args ...any) ([]int64, error) {
-	rows, err := s.Pool.Query(ctx, q, args...)
+	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}

@@ -61,7 +61,7 @@ func scanSink(row pgx.Row) (*SinkRow, error) {
 
 // Sinks lists every sink, by name.
 func (s *Store) Sinks(ctx context.Context) ([]*SinkRow, error) {
-	rows, err := s.Pool.Query(ctx, sinkSelect+` ORDER BY s.name`)
+	rows, err := s.pool.Query(ctx, sinkSelect+` ORDER BY s.name`)
 	if err != nil {
 		return nil, fmt.Errorf("list sinks: %w", err)
 	}
@@ -79,7 +79,7 @@ func (s *Store) Sinks(ctx context.Context) ([]*SinkRow, error) {
 
 // Sink returns one sink by name, or ErrNotFound.
 func (s *Store) Sink(ctx context.Context, name string) (*SinkRow, error) {
-	r, err := scanSink(s.Pool.QueryRow(ctx, sinkSelect+` WHERE s.name = $1`, name))
+	r, err := scanSink(s.pool.QueryRow(ctx, sinkSelect+` WHERE s.name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("sink %q: %w", name, ErrNotFound)
 	}
@@ -161,7 +161,7 @@ func scanEndpoint(row pgx.Row) (*Endpoint, error) {
 
 // Endpoints lists endpoints by name.
 func (s *Store) Endpoints(ctx context.Context) ([]*Endpoint, error) {
-	rows, err := s.Pool.Query(ctx, endpointSelect+` ORDER BY name`)
+	rows, err := s.pool.Query(ctx, endpointSelect+` ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list http endpoints: %w", err)
 	}
@@ -179,7 +179,7 @@ func (s *Store) Endpoints(ctx context.Context) ([]*Endpoint, error) {
 
 // Endpoint returns one endpoint by name, or ErrNotFound.
 func (s *Store) Endpoint(ctx context.Context, name string) (*Endpoint, error) {
-	e, err := scanEndpoint(s.Pool.QueryRow(ctx, endpointSelect+` WHERE name = $1`, name))
+	e, err := scanEndpoint(s.pool.QueryRow(ctx, endpointSelect+` WHERE name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("http endpoint %q: %w", name, ErrNotFound)
 	}
@@ -198,7 +198,7 @@ func (s *Store) PutEndpoint(ctx context.Context, e *Endpoint) error {
 	if e.EncryptedHeaderNames == nil {
 		e.EncryptedHeaderNames = []string{}
 	}
-	_, err := s.Pool.Exec(ctx, `
+	_, err := s.pool.Exec(ctx, `
 		INSERT INTO http_endpoints (name, url, headers, encrypted_headers, encrypted_header_names) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, headers = EXCLUDED.headers,
 			encrypted_headers = EXCLUDED.encrypted_headers, encrypted_header_names = EXCLUDED.encrypted_header_names, updated_at = now()`,
@@ -211,7 +211,7 @@ func (s *Store) PutEndpoint(ctx context.Context, e *Endpoint) error {
 
 // PutWebhookSource creates or updates a webhook source.
 func (s *Store) PutWebhookSource(ctx context.Context, w config.WebhookSource) error {
-	_, err := s.Pool.Exec(ctx, `INSERT INTO webhook_sources (name, max_body_bytes) VALUES ($1, $2)
+	_, err := s.pool.Exec(ctx, `INSERT INTO webhook_sources (name, max_body_bytes) VALUES ($1, $2)
 		ON CONFLICT (name) DO UPDATE SET max_body_bytes = EXCLUDED.max_body_bytes`, w.Name, w.MaxBodyBytes)
 	if err != nil {
 		return fmt.Errorf("save webhook source %s: %w", w.Name, err)

@@ -10,7 +10,7 @@ import (
 // excluded), how long ago its oldest one was queued, measured on the
 // state database's clock.
 func (s *Store) OldestWaiting(ctx context.Context) (map[int64]time.Duration, error) {
-	rows, err := s.Pool.Query(ctx, `
+	rows, err := s.pool.Query(ctx, `
 		SELECT sink_id, EXTRACT(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE failed_at IS NULL GROUP BY sink_id`)
 	if err != nil {
 		return nil, fmt.Errorf("age of the oldest waiting messages: %w", err)

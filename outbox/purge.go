@@ -33,7 +33,7 @@ SELECT id FROM dead WHERE id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sinks s W
 // backfill page may be writing for the sink just then: such rows arrive
 // after the delete. Housekeeping calls this, so none stay forever.
 func (s *Store) PurgeDeletedSinks(ctx context.Context) (int64, error) {
-	rows, err := s.Pool.Query(ctx, deletedSinksSQL)
+	rows, err := s.pool.Query(ctx, deletedSinksSQL)
 	if err != nil {
 		return 0, fmt.Errorf("find messages of deleted sinks: %w", err)
 	}
@@ -54,7 +54,7 @@ func (s *Store) PurgeDeletedSinks(ctx context.Context) (int64, error) {
 		for {
 			// The sink is checked again in the statement: ids are never
 			// reused, so a sink that exists now is not a deleted one.
-			tag, err := s.Pool.Exec(ctx, `
+			tag, err := s.pool.Exec(ctx, `
 				DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sink_id = $1 LIMIT $2)
 					AND NOT EXISTS (SELECT 1 FROM sinks WHERE id = $1)`, id, purgeChunk)
 			if err != nil {

@@ -68,7 +68,7 @@ func scanReplay(row pgx.Row) (*ReplayRow, error) {
 // to: up to now). It loses to an existing replay with the same key, or a
 // running one of the same window: ok is false then (FindReplay finds it).
 func (s *Store) CreateReplay(ctx context.Context, sinkID int64, from time.Time, to *time.Time, key string) (id int64, ok bool, err error) {
-	err = s.Pool.QueryRow(ctx, `
+	err = s.pool.QueryRow(ctx, `
 		INSERT INTO replays (sink_id, from_time, to_time, to_asked, idempotency_key) VALUES ($1, $2, COALESCE($3, now()), $3, $4)
 		ON CONFLICT DO NOTHING RETURNING id`, sinkID, from, to, nullIfEmpty(key)).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -84,7 +84,7 @@ func (s *Store) CreateReplay(ctx context.Context, sinkID int64, from time.Time, 
 // the one with the key, else a running one of the same window; an error
 // wrapping ErrNotFound when there is none (it ended meanwhile).
 func (s *Store) FindReplay(ctx context.Context, sinkID int64, from time.Time, to *time.Time, key string) (*ReplayRow, error) {
-	r, err := scanReplay(s.Pool.QueryRow(ctx, replaySelect+`
+	r, err := scanReplay(s.pool.QueryRow(ctx, replaySelect+`
 		WHERE r.sink_id = $1 AND (r.idempotency_key = $4
 			OR r.state = 'running' AND r.from_time = $2 AND r.to_asked IS NOT DISTINCT FROM $3)
 		ORDER BY r.idempotency_key = $4 DESC NULLS LAST, r.id DESC LIMIT 1`, sinkID, from, to, nullIfEmpty(key)))
@@ -100,7 +100,7 @@ func (s *Store) FindReplay(ctx context.Context, sinkID int64, from time.Time, to
 // SetReplayKey gives a replay made without an idempotency key the key of
 // an identical request, which it answers from then on.
 func (s *Store) SetReplayKey(ctx context.Context, id int64, key string) error {
-	if _, err := s.Pool.Exec(ctx, `UPDATE replays SET idempotency_key = $2 WHERE id = $1 AND idempotency_key IS NULL`, id, key); err != nil {
+	if _, err := s.pool.Exec(ctx, `UPDATE replays SET idempotency_key = $2 WHERE id = $1 AND idempotency_key IS NULL`, id, key); err != nil {
 		return fmt.Errorf("replay %d: record idempotency key: %w", id, err)
 	}
 	return nil
@@ -108,7 +108,7 @@ func (s *Store) SetReplayKey(ctx context.Context, id int64, key string) error {
 
 // ListReplays returns a sink's replays, newest first.
 func (s *Store) ListReplays(ctx context.Context, sinkName string) ([]*ReplayRow, error) {
-	rows, err := s.Pool.Query(ctx, replaySelect+` WHERE s.name = $1 ORDER BY r.id DESC`, sinkName)
+	rows, err := s.pool.Query(ctx, replaySelect+` WHERE s.name = $1 ORDER BY r.id DESC`, sinkName)
 	if err != nil {
 		return nil, fmt.Errorf("list replays of sink %s: %w", sinkName, err)
 	}
@@ -130,7 +130,7 @@ func (s *Store) ListReplays(ctx context.Context, sinkName string) ([]*ReplayRow,
 // GetReplay returns one replay of a sink, or an error wrapping
 // ErrNotFound.
 func (s *Store) GetReplay(ctx context.Context, sinkName string, id int64) (*ReplayRow, error) {
-	r, err := scanReplay(s.Pool.QueryRow(ctx, replaySelect+` WHERE s.name = $1 AND r.id = $2`, sinkName, id))
+	r, err := scanReplay(s.pool.QueryRow(ctx, replaySelect+` WHERE s.name = $1 AND r.id = $2`, sinkName, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("replay %d of sink %q: %w", id, sinkName, ErrNotFound)
 	}
@@ -143,7 +143,7 @@ func (s *Store) GetReplay(ctx context.Context, sinkName string, id int64) (*Repl
 // GetReplayByID returns a replay whatever its sink (the runner knows only
 // ids), or an error wrapping ErrNotFound (its sink was deleted).
 func (s *Store) GetReplayByID(ctx context.Context, id int64) (*ReplayRow, error) {
-	r, err := scanReplay(s.Pool.QueryRow(ctx, replaySelect+` WHERE r.id = $1`, id))
+	r, err := scanReplay(s.pool.QueryRow(ctx, replaySelect+` WHERE r.id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("replay %d: %w", id, ErrNotFound)
 	}
@@ -162,7 +162,7 @@ func (s *Store) ListRunningReplays(ctx context.Context) ([]int64, error) {
 // CancelReplay marks a running replay of a sink cancelled; one that has
 // ended stays as it is.
 func (s *Store) CancelReplay(ctx context.Context, sinkName string, id int64) error {
-	_, err := s.Pool.Exec(ctx, `
+	_, err := s.pool.Exec(ctx, `
 		UPDATE replays r SET state = 'cancelled', waiting_for = NULL, updated_at = now()
 		FROM sinks s WHERE s.id = r.sink_id AND s.name = $1 AND r.id = $2 AND r.state = 'running'`, sinkName, id)
 	if err != nil {
@@ -173,7 +173,7 @@ func (s *Store) CancelReplay(ctx context.Context, sinkName string, id int64) err
 
 // FailReplay marks a running replay failed with its cause.
 func (s *Store) FailReplay(ctx context.Context, id int64, cause string) error {
-	_, err := s.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, waiting_for = NULL, updated_at = now() WHERE id = $1 AND state = 'running'`,
+	_, err := s.pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, waiting_for = NULL, updated_at = now() WHERE id = $1 AND state = 'running'`,
 		id, cause)
 	if err != nil {
 		return fmt.Errorf("replay %d: record failure: %w", id, err)
@@ -186,7 +186,7 @@ func (s *Store) FailReplay(ctx context.Context, id int64, cause string) error {
 // state (done when the window is empty). It reports false when the
 // replay is no longer running or was resolved already.
 func (s *Store) ResolveReplay(ctx context.Context, id, lastID, hiID, total int64, state string) (bool, error) {
-	tag, err := s.Pool.Exec(ctx, `UPDATE replays SET resolved = true, last_id = $2, hi_id = $3, changes_total = $4, state = $5, waiting_for = NULL, updated_at = now()
+	tag, err := s.pool.Exec(ctx, `UPDATE replays SET resolved = true, last_id = $2, hi_id = $3, changes_total = $4, state = $5, waiting_for = NULL, updated_at = now()
 		WHERE id = $1 AND state = 'running' AND NOT resolved`, id, lastID, hiID, total, state)
 	if err != nil {
 		return false, fmt.Errorf("replay %d: record its window: %w", id, err)
@@ -197,7 +197,7 @@ func (s *Store) ResolveReplay(ctx context.Context, id, lastID, hiID, total int64
 // SetReplayWaiting shows what a running replay waits for. It reports
 // false when the replay is no longer running.
 func (s *Store) SetReplayWaiting(ctx context.Context, id int64, what string) (bool, error) {
-	tag, err := s.Pool.Exec(ctx, `UPDATE replays SET waiting_for = $2, updated_at = now() WHERE id = $1 AND state = 'running'`, id, what)
+	tag, err := s.pool.Exec(ctx, `UPDATE replays SET waiting_for = $2, updated_at = now() WHERE id = $1 AND state = 'running'`, id, what)
 	if err != nil {
 		return false, fmt.Errorf("replay %d: record its wait: %w", id, err)
 	}
@@ -208,7 +208,7 @@ func (s *Store) SetReplayWaiting(ctx context.Context, id int64, what string) (bo
 // cancelled, and its sink not deleted).
 func (s *Store) IsReplayRunning(ctx context.Context, id int64) (bool, error) {
 	var running bool
-	err := s.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replays WHERE id = $1 AND state = 'running')`, id).Scan(&running)
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replays WHERE id = $1 AND state = 'running')`, id).Scan(&running)
 	if err != nil {
 		return false, fmt.Errorf("replay %d: read state: %w", id, err)
 	}
@@ -238,7 +238,7 @@ func (s *Store) EnqueueReplayChunk(ctx context.Context, rows []NewMessage, p Rep
 // mark it wrote into the source's WAL is captured.
 func (s *Store) GetCapturedEnd(ctx context.Context, slot string) (int64, error) {
 	var end int64
-	err := s.Pool.QueryRow(ctx, `SELECT COALESCE((SELECT end_lsn FROM replication_state WHERE slot = $1), 0)`, slot).Scan(&end)
+	err := s.pool.QueryRow(ctx, `SELECT COALESCE((SELECT end_lsn FROM replication_state WHERE slot = $1), 0)`, slot).Scan(&end)
 	if err != nil {
 		return 0, fmt.Errorf("read the captured position of slot %s: %w", slot, err)
 	}
