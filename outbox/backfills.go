@@ -245,19 +245,6 @@ func (s *Store) ApplySinkStarts(ctx context.Context) error {
 	return nil
 }
 
-// CountWaitingMessages counts a sink's waiting (not failed) messages, up
-// to limit: the count costs at most limit index entries, so a job that
-// only needs to know whether the backlog passed a bound stays cheap.
-func (s *Store) CountWaitingMessages(ctx context.Context, sinkID int64, limit int) (int, error) {
-	var n int
-	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
-		sinkID, limit).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
-	}
-	return n, nil
-}
-
 // ids runs a query of one bigint column.
 func (s *Store) ids(ctx context.Context, what, q string, args ...any) ([]int64, error) {
 	rows, err := s.pool.Query(ctx, q, args...)

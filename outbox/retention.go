@@ -281,17 +281,3 @@ func relationOf(rels map[string]*sink.Relation, schema, table string, full bool,
 	rels[key] = r
 	return r, nil
 }
-
-// PruneRetained deletes up to batch retained changes committed more than
-// keep ago, oldest first, and returns how many it deleted. One short
-// statement: callers loop.
-func (s *Store) PruneRetained(ctx context.Context, keep time.Duration, batch int) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `
-		DELETE FROM retained_changes WHERE id IN (
-			SELECT id FROM retained_changes WHERE commit_timestamp < now() - make_interval(secs => $1::float8)
-			ORDER BY commit_timestamp LIMIT $2)`, keep.Seconds(), batch)
-	if err != nil {
-		return 0, fmt.Errorf("prune retained changes: %w", err)
-	}
-	return tag.RowsAffected(), nil
-}

@@ -14,12 +14,6 @@ import (
 	"github.com/walhook/walhook/sink"
 )
 
-// Emitter prefixes of subscriptions.
-const (
-	TableEmitter   = "table:"
-	WebhookEmitter = "webhook:"
-)
-
 const sinkSelect = `
 	SELECT s.id, s.uuid::text, s.name, s.config, s.status = 'paused', s.created_at, s.updated_at,
 		COALESCE((SELECT array_agg(emitter ORDER BY id) FROM subscriptions WHERE sink_id = s.id), '{}')
@@ -139,82 +133,124 @@ func (s *Store) PutSink(ctx context.Context, cfg config.Sink) (created bool, err
 	return created, nil
 }
 
-// Endpoint is an HTTP endpoint as stored: encrypted headers stay sealed
-// here; only the delivery path opens them.
-type Endpoint struct {
-	ID                   int64
-	Name                 string
-	URL                  string
-	Headers              map[string]string
-	EncryptedHeaders     []byte
-	EncryptedHeaderNames []string
-	CreatedAt, UpdatedAt time.Time
-}
-
-const endpointSelect = `SELECT id, name, url, headers, encrypted_headers, encrypted_header_names, created_at, updated_at FROM http_endpoints`
-
-func scanEndpoint(row pgx.Row) (*Endpoint, error) {
-	var e Endpoint
-	err := row.Scan(&e.ID, &e.Name, &e.URL, &e.Headers, &e.EncryptedHeaders, &e.EncryptedHeaderNames, &e.CreatedAt, &e.UpdatedAt)
-	return &e, err
-}
-
-// Endpoints lists endpoints by name.
-func (s *Store) Endpoints(ctx context.Context) ([]*Endpoint, error) {
-	rows, err := s.pool.Query(ctx, endpointSelect+` ORDER BY name`)
+// CreateSink inserts a new sink with its subscriptions. Unlike PutSink it
+// never replaces an existing sink: creating through the API must not
+// silently overwrite one (ErrExists).
+func (s *Store) CreateSink(ctx context.Context, cfg config.Sink) error {
+	raw, emitters, err := sinkSettings(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("list http endpoints: %w", err)
+		return err
 	}
-	defer rows.Close()
-	var out []*Endpoint
-	for rows.Next() {
-		e, err := scanEndpoint(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list http endpoints: %w", err)
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		if err := tx.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ($1, $2) RETURNING id`, cfg.Name, raw).Scan(&id); err != nil {
+			return err
 		}
-		out = append(out, e)
+		_, err := tx.Exec(ctx, `INSERT INTO subscriptions (sink_id, emitter) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`, id, emitters)
+		return err
+	})
+	if IsUniqueViolation(err) {
+		return fmt.Errorf("sink %q: %w", cfg.Name, ErrExists)
 	}
-	return out, rows.Err()
+	if err != nil {
+		return fmt.Errorf("create sink %s: %w", cfg.Name, err)
+	}
+	return nil
 }
 
-// Endpoint returns one endpoint by name, or ErrNotFound.
-func (s *Store) Endpoint(ctx context.Context, name string) (*Endpoint, error) {
-	e, err := scanEndpoint(s.pool.QueryRow(ctx, endpointSelect+` WHERE name = $1`, name))
+// sinkSettings splits a sink into its stored settings and its emitters,
+// the way PutSink stores them.
+func sinkSettings(cfg config.Sink) ([]byte, []string, error) {
+	settings := cfg
+	settings.Tables, settings.WebhookSources = nil, nil
+	raw, err := json.Marshal(settings)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sink %s: encode: %w", cfg.Name, err)
+	}
+	emitters := []string{}
+	for _, t := range cfg.Tables {
+		emitters = append(emitters, TableEmitter+t)
+	}
+	for _, w := range cfg.WebhookSources {
+		emitters = append(emitters, WebhookEmitter+w)
+	}
+	return raw, emitters, nil
+}
+
+// DeleteSink removes a sink with everything queued for it: its outbox,
+// its claims and its delivered history go in the same transaction, so no
+// worker can claim a message of a sink that no longer exists. Messages
+// written for it later are left to PurgeDeletedSinks. It returns the
+// sink's id.
+func (s *Store) DeleteSink(ctx context.Context, name string) (int64, error) {
+	var id int64
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT id FROM sinks WHERE name = $1 FOR UPDATE`, name).Scan(&id); err != nil {
+			return err
+		}
+		return purgeSink(ctx, tx, id)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("http endpoint %q: %w", name, ErrNotFound)
+		return 0, fmt.Errorf("sink %q: %w", name, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("http endpoint %q: %w", name, err)
+		return 0, fmt.Errorf("delete sink %s: %w", name, err)
 	}
-	return e, nil
+	return id, nil
 }
 
-// PutEndpoint creates or replaces an endpoint. sealed is the encrypted
-// headers (nil when there are none).
-func (s *Store) PutEndpoint(ctx context.Context, e *Endpoint) error {
-	if e.Headers == nil {
-		e.Headers = map[string]string{}
+func purgeSink(ctx context.Context, tx pgx.Tx, id int64) error {
+	b := &pgx.Batch{}
+	b.Queue(`DELETE FROM claims WHERE sink_id = $1`, id)
+	b.Queue(`DELETE FROM outbox WHERE sink_id = $1`, id)
+	b.Queue(`DELETE FROM delivered WHERE sink_id = $1`, id)
+	b.Queue(`DELETE FROM sinks WHERE id = $1`, id)
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// SetSinkPaused pauses or resumes delivery of a sink. Capture goes on
+// while paused; workers see the status at their next claim. Resuming wakes
+// them at once.
+func (s *Store) SetSinkPaused(ctx context.Context, name string, paused bool) error {
+	status := "active"
+	if paused {
+		status = "paused"
 	}
-	if e.EncryptedHeaderNames == nil {
-		e.EncryptedHeaderNames = []string{}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		// Resuming also ends a Retry-After hold: the operator says go.
+		err := tx.QueryRow(ctx, `UPDATE sinks SET status = $2, updated_at = now(),
+			hold_until = CASE WHEN $2 = 'active' THEN NULL ELSE hold_until END WHERE name = $1 RETURNING id`, name, status).Scan(&id)
+		if err != nil {
+			return err
+		}
+		if !paused {
+			_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(id))
+		}
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("sink %q: %w", name, ErrNotFound)
 	}
-	_, err := s.pool.Exec(ctx, `
-		INSERT INTO http_endpoints (name, url, headers, encrypted_headers, encrypted_header_names) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, headers = EXCLUDED.headers,
-			encrypted_headers = EXCLUDED.encrypted_headers, encrypted_header_names = EXCLUDED.encrypted_header_names, updated_at = now()`,
-		e.Name, e.URL, e.Headers, e.EncryptedHeaders, e.EncryptedHeaderNames)
 	if err != nil {
-		return fmt.Errorf("save http endpoint %s: %w", e.Name, err)
+		return fmt.Errorf("set sink %s %s: %w", name, status, err)
 	}
 	return nil
 }
 
-// PutWebhookSource creates or updates a webhook source.
-func (s *Store) PutWebhookSource(ctx context.Context, w config.WebhookSource) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO webhook_sources (name, max_body_bytes) VALUES ($1, $2)
-		ON CONFLICT (name) DO UPDATE SET max_body_bytes = EXCLUDED.max_body_bytes`, w.Name, w.MaxBodyBytes)
+// SinksUsingEndpoint names the sinks that deliver to an endpoint.
+func (s *Store) SinksUsingEndpoint(ctx context.Context, endpoint string) ([]string, error) {
+	return s.names(ctx, `SELECT name FROM sinks WHERE config->>'endpoint' = $1 ORDER BY name`, endpoint)
+}
+
+func (s *Store) names(ctx context.Context, q string, args ...any) ([]string, error) {
+	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
-		return fmt.Errorf("save webhook source %s: %w", w.Name, err)
+		return nil, fmt.Errorf("list sink names: %w", err)
 	}
-	return nil
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list sink names: %w", err)
+	}
+	return out, nil
 }
