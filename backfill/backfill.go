@@ -130,7 +130,7 @@ func fromRow(r *outbox.BackfillRow) *Backfill {
 // caller; without it the leader resolves them and fails the backfill on
 // a mistake. Errors wrap outbox.ErrNotFound (no such sink) or ErrInvalid.
 func Create(ctx context.Context, store *outbox.Store, source *pgxpool.Pool, sinkName string, req Request) (*Backfill, error) {
-	s, err := store.Sink(ctx, sinkName)
+	s, err := store.GetSink(ctx, sinkName)
 	if err != nil {
 		return nil, err
 	}
@@ -249,7 +249,7 @@ func estimateRows(ctx context.Context, source *pgxpool.Pool, schema, table strin
 
 // List returns a sink's backfills, newest first.
 func List(ctx context.Context, store *outbox.Store, sinkName string) ([]*Backfill, error) {
-	if _, err := store.Sink(ctx, sinkName); err != nil {
+	if _, err := store.GetSink(ctx, sinkName); err != nil {
 		return nil, err
 	}
 	rows, err := store.ListBackfills(ctx, sinkName)

@@ -84,7 +84,7 @@ var ErrKeyReused = errors.New("idempotency key reused")
 // says whether a new replay was made. Errors wrap outbox.ErrNotFound (no
 // such sink), ErrInvalid or ErrKeyReused.
 func CreateReplay(ctx context.Context, store *outbox.Store, sinkName string, req ReplayRequest, key string) (r *Replay, created bool, err error) {
-	s, err := store.Sink(ctx, sinkName)
+	s, err := store.GetSink(ctx, sinkName)
 	if err != nil {
 		return nil, false, err
 	}
@@ -140,7 +140,7 @@ func sameTime(a, b *time.Time) bool {
 
 // ListReplays returns a sink's replays, newest first.
 func ListReplays(ctx context.Context, store *outbox.Store, sinkName string) ([]*Replay, error) {
-	if _, err := store.Sink(ctx, sinkName); err != nil {
+	if _, err := store.GetSink(ctx, sinkName); err != nil {
 		return nil, err
 	}
 	rows, err := store.ListReplays(ctx, sinkName)

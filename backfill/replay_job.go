@@ -92,7 +92,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 	if rp.State != Running {
 		return nil
 	}
-	s, err := store.Sink(ctx, rp.Sink)
+	s, err := store.GetSink(ctx, rp.Sink)
 	if errors.Is(err, outbox.ErrNotFound) {
 		return nil
 	}
@@ -104,7 +104,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 		if stopped, err := r.waitCaptured(ctx, source, id); err != nil || stopped {
 			return err
 		}
-		lo, hi, n, err := store.RetainedWindow(ctx, rp.From, rp.To)
+		lo, hi, n, err := store.GetRetainedWindow(ctx, rp.From, rp.To)
 		if err != nil {
 			return fmt.Errorf("replay %d: %w", id, err)
 		}
@@ -131,7 +131,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 		}
 		var chunk []outbox.NewMessage
 		var arena []byte
-		last, n, err := store.RetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
+		last, n, err := store.ReadRetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
 			for _, rt := range router.ForTable(ch.Rel.Schema, ch.Rel.Table) {
 				if !rt.Match(ch) {
 					continue

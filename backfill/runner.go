@@ -272,7 +272,7 @@ func (j *job) fail(ctx context.Context, cause error) error {
 
 func (j *job) run(ctx context.Context) error {
 	store := j.r.cfg.Store
-	s, err := store.Sink(ctx, j.b.Sink)
+	s, err := store.GetSink(ctx, j.b.Sink)
 	if errors.Is(err, outbox.ErrNotFound) {
 		return errStopped
 	}

@@ -172,11 +172,11 @@ func (m *Manager) checkWorker(ctx context.Context) {
 
 // sync starts, restarts and stops runners to match the stored sinks.
 func (m *Manager) sync(ctx context.Context) error {
-	sinks, err := m.cfg.Store.SinkModels(ctx)
+	sinks, err := m.cfg.Store.ListSinkModels(ctx)
 	if err != nil {
 		return err
 	}
-	endpoints, err := m.cfg.Store.Endpoints(ctx)
+	endpoints, err := m.cfg.Store.ListEndpoints(ctx)
 	if err != nil {
 		return err
 	}

@@ -129,7 +129,7 @@ func benchStore(ctx context.Context, tb testing.TB, url string, endpoint string,
 	if _, err := store.PutSink(ctx, sc); err != nil {
 		tb.Fatal(err)
 	}
-	sinks, err := store.SinkModels(ctx)
+	sinks, err := store.ListSinkModels(ctx)
 	if err != nil {
 		tb.Fatal(err)
 	}

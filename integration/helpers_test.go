@@ -304,7 +304,7 @@ func (b *testBundle) redeliverFailed(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	defer store.Close()
-	sinks, err := store.Sinks(ctx)
+	sinks, err := store.ListSinks(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -29,8 +29,8 @@ func scanEndpoint(row pgx.Row) (*Endpoint, error) {
 	return &e, err
 }
 
-// Endpoints lists endpoints by name.
-func (s *Store) Endpoints(ctx context.Context) ([]*Endpoint, error) {
+// ListEndpoints lists endpoints by name.
+func (s *Store) ListEndpoints(ctx context.Context) ([]*Endpoint, error) {
 	rows, err := s.pool.Query(ctx, endpointSelect+` ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list http endpoints: %w", err)
@@ -47,8 +47,8 @@ func (s *Store) Endpoints(ctx context.Context) ([]*Endpoint, error) {
 	return out, rows.Err()
 }
 
-// Endpoint returns one endpoint by name, or ErrNotFound.
-func (s *Store) Endpoint(ctx context.Context, name string) (*Endpoint, error) {
+// GetEndpoint returns one endpoint by name, or ErrNotFound.
+func (s *Store) GetEndpoint(ctx context.Context, name string) (*Endpoint, error) {
 	e, err := scanEndpoint(s.pool.QueryRow(ctx, endpointSelect+` WHERE name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("http endpoint %q: %w", name, ErrNotFound)
@@ -101,7 +101,7 @@ func (s *Store) CreateEndpoint(ctx context.Context, e *Endpoint) error {
 }
 
 // DeleteEndpoint removes an endpoint. The caller checks first that no
-// sink uses it (SinksUsingEndpoint): a sink without its endpoint stops
+// sink uses it (ListSinksUsingEndpoint): a sink without its endpoint stops
 // delivering.
 func (s *Store) DeleteEndpoint(ctx context.Context, name string) error {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM http_endpoints WHERE name = $1`, name)

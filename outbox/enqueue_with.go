@@ -43,9 +43,9 @@ func (s *Store) enqueueWith(ctx context.Context, rows []NewMessage, record func(
 	return kept, nil
 }
 
-// RetainedWindow bounds and counts the retained changes committed in
+// GetRetainedWindow bounds and counts the retained changes committed in
 // [from, to): their ids are in [lo, hi]; n is 0 when there are none.
-func (s *Store) RetainedWindow(ctx context.Context, from, to time.Time) (lo, hi, n int64, err error) {
+func (s *Store) GetRetainedWindow(ctx context.Context, from, to time.Time) (lo, hi, n int64, err error) {
 	var l, h *int64
 	err = s.pool.QueryRow(ctx, `SELECT min(id), max(id), count(*) FROM retained_changes
 		WHERE commit_timestamp >= $1 AND commit_timestamp < $2`, from, to).Scan(&l, &h, &n)

@@ -84,9 +84,9 @@ func scanMessage(row pgx.Row) (*MessageRow, error) {
 	return &m, err
 }
 
-// Messages lists a sink's messages: outbox states oldest first (the
+// ListMessages lists a sink's messages: outbox states oldest first (the
 // order they will be delivered in), delivered ones newest first.
-func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, error) {
+func (s *Store) ListMessages(ctx context.Context, q MessageQuery) ([]*MessageRow, error) {
 	if q.Limit <= 0 {
 		q.Limit = 100
 	}
@@ -131,9 +131,9 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 	return out, nil
 }
 
-// Message returns one message of a sink from the outbox or, once
+// GetMessage returns one message of a sink from the outbox or, once
 // delivered, from the history; ErrNotFound when it is in neither.
-func (s *Store) Message(ctx context.Context, sinkID, id int64) (*MessageRow, error) {
+func (s *Store) GetMessage(ctx context.Context, sinkID, id int64) (*MessageRow, error) {
 	m, err := scanMessage(s.pool.QueryRow(ctx, outboxMessageSelect+` WHERE o.sink_id = $1 AND o.id = $2
 		UNION ALL `+deliveredMessageSelect+` WHERE d.sink_id = $1 AND d.id = $2 LIMIT 1`, sinkID, id))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -222,9 +222,9 @@ LEFT JOIN (
 ) d ON d.sink_id = s.id
 WHERE $1::bigint IS NULL OR s.id = $1`
 
-// SinkCounts returns message counts per sink id; sinkID 0 means every
+// CountSinkMessages returns message counts per sink id; sinkID 0 means every
 // sink.
-func (s *Store) SinkCounts(ctx context.Context, sinkID int64) (map[int64]Counts, error) {
+func (s *Store) CountSinkMessages(ctx context.Context, sinkID int64) (map[int64]Counts, error) {
 	var arg *int64
 	if sinkID != 0 {
 		arg = &sinkID
@@ -268,10 +268,10 @@ func (s *Store) CountWaitingMessages(ctx context.Context, sinkID int64, limit in
 	return n, nil
 }
 
-// OldestWaiting returns, per sink id with messages waiting (failed ones
+// GetOldestWaiting returns, per sink id with messages waiting (failed ones
 // excluded), how long ago its oldest one was queued, measured on the
 // state database's clock.
-func (s *Store) OldestWaiting(ctx context.Context) (map[int64]time.Duration, error) {
+func (s *Store) GetOldestWaiting(ctx context.Context) (map[int64]time.Duration, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT sink_id, EXTRACT(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE failed_at IS NULL GROUP BY sink_id`)
 	if err != nil {

@@ -53,8 +53,8 @@ func scanSink(row pgx.Row) (*SinkRow, error) {
 	return &r, nil
 }
 
-// Sinks lists every sink, by name.
-func (s *Store) Sinks(ctx context.Context) ([]*SinkRow, error) {
+// ListSinks lists every sink, by name.
+func (s *Store) ListSinks(ctx context.Context) ([]*SinkRow, error) {
 	rows, err := s.pool.Query(ctx, sinkSelect+` ORDER BY s.name`)
 	if err != nil {
 		return nil, fmt.Errorf("list sinks: %w", err)
@@ -71,8 +71,8 @@ func (s *Store) Sinks(ctx context.Context) ([]*SinkRow, error) {
 	return out, rows.Err()
 }
 
-// Sink returns one sink by name, or ErrNotFound.
-func (s *Store) Sink(ctx context.Context, name string) (*SinkRow, error) {
+// GetSink returns one sink by name, or ErrNotFound.
+func (s *Store) GetSink(ctx context.Context, name string) (*SinkRow, error) {
 	r, err := scanSink(s.pool.QueryRow(ctx, sinkSelect+` WHERE s.name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("sink %q: %w", name, ErrNotFound)
@@ -83,9 +83,9 @@ func (s *Store) Sink(ctx context.Context, name string) (*SinkRow, error) {
 	return r, nil
 }
 
-// SinkModels returns the sinks as the router and delivery use them.
-func (s *Store) SinkModels(ctx context.Context) ([]*sink.Sink, error) {
-	rows, err := s.Sinks(ctx)
+// ListSinkModels returns the sinks as the router and delivery use them.
+func (s *Store) ListSinkModels(ctx context.Context) ([]*sink.Sink, error) {
+	rows, err := s.ListSinks(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -238,8 +238,8 @@ func (s *Store) SetSinkPaused(ctx context.Context, name string, paused bool) err
 	return nil
 }
 
-// SinksUsingEndpoint names the sinks that deliver to an endpoint.
-func (s *Store) SinksUsingEndpoint(ctx context.Context, endpoint string) ([]string, error) {
+// ListSinksUsingEndpoint names the sinks that deliver to an endpoint.
+func (s *Store) ListSinksUsingEndpoint(ctx context.Context, endpoint string) ([]string, error) {
 	return s.names(ctx, `SELECT name FROM sinks WHERE config->>'endpoint' = $1 ORDER BY name`, endpoint)
 }
 

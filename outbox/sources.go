@@ -33,8 +33,8 @@ func scanSource(row pgx.Row) (*WebhookSourceRow, error) {
 	return &w, err
 }
 
-// WebhookSources lists webhook sources by name.
-func (s *Store) WebhookSources(ctx context.Context) ([]*WebhookSourceRow, error) {
+// ListWebhookSources lists webhook sources by name.
+func (s *Store) ListWebhookSources(ctx context.Context) ([]*WebhookSourceRow, error) {
 	rows, err := s.pool.Query(ctx, sourceSelect+` ORDER BY w.name`)
 	if err != nil {
 		return nil, fmt.Errorf("list webhook sources: %w", err)
@@ -51,10 +51,10 @@ func (s *Store) WebhookSources(ctx context.Context) ([]*WebhookSourceRow, error)
 	return out, rows.Err()
 }
 
-// WebhookSource returns one webhook source by name, or ErrNotFound, with
+// GetWebhookSource returns one webhook source by name, or ErrNotFound, with
 // the sinks subscribed to it (a subquery over subscriptions). The ingest
-// path needs only the size limit: WebhookSourceLimit.
-func (s *Store) WebhookSource(ctx context.Context, name string) (*WebhookSourceRow, error) {
+// path needs only the size limit: GetWebhookSourceLimit.
+func (s *Store) GetWebhookSource(ctx context.Context, name string) (*WebhookSourceRow, error) {
 	w, err := scanSource(s.pool.QueryRow(ctx, sourceSelect+` WHERE w.name = $1`, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("webhook source %q: %w", name, ErrNotFound)
@@ -65,10 +65,10 @@ func (s *Store) WebhookSource(ctx context.Context, name string) (*WebhookSourceR
 	return w, nil
 }
 
-// WebhookSourceLimit returns a webhook source's max_body_bytes, or
+// GetWebhookSourceLimit returns a webhook source's max_body_bytes, or
 // ErrNotFound. The ingest path calls it on every request: it is one index
 // lookup.
-func (s *Store) WebhookSourceLimit(ctx context.Context, name string) (int64, error) {
+func (s *Store) GetWebhookSourceLimit(ctx context.Context, name string) (int64, error) {
 	var n int64
 	err := s.pool.QueryRow(ctx, `SELECT max_body_bytes FROM webhook_sources WHERE name = $1`, name).Scan(&n)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -126,11 +126,11 @@ type SourceCounts struct {
 	LastReceivedAt *time.Time
 }
 
-// WebhookSourceCounts counts a webhook source's queued messages per
+// CountWebhookSourceMessages counts a webhook source's queued messages per
 // subscribed sink. Webhook messages are recognised by their key: group and
 // dedupe key are both "{source}.{hash}" and their commit LSN is 0 (change
 // groups always contain a ':').
-func (s *Store) WebhookSourceCounts(ctx context.Context, name string) ([]SourceCounts, error) {
+func (s *Store) CountWebhookSourceMessages(ctx context.Context, name string) ([]SourceCounts, error) {
 	pattern := likeEscape(name) + `.%`
 	rows, err := s.pool.Query(ctx, `
 		SELECT s.name,

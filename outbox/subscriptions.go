@@ -25,8 +25,8 @@ type Subscription struct {
 
 const subscriptionSelect = `SELECT x.id, x.emitter, s.name, x.created_at FROM subscriptions x JOIN sinks s ON s.id = x.sink_id`
 
-// Subscriptions lists subscriptions, optionally only those of one sink.
-func (s *Store) Subscriptions(ctx context.Context, listener string) ([]Subscription, error) {
+// ListSubscriptions lists subscriptions, optionally only those of one sink.
+func (s *Store) ListSubscriptions(ctx context.Context, listener string) ([]Subscription, error) {
 	rows, err := s.pool.Query(ctx, subscriptionSelect+` WHERE $1 = '' OR s.name = $1 ORDER BY x.id`, listener)
 	if err != nil {
 		return nil, fmt.Errorf("list subscriptions: %w", err)
@@ -89,8 +89,8 @@ func (s *Store) RemoveSubscription(ctx context.Context, id int64) error {
 	return nil
 }
 
-// SinksSubscribedTo names the sinks listening to an emitter
+// ListSinksSubscribedTo names the sinks listening to an emitter
 // ("webhook:NAME" or "table:SCHEMA.TABLE").
-func (s *Store) SinksSubscribedTo(ctx context.Context, emitter string) ([]string, error) {
+func (s *Store) ListSinksSubscribedTo(ctx context.Context, emitter string) ([]string, error) {
 	return s.names(ctx, `SELECT s.name FROM subscriptions x JOIN sinks s ON s.id = x.sink_id WHERE x.emitter = $1 ORDER BY s.name`, emitter)
 }
