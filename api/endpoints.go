@@ -42,7 +42,7 @@ func newEndpointView(e *outbox.Endpoint) endpointView {
 }
 
 func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request) {
-	eps, err := s.d.Store.Endpoints(r.Context())
+	eps, err := s.d.Store.ListEndpoints(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -55,7 +55,7 @@ func (s *Server) listEndpoints(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getEndpoint(w http.ResponseWriter, r *http.Request) {
-	e, err := s.d.Store.Endpoint(r.Context(), r.PathValue("name"))
+	e, err := s.d.Store.GetEndpoint(r.Context(), r.PathValue("name"))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -106,7 +106,7 @@ func (s *Server) patchEndpoint(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	cur, err := s.d.Store.Endpoint(ctx, name)
+	cur, err := s.d.Store.GetEndpoint(ctx, name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -185,7 +185,7 @@ func (s *Server) respondEndpoint(ctx context.Context, w http.ResponseWriter, r *
 	// Delivery re-reads endpoints; sinks naming this one may now deliver.
 	// Routing (Refresh) compares only sinks, which did not change.
 	s.d.Reload()
-	e, err := s.d.Store.Endpoint(ctx, name)
+	e, err := s.d.Store.GetEndpoint(ctx, name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -196,7 +196,7 @@ func (s *Server) respondEndpoint(ctx context.Context, w http.ResponseWriter, r *
 func (s *Server) deleteEndpoint(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := r.PathValue("name")
-	users, err := s.d.Store.SinksUsingEndpoint(ctx, name)
+	users, err := s.d.Store.ListSinksUsingEndpoint(ctx, name)
 	if err != nil {
 		s.fail(w, r, err)
 		return

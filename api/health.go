@@ -18,7 +18,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := s.d.Store.Pool.Ping(ctx); err != nil {
+	if err := s.d.Store.Ping(ctx); err != nil {
 		s.log.Warn().Err(err).Msg("readiness: state database does not answer")
 		writeError(w, http.StatusServiceUnavailable, "not_ready", "state database does not answer")
 		return

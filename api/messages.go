@@ -82,13 +82,13 @@ func (s *Server) listMessages(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errs)
 		return
 	}
-	sk, err := s.d.Store.Sink(ctx, r.PathValue("name"))
+	sk, err := s.d.Store.GetSink(ctx, r.PathValue("name"))
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	mq.SinkID = sk.ID
-	rows, err := s.d.Store.Messages(ctx, mq)
+	rows, err := s.d.Store.ListMessages(ctx, mq)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -106,7 +106,7 @@ func (s *Server) messageOf(r *http.Request) (*outbox.SinkRow, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	sk, err := s.d.Store.Sink(r.Context(), r.PathValue("name"))
+	sk, err := s.d.Store.GetSink(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -119,7 +119,7 @@ func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	m, err := s.d.Store.Message(r.Context(), sk.ID, id)
+	m, err := s.d.Store.GetMessage(r.Context(), sk.ID, id)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -137,7 +137,7 @@ func (s *Server) redeliverMessage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	m, err := s.d.Store.Message(ctx, sk.ID, id)
+	m, err := s.d.Store.GetMessage(ctx, sk.ID, id)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -152,7 +152,7 @@ func (s *Server) redeliverMessage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.log.Info().Str("sink", sk.Name).Int64("message", id).Str("was", m.State).Msg("message redelivered through the API")
-		now, err := s.d.Store.Message(ctx, sk.ID, id)
+		now, err := s.d.Store.GetMessage(ctx, sk.ID, id)
 		switch {
 		case errors.Is(err, outbox.ErrNotFound):
 			// Delivered already, and not yet in the history (written a
@@ -172,7 +172,7 @@ func (s *Server) redeliverMessage(w http.ResponseWriter, r *http.Request) {
 // deliverable now, e.g. once a broken endpoint is fixed.
 func (s *Server) redeliverAll(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	sk, err := s.d.Store.Sink(ctx, r.PathValue("name"))
+	sk, err := s.d.Store.GetSink(ctx, r.PathValue("name"))
 	if err != nil {
 		s.fail(w, r, err)
 		return

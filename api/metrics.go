@@ -84,15 +84,15 @@ func (s *Server) refreshGauges(ctx context.Context) error {
 	if s.d.Store == nil {
 		return nil
 	}
-	sinks, err := s.d.Store.Sinks(ctx)
+	sinks, err := s.d.Store.ListSinks(ctx)
 	if err != nil {
 		return err
 	}
-	counts, err := s.d.Store.SinkCounts(ctx, 0)
+	counts, err := s.d.Store.CountSinkMessages(ctx, 0)
 	if err != nil {
 		return err
 	}
-	oldest, err := s.d.Store.OldestWaiting(ctx)
+	oldest, err := s.d.Store.GetOldestWaiting(ctx)
 	if err != nil {
 		return err
 	}

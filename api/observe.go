@@ -48,7 +48,7 @@ func (s *Server) observe(w http.ResponseWriter, r *http.Request) {
 	}
 	var sinkID int64
 	if name := q.Get("sink"); name != "" {
-		sk, err := s.d.Store.Sink(ctx, name)
+		sk, err := s.d.Store.GetSink(ctx, name)
 		if err != nil {
 			s.fail(w, r, err)
 			return

@@ -91,7 +91,7 @@ func (c *sinkCache) get(ctx context.Context, store *outbox.Store, name string) (
 	if ok && time.Since(e.at) < sinkCacheTTL {
 		return e.row, nil
 	}
-	row, err := store.Sink(ctx, name)
+	row, err := store.GetSink(ctx, name)
 	if err != nil {
 		return nil, err
 	}

@@ -79,12 +79,12 @@ func normalizeSink(c config.Sink) config.Sink {
 }
 
 func (s *Server) listSinks(w http.ResponseWriter, r *http.Request) {
-	rows, err := s.d.Store.Sinks(r.Context())
+	rows, err := s.d.Store.ListSinks(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	counts, err := s.d.Store.SinkCounts(r.Context(), 0)
+	counts, err := s.d.Store.CountSinkMessages(r.Context(), 0)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -98,11 +98,11 @@ func (s *Server) listSinks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) sinkView(ctx context.Context, name string) (sinkView, error) {
-	row, err := s.d.Store.Sink(ctx, name)
+	row, err := s.d.Store.GetSink(ctx, name)
 	if err != nil {
 		return sinkView{}, err
 	}
-	counts, err := s.d.Store.SinkCounts(ctx, row.ID)
+	counts, err := s.d.Store.CountSinkMessages(ctx, row.ID)
 	if err != nil {
 		return sinkView{}, err
 	}
@@ -165,7 +165,7 @@ func (s *Server) patchSink(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	cur, err := s.d.Store.Sink(ctx, name)
+	cur, err := s.d.Store.GetSink(ctx, name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -305,11 +305,11 @@ func (s *Server) tableWarnings(ctx context.Context, rows ...*outbox.SinkRow) map
 }
 
 func (s *Server) objectNames(ctx context.Context) (endpoints, sources map[string]bool, err error) {
-	eps, err := s.d.Store.Endpoints(ctx)
+	eps, err := s.d.Store.ListEndpoints(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	srcs, err := s.d.Store.WebhookSources(ctx)
+	srcs, err := s.d.Store.ListWebhookSources(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -56,7 +56,7 @@ func (s *Server) IngestURL(name string) string {
 }
 
 func (s *Server) listSources(w http.ResponseWriter, r *http.Request) {
-	rows, err := s.d.Store.WebhookSources(r.Context())
+	rows, err := s.d.Store.ListWebhookSources(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -70,12 +70,12 @@ func (s *Server) listSources(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getSource(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	row, err := s.d.Store.WebhookSource(ctx, r.PathValue("name"))
+	row, err := s.d.Store.GetWebhookSource(ctx, r.PathValue("name"))
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	counts, err := s.d.Store.WebhookSourceCounts(ctx, row.Name)
+	counts, err := s.d.Store.CountWebhookSourceMessages(ctx, row.Name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -115,7 +115,7 @@ func (s *Server) createSource(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info().Str("webhook_source", ws.Name).Msg("webhook source created through the API")
-	row, err := s.d.Store.WebhookSource(ctx, ws.Name)
+	row, err := s.d.Store.GetWebhookSource(ctx, ws.Name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -126,7 +126,7 @@ func (s *Server) createSource(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteSource(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	name := r.PathValue("name")
-	users, err := s.d.Store.SinksSubscribedTo(ctx, outbox.WebhookEmitter+name)
+	users, err := s.d.Store.ListSinksSubscribedTo(ctx, outbox.WebhookEmitter+name)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -164,7 +164,7 @@ func (s *Server) ingest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, code, errCode, msg)
 	}
 
-	limit, err := s.d.Store.WebhookSourceLimit(ctx, name)
+	limit, err := s.d.Store.GetWebhookSourceLimit(ctx, name)
 	if errors.Is(err, outbox.ErrNotFound) {
 		reject(http.StatusNotFound, "not_found", "no webhook source named "+strconv.Quote(name))
 		return

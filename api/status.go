@@ -34,7 +34,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	v := statusView{Time: time.Now().UTC(), StateDB: "ok", Replication: "standby", Leading: s.d.Leading()}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := s.d.Store.Pool.Ping(ctx); err != nil {
+	if err := s.d.Store.Ping(ctx); err != nil {
 		s.log.Warn().Err(err).Msg("status: state database does not answer")
 		v.StateDB = "unreachable"
 	}

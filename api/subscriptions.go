@@ -36,7 +36,7 @@ func (s *Server) listSubscriptions(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errs[:1])
 		return
 	}
-	subs, err := s.d.Store.Subscriptions(r.Context(), q.Get("listener"))
+	subs, err := s.d.Store.ListSubscriptions(r.Context(), q.Get("listener"))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -101,7 +101,7 @@ func (s *Server) createSubscription(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errs)
 		return
 	}
-	cur, err := s.d.Store.Sink(ctx, b.Listener)
+	cur, err := s.d.Store.GetSink(ctx, b.Listener)
 	if errors.Is(err, outbox.ErrNotFound) {
 		s.fail(w, r, invalid("listener", "%q is not a sink", b.Listener))
 		return
@@ -170,7 +170,7 @@ func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	cur, err := s.d.Store.Sink(ctx, x.Listener)
+	cur, err := s.d.Store.GetSink(ctx, x.Listener)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -109,26 +109,12 @@ func (r Request) fromText() (*string, error) {
 	return &s, nil
 }
 
-const selectBackfill = `
-	SELECT b.id, b.sink_id, s.name, b.state, b.tables, b.resolved, b.table_idx, b.cursor, b.column_name, b.from_value,
-		b.rows_processed, b.rows_total, COALESCE(b.error, ''), b.created_at, b.updated_at
-	FROM backfills b JOIN sinks s ON s.id = b.sink_id`
-
-func scanBackfill(row pgx.Row) (*Backfill, error) {
-	var b Backfill
-	var column *string
-	var cursor []byte
-	if err := row.Scan(&b.ID, &b.sinkID, &b.Sink, &b.State, &b.Tables, &b.resolved, &b.tableIdx, &cursor, &column, &b.From,
-		&b.RowsProcessed, &b.RowsTotal, &b.Error, &b.CreatedAt, &b.UpdatedAt); err != nil {
-		return nil, err
-	}
-	if column != nil {
-		b.Column = *column
-	}
-	if len(cursor) > 0 && string(cursor) != "null" {
-		if err := json.Unmarshal(cursor, &b.cursor); err != nil {
-			return nil, fmt.Errorf("backfill %d: stored cursor: %w", b.ID, err)
-		}
+// fromRow shapes a stored backfill for the API.
+func fromRow(r *outbox.BackfillRow) *Backfill {
+	b := &Backfill{
+		ID: r.ID, Sink: r.Sink, State: r.State, Tables: r.Tables, Column: r.Column, From: r.From,
+		RowsProcessed: r.RowsProcessed, RowsTotal: r.RowsTotal, Error: r.Error, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		sinkID: r.SinkID, tableIdx: r.TableIdx, resolved: r.Resolved, cursor: r.Cursor,
 	}
 	if b.resolved && b.State == Running && b.tableIdx < len(b.Tables) {
 		b.Table = b.Tables[b.tableIdx]
@@ -136,7 +122,7 @@ func scanBackfill(row pgx.Row) (*Backfill, error) {
 	if b.Tables == nil {
 		b.Tables = []string{}
 	}
-	return &b, nil
+	return b
 }
 
 // Create starts a backfill of a sink. source, when not nil, is the source
@@ -145,7 +131,7 @@ func scanBackfill(row pgx.Row) (*Backfill, error) {
 // caller; without it the leader resolves them and fails the backfill on
 // a mistake. Errors wrap outbox.ErrNotFound (no such sink) or ErrInvalid.
 func Create(ctx context.Context, store *outbox.Store, source *pgxpool.Pool, sinkName string, req Request) (*Backfill, error) {
-	s, err := store.Sink(ctx, sinkName)
+	s, err := store.GetSink(ctx, sinkName)
 	if err != nil {
 		return nil, err
 	}
@@ -179,17 +165,9 @@ func Create(ctx context.Context, store *outbox.Store, source *pgxpool.Pool, sink
 	} else {
 		tables = req.Tables
 	}
-	if tables == nil {
-		tables = []string{}
-	}
-	var column *string
-	if req.Column != "" {
-		column = &req.Column
-	}
-	var id int64
-	err = store.Pool.QueryRow(ctx, `
-		INSERT INTO backfills (sink_id, tables, resolved, column_name, from_value, rows_total) VALUES ($1, $2, $3, $4, $5, $6)
-		RETURNING id`, s.ID, tables, resolved, column, from, total).Scan(&id)
+	id, err := store.CreateBackfill(ctx, outbox.NewBackfill{
+		SinkID: s.ID, Tables: tables, Resolved: resolved, Column: req.Column, From: from, RowsTotal: total,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("create backfill of sink %s: %w", s.Name, err)
 	}
@@ -272,24 +250,16 @@ func estimateRows(ctx context.Context, source *pgxpool.Pool, schema, table strin
 
 // List returns a sink's backfills, newest first.
 func List(ctx context.Context, store *outbox.Store, sinkName string) ([]*Backfill, error) {
-	if _, err := store.Sink(ctx, sinkName); err != nil {
+	if _, err := store.GetSink(ctx, sinkName); err != nil {
 		return nil, err
 	}
-	rows, err := store.Pool.Query(ctx, selectBackfill+` WHERE s.name = $1 ORDER BY b.id DESC`, sinkName)
+	rows, err := store.ListBackfills(ctx, sinkName)
 	if err != nil {
-		return nil, fmt.Errorf("list backfills of sink %s: %w", sinkName, err)
+		return nil, err
 	}
-	defer rows.Close()
-	out := []*Backfill{}
-	for rows.Next() {
-		b, err := scanBackfill(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list backfills of sink %s: %w", sinkName, err)
-		}
-		out = append(out, b)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list backfills of sink %s: %w", sinkName, err)
+	out := make([]*Backfill, len(rows))
+	for i, r := range rows {
+		out[i] = fromRow(r)
 	}
 	return out, nil
 }
@@ -297,25 +267,19 @@ func List(ctx context.Context, store *outbox.Store, sinkName string) ([]*Backfil
 // Get returns one backfill of a sink, or an error wrapping
 // outbox.ErrNotFound.
 func Get(ctx context.Context, store *outbox.Store, sinkName string, id int64) (*Backfill, error) {
-	b, err := scanBackfill(store.Pool.QueryRow(ctx, selectBackfill+` WHERE s.name = $1 AND b.id = $2`, sinkName, id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("backfill %d of sink %q: %w", id, sinkName, outbox.ErrNotFound)
-	}
+	r, err := store.GetBackfill(ctx, sinkName, id)
 	if err != nil {
-		return nil, fmt.Errorf("backfill %d of sink %q: %w", id, sinkName, err)
+		return nil, err
 	}
-	return b, nil
+	return fromRow(r), nil
 }
 
 // Cancel stops a running backfill; the leader stops it within a page.
 // Cancelling a backfill that has ended changes nothing. It returns the
 // backfill as it is now.
 func Cancel(ctx context.Context, store *outbox.Store, sinkName string, id int64) (*Backfill, error) {
-	_, err := store.Pool.Exec(ctx, `
-		UPDATE backfills b SET state = 'cancelled', updated_at = now()
-		FROM sinks s WHERE s.id = b.sink_id AND s.name = $1 AND b.id = $2 AND b.state = 'running'`, sinkName, id)
-	if err != nil {
-		return nil, fmt.Errorf("cancel backfill %d of sink %q: %w", id, sinkName, err)
+	if err := store.CancelBackfill(ctx, sinkName, id); err != nil {
+		return nil, err
 	}
 	return Get(ctx, store, sinkName, id)
 }

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/outbox"
+	"github.com/walhook/walhook/replication"
 )
 
 // job is one run of one backfill.
@@ -36,17 +36,12 @@ type job struct {
 }
 
 func (j *job) fail(ctx context.Context, cause error) error {
-	_, err := j.r.cfg.Store.Pool.Exec(ctx, `UPDATE backfills SET state = 'failed', error = $2, updated_at = now() WHERE id = $1 AND state = 'running'`,
-		j.b.ID, cause.Error())
-	if err != nil {
-		return fmt.Errorf("backfill %d: record failure: %w", j.b.ID, err)
-	}
-	return nil
+	return j.r.cfg.Store.FailBackfill(ctx, j.b.ID, cause.Error())
 }
 
 func (j *job) run(ctx context.Context) error {
 	store := j.r.cfg.Store
-	s, err := store.Sink(ctx, j.b.Sink)
+	s, err := store.GetSink(ctx, j.b.Sink)
 	if errors.Is(err, outbox.ErrNotFound) {
 		return errStopped
 	}
@@ -66,12 +61,11 @@ func (j *job) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		tag, err := store.Pool.Exec(ctx, `UPDATE backfills SET tables = $2, resolved = true, rows_total = $3, updated_at = now() WHERE id = $1 AND state = 'running'`,
-			j.b.ID, tables, total)
+		running, err := store.ResolveBackfill(ctx, j.b.ID, tables, total)
 		if err != nil {
-			return fmt.Errorf("backfill %d: record tables: %w", j.b.ID, err)
+			return err
 		}
-		if tag.RowsAffected() == 0 {
+		if !running {
 			return errStopped
 		}
 		j.b.Tables, j.b.resolved = tables, true
@@ -109,13 +103,11 @@ func (j *job) run(ctx context.Context) error {
 // made before that are not streamed, so no page may be read earlier.
 func (j *job) waitPublished(ctx context.Context, schema, table string) error {
 	for logged := false; ; {
-		var ok bool
-		err := j.source.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)`,
-			j.r.cfg.Publication, schema, table).Scan(&ok)
+		published, err := replication.PublishedTables(ctx, j.source, j.r.cfg.Publication)
 		if err != nil {
 			return fmt.Errorf("backfill %d: publication of %s.%s: %w", j.b.ID, schema, table, err)
 		}
-		if ok {
+		if published[schema+"."+table] {
 			return nil
 		}
 		if !logged {
@@ -142,13 +134,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 // checkRunning stops the run when the backfill was cancelled or its sink
 // deleted.
 func (j *job) checkRunning(ctx context.Context) error {
-	var state string
-	err := j.r.cfg.Store.Pool.QueryRow(ctx, `SELECT state FROM backfills WHERE id = $1`, j.b.ID).Scan(&state)
-	if errors.Is(err, pgx.ErrNoRows) {
+	state, err := j.r.cfg.Store.GetBackfillState(ctx, j.b.ID)
+	if errors.Is(err, outbox.ErrNotFound) {
 		return errStopped
 	}
 	if err != nil {
-		return fmt.Errorf("backfill %d: read state: %w", j.b.ID, err)
+		return err
 	}
 	if state != Running {
 		j.log.Info().Str("state", state).Msg("backfill stopped")
@@ -217,11 +208,5 @@ func (j *job) countBacklog(ctx context.Context) (int, error) {
 // countWaiting counts a sink's waiting messages, up to limit: the count
 // costs at most limit index entries.
 func countWaiting(ctx context.Context, store *outbox.Store, sinkID int64, limit int) (int, error) {
-	var n int
-	err := store.Pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
-		sinkID, limit).Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
-	}
-	return n, nil
+	return store.CountWaitingMessages(ctx, sinkID, limit)
 }

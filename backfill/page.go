@@ -2,7 +2,6 @@ package backfill
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -74,15 +73,10 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 			nextIdx, nextCursor = j.b.tableIdx+1, nil
 		}
 		allDone := tableDone && nextIdx >= len(j.b.Tables)
-		var cursorJSON []byte
-		if nextCursor != nil {
-			cursorJSON, _ = json.Marshal(nextCursor) // strings always marshal
-		}
 		page.Seq, page.SinkID, page.Rel = seq, j.b.sinkID, info.rel
 		page.Done = make(chan outbox.PageResult, 1)
 		page.Flushed = make(chan struct{})
-		page.PersistSQL = persistSQL
-		page.PersistArgs = []any{j.b.ID, nextIdx, cursorJSON, int64(n), allDone}
+		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor, Rows: int64(n), Done: allDone}
 		w.Submit(page)
 		if err := j.emit(ctx, w, seq, true); err != nil {
 			return err
@@ -134,16 +128,6 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		}
 	}
 }
-
-// persistSQL records a page's position; capture runs it in the state
-// transaction that writes the page. A backfill cancelled meanwhile keeps
-// its state (its last page is written anyway).
-const persistSQL = `
-	UPDATE backfills SET table_idx = $2, cursor = $3, rows_processed = rows_processed + $4,
-		state = CASE WHEN $5 THEN 'done' ELSE state END,
-		rows_total = CASE WHEN $5 THEN rows_processed + $4 ELSE GREATEST(rows_total, rows_processed + $4) END,
-		updated_at = now()
-	WHERE id = $1 AND state = 'running'`
 
 // emit writes a watermark into the source's WAL, as its own transaction.
 func (j *job) emit(ctx context.Context, w *outbox.Window, seq uint64, high bool) error {

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/walhook/walhook/outbox"
 )
 
@@ -52,19 +50,14 @@ type Replay struct {
 	hiID     int64
 }
 
-const selectReplay = `
-	SELECT r.id, s.name, r.state, r.from_time, r.to_time, r.to_asked, COALESCE(r.idempotency_key, ''), r.resolved, r.last_id, r.hi_id,
-		r.changes_processed, r.changes_total, r.messages, COALESCE(r.waiting_for, ''), COALESCE(r.error, ''), r.created_at, r.updated_at
-	FROM replays r JOIN sinks s ON s.id = r.sink_id`
-
-func scanReplay(row pgx.Row) (*Replay, error) {
-	var r Replay
-	err := row.Scan(&r.ID, &r.Sink, &r.State, &r.From, &r.To, &r.toAsked, &r.IdempotencyKey, &r.resolved, &r.lastID, &r.hiID,
-		&r.ChangesProcessed, &r.ChangesTotal, &r.Messages, &r.WaitingFor, &r.Error, &r.CreatedAt, &r.UpdatedAt)
-	if err != nil {
-		return nil, err
+// replayFromRow shapes a stored replay for the API.
+func replayFromRow(r *outbox.ReplayRow) *Replay {
+	return &Replay{
+		ID: r.ID, Sink: r.Sink, State: r.State, From: r.From, To: r.To,
+		ChangesProcessed: r.ChangesProcessed, ChangesTotal: r.ChangesTotal, Messages: r.Messages,
+		WaitingFor: r.WaitingFor, IdempotencyKey: r.IdempotencyKey, Error: r.Error, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		toAsked: r.ToAsked, resolved: r.Resolved, lastID: r.LastID, hiID: r.HiID,
 	}
-	return &r, nil
 }
 
 // What a running replay may wait for (Replay.WaitingFor).
@@ -91,7 +84,7 @@ var ErrKeyReused = errors.New("idempotency key reused")
 // says whether a new replay was made. Errors wrap outbox.ErrNotFound (no
 // such sink), ErrInvalid or ErrKeyReused.
 func CreateReplay(ctx context.Context, store *outbox.Store, sinkName string, req ReplayRequest, key string) (r *Replay, created bool, err error) {
-	s, err := store.Sink(ctx, sinkName)
+	s, err := store.GetSink(ctx, sinkName)
 	if err != nil {
 		return nil, false, err
 	}
@@ -102,43 +95,34 @@ func CreateReplay(ctx context.Context, store *outbox.Store, sinkName string, req
 		return nil, false, fmt.Errorf("%w: replay window: to (%s) must be after from (%s)", ErrInvalid,
 			req.To.Format(time.RFC3339Nano), req.From.Format(time.RFC3339Nano))
 	}
-	var keyArg *string
-	if key != "" {
-		keyArg = &key
-	}
 	// The insert loses to an existing replay with the key or an identical
 	// running one; that replay may end between the two statements, so
 	// the pair is tried again.
 	for range 3 {
-		var id int64
-		err := store.Pool.QueryRow(ctx, `
-			INSERT INTO replays (sink_id, from_time, to_time, to_asked, idempotency_key) VALUES ($1, $2, COALESCE($3, now()), $3, $4)
-			ON CONFLICT DO NOTHING RETURNING id`, s.ID, req.From, req.To, keyArg).Scan(&id)
-		if err == nil {
+		id, ok, err := store.CreateReplay(ctx, s.ID, req.From, req.To, key)
+		if err != nil {
+			return nil, false, fmt.Errorf("create replay for sink %s: %w", s.Name, err)
+		}
+		if ok {
 			r, err := GetReplay(ctx, store, sinkName, id)
 			return r, true, err
 		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return nil, false, fmt.Errorf("create replay for sink %s: %w", s.Name, err)
-		}
-		r, err := scanReplay(store.Pool.QueryRow(ctx, selectReplay+`
-			WHERE r.sink_id = $1 AND (r.idempotency_key = $4
-				OR r.state = 'running' AND r.from_time = $2 AND r.to_asked IS NOT DISTINCT FROM $3)
-			ORDER BY r.idempotency_key = $4 DESC NULLS LAST, r.id DESC LIMIT 1`, s.ID, req.From, req.To, keyArg))
-		if errors.Is(err, pgx.ErrNoRows) {
+		row, err := store.FindReplay(ctx, s.ID, req.From, req.To, key)
+		if errors.Is(err, outbox.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, false, fmt.Errorf("create replay for sink %s: %w", s.Name, err)
 		}
+		r := replayFromRow(row)
 		if key != "" && r.IdempotencyKey == key && (!r.From.Equal(req.From) || !sameTime(r.toAsked, req.To)) {
 			return nil, false, fmt.Errorf("%w: replay %d of sink %s was made with this Idempotency-Key for another window", ErrKeyReused, r.ID, s.Name)
 		}
 		if key != "" && r.IdempotencyKey == "" {
 			// The identical running replay answers this key from now on,
 			// also once it has ended.
-			if _, err := store.Pool.Exec(ctx, `UPDATE replays SET idempotency_key = $2 WHERE id = $1 AND idempotency_key IS NULL`, r.ID, key); err != nil {
-				return nil, false, fmt.Errorf("replay %d of sink %s: record idempotency key: %w", r.ID, s.Name, err)
+			if err := store.SetReplayKey(ctx, r.ID, key); err != nil {
+				return nil, false, fmt.Errorf("sink %s: %w", s.Name, err)
 			}
 			r.IdempotencyKey = key
 		}
@@ -156,24 +140,16 @@ func sameTime(a, b *time.Time) bool {
 
 // ListReplays returns a sink's replays, newest first.
 func ListReplays(ctx context.Context, store *outbox.Store, sinkName string) ([]*Replay, error) {
-	if _, err := store.Sink(ctx, sinkName); err != nil {
+	if _, err := store.GetSink(ctx, sinkName); err != nil {
 		return nil, err
 	}
-	rows, err := store.Pool.Query(ctx, selectReplay+` WHERE s.name = $1 ORDER BY r.id DESC`, sinkName)
+	rows, err := store.ListReplays(ctx, sinkName)
 	if err != nil {
-		return nil, fmt.Errorf("list replays of sink %s: %w", sinkName, err)
+		return nil, err
 	}
-	defer rows.Close()
-	out := []*Replay{}
-	for rows.Next() {
-		r, err := scanReplay(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list replays of sink %s: %w", sinkName, err)
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list replays of sink %s: %w", sinkName, err)
+	out := make([]*Replay, len(rows))
+	for i, r := range rows {
+		out[i] = replayFromRow(r)
 	}
 	return out, nil
 }
@@ -181,25 +157,19 @@ func ListReplays(ctx context.Context, store *outbox.Store, sinkName string) ([]*
 // GetReplay returns one replay of a sink, or an error wrapping
 // outbox.ErrNotFound.
 func GetReplay(ctx context.Context, store *outbox.Store, sinkName string, id int64) (*Replay, error) {
-	r, err := scanReplay(store.Pool.QueryRow(ctx, selectReplay+` WHERE s.name = $1 AND r.id = $2`, sinkName, id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("replay %d of sink %q: %w", id, sinkName, outbox.ErrNotFound)
-	}
+	r, err := store.GetReplay(ctx, sinkName, id)
 	if err != nil {
-		return nil, fmt.Errorf("replay %d of sink %q: %w", id, sinkName, err)
+		return nil, err
 	}
-	return r, nil
+	return replayFromRow(r), nil
 }
 
 // CancelReplay stops a running replay after the chunk being written;
 // what was queued stays queued. Cancelling a replay that has ended
 // changes nothing. It returns the replay as it is now.
 func CancelReplay(ctx context.Context, store *outbox.Store, sinkName string, id int64) (*Replay, error) {
-	_, err := store.Pool.Exec(ctx, `
-		UPDATE replays r SET state = 'cancelled', waiting_for = NULL, updated_at = now()
-		FROM sinks s WHERE s.id = r.sink_id AND s.name = $1 AND r.id = $2 AND r.state = 'running'`, sinkName, id)
-	if err != nil {
-		return nil, fmt.Errorf("cancel replay %d of sink %q: %w", id, sinkName, err)
+	if err := store.CancelReplay(ctx, sinkName, id); err != nil {
+		return nil, err
 	}
 	return GetReplay(ctx, store, sinkName, id)
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/outbox"
@@ -45,8 +44,7 @@ func (r *Runner) replayLoop(ctx context.Context, source *pgxpool.Pool) {
 				failed := err != nil && ctx.Err() == nil && permanent(err)
 				if failed {
 					r.cfg.Log.Error().Err(err).Int64("replay", id).Msg("replay failed")
-					if _, ferr := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET state = 'failed', error = $2, waiting_for = NULL, updated_at = now() WHERE id = $1 AND state = 'running'`,
-						id, err.Error()); ferr != nil {
+					if ferr := r.cfg.Store.FailReplay(ctx, id, err.Error()); ferr != nil {
 						r.cfg.Log.Error().Err(ferr).Int64("replay", id).Msg("record the replay's failure")
 					}
 				}
@@ -74,15 +72,7 @@ func (r *Runner) replayLoop(ctx context.Context, source *pgxpool.Pool) {
 }
 
 func runningReplays(ctx context.Context, store *outbox.Store) ([]int64, error) {
-	rows, err := store.Pool.Query(ctx, `SELECT id FROM replays WHERE state = 'running' ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list running replays: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("list running replays: %w", err)
-	}
-	return ids, nil
+	return store.ListRunningReplays(ctx)
 }
 
 // runReplay runs one replay from its recorded position until it is done
@@ -91,17 +81,18 @@ func runningReplays(ctx context.Context, store *outbox.Store) ([]int64, error) {
 // is never queued twice, even by two leaders in a hand-over.
 func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) error {
 	store := r.cfg.Store
-	rp, err := scanReplay(store.Pool.QueryRow(ctx, selectReplay+` WHERE r.id = $1`, id))
-	if errors.Is(err, pgx.ErrNoRows) {
+	row, err := store.GetReplayByID(ctx, id)
+	if errors.Is(err, outbox.ErrNotFound) {
 		return nil // its sink was deleted
 	}
 	if err != nil {
-		return fmt.Errorf("replay %d: %w", id, err)
+		return err
 	}
+	rp := replayFromRow(row)
 	if rp.State != Running {
 		return nil
 	}
-	s, err := store.Sink(ctx, rp.Sink)
+	s, err := store.GetSink(ctx, rp.Sink)
 	if errors.Is(err, outbox.ErrNotFound) {
 		return nil
 	}
@@ -113,7 +104,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 		if stopped, err := r.waitCaptured(ctx, source, id); err != nil || stopped {
 			return err
 		}
-		lo, hi, n, err := store.RetainedWindow(ctx, rp.From, rp.To)
+		lo, hi, n, err := store.GetRetainedWindow(ctx, rp.From, rp.To)
 		if err != nil {
 			return fmt.Errorf("replay %d: %w", id, err)
 		}
@@ -122,12 +113,11 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 		if n == 0 {
 			state = Done
 		}
-		tag, err := store.Pool.Exec(ctx, `UPDATE replays SET resolved = true, last_id = $2, hi_id = $3, changes_total = $4, state = $5, waiting_for = NULL, updated_at = now()
-			WHERE id = $1 AND state = 'running' AND NOT resolved`, id, rp.lastID, rp.hiID, n, state)
+		ok, err := store.ResolveReplay(ctx, id, rp.lastID, rp.hiID, n, state)
 		if err != nil {
-			return fmt.Errorf("replay %d: record its window: %w", id, err)
+			return err
 		}
-		if tag.RowsAffected() == 0 || n == 0 {
+		if !ok || n == 0 {
 			return nil
 		}
 		log.Info().Int64("changes", n).Time("from", rp.From).Time("to", rp.To).Msg("replay running")
@@ -141,7 +131,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 		}
 		var chunk []outbox.NewMessage
 		var arena []byte
-		last, n, err := store.RetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
+		last, n, err := store.ReadRetainedChanges(ctx, rp.lastID, rp.hiID, rp.From, &rp.To, replayChunk, rels, func(ch *sink.Change) {
 			for _, rt := range router.ForTable(ch.Rel.Schema, ch.Rel.Table) {
 				if !rt.Match(ch) {
 					continue
@@ -160,15 +150,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 		if last >= rp.hiID {
 			state = Done
 		}
-		kept, err := store.EnqueueWith(ctx, chunk, func(tx pgx.Tx) (bool, error) {
-			tag, err := tx.Exec(ctx, `UPDATE replays SET last_id = $3, changes_processed = changes_processed + $4, messages = messages + $5,
-					state = $6, waiting_for = NULL, updated_at = now()
-				WHERE id = $1 AND state = 'running' AND last_id = $2`, id, rp.lastID, last, n, len(chunk), state)
-			if err != nil {
-				return false, fmt.Errorf("record progress of replay %d: %w", id, err)
-			}
-			return tag.RowsAffected() == 1, nil
-		})
+		kept, err := store.EnqueueReplayChunk(ctx, chunk, outbox.ReplayProgress{ReplayID: id, After: rp.lastID, Last: last, Changes: n, State: state})
 		if err != nil {
 			return fmt.Errorf("replay %d: %w", id, err)
 		}
@@ -188,7 +170,7 @@ func (r *Runner) runReplay(ctx context.Context, source *pgxpool.Pool, id int64) 
 // outbox. stopped reports that the replay is no longer running.
 func (r *Runner) waitReplayBacklog(ctx context.Context, id, sinkID int64, bound int) (stopped bool, err error) {
 	return r.replayWait(ctx, id, WaitBacklog, 200*time.Millisecond, func() (bool, error) {
-		n, err := countWaiting(ctx, r.cfg.Store, sinkID, bound-replayChunk+1)
+		n, err := r.cfg.Store.CountWaitingMessages(ctx, sinkID, bound-replayChunk+1)
 		return n+replayChunk <= bound, err
 	})
 }
@@ -206,16 +188,15 @@ func (r *Runner) replayWait(ctx context.Context, id int64, what string, every ti
 			return false, nil
 		}
 		if !waiting {
-			tag, err := r.cfg.Store.Pool.Exec(ctx, `UPDATE replays SET waiting_for = $2, updated_at = now() WHERE id = $1 AND state = 'running'`, id, what)
+			running, err := r.cfg.Store.SetReplayWaiting(ctx, id, what)
 			if err != nil {
-				return false, fmt.Errorf("replay %d: record its wait: %w", id, err)
+				return false, err
 			}
-			if tag.RowsAffected() == 0 {
+			if !running {
 				return true, nil
 			}
 		} else {
-			var running bool
-			err := r.cfg.Store.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replays WHERE id = $1 AND state = 'running')`, id).Scan(&running)
+			running, err := r.cfg.Store.IsReplayRunning(ctx, id)
 			if err != nil || !running {
 				return err == nil, err
 			}
@@ -248,8 +229,7 @@ func (r *Runner) waitCaptured(ctx context.Context, source *pgxpool.Pool, id int6
 		return false, fmt.Errorf("replay %d: mark the source's WAL: %w", id, err)
 	}
 	return r.replayWait(ctx, id, WaitCapture, 100*time.Millisecond, func() (bool, error) {
-		var end int64
-		err := r.cfg.Store.Pool.QueryRow(ctx, `SELECT COALESCE((SELECT end_lsn FROM replication_state WHERE slot = $1), 0)`, r.cfg.Slot).Scan(&end)
+		end, err := r.cfg.Store.GetCapturedEnd(ctx, r.cfg.Slot)
 		return end > mark, err
 	})
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
@@ -177,35 +176,16 @@ func (r *Runner) Run(ctx context.Context) {
 }
 
 // ApplyStarts applies the `start` of sinks created since it last ran
-// (docs/reference.md#27-sinks: once, when the sink is created): `start:
-// beginning` gets a backfill of all the sink's tables. Marking the sink and
-// creating the backfill are one statement, so a start applies exactly once
-// whichever way the sink was made and whatever crashes. The leader runs it.
+// (SPEC §2: once, when the sink is created): `start: beginning` gets a
+// backfill of all the sink's tables. Marking the sink and creating the
+// backfill are one statement, so a start applies exactly once whichever
+// way the sink was made and whatever crashes. The leader runs it.
 func ApplyStarts(ctx context.Context, store *outbox.Store) error {
-	_, err := store.Pool.Exec(ctx, `
-		WITH s AS (
-			UPDATE sinks SET start_applied = true WHERE NOT start_applied
-			RETURNING id, config->>'start' AS start
-		)
-		INSERT INTO backfills (sink_id)
-		SELECT id FROM s WHERE start = 'beginning'
-			AND EXISTS (SELECT 1 FROM subscriptions WHERE sink_id = s.id AND emitter LIKE '`+outbox.TableEmitter+`%')`)
-	if err != nil {
-		return fmt.Errorf("apply sink starts: %w", err)
-	}
-	return nil
+	return store.ApplySinkStarts(ctx)
 }
 
 func runningIDs(ctx context.Context, store *outbox.Store) ([]int64, error) {
-	rows, err := store.Pool.Query(ctx, `SELECT id FROM backfills WHERE state = 'running' ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list running backfills: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, fmt.Errorf("list running backfills: %w", err)
-	}
-	return ids, nil
+	return store.ListRunningBackfills(ctx)
 }
 
 // errStopped ends a run whose backfill is no longer running (cancelled,
@@ -255,12 +235,9 @@ func (r *Runner) runOne(ctx context.Context, source *pgxpool.Pool, id int64) err
 }
 
 func load(ctx context.Context, store *outbox.Store, id int64) (*Backfill, error) {
-	b, err := scanBackfill(store.Pool.QueryRow(ctx, selectBackfill+` WHERE b.id = $1`, id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("backfill %d: %w", id, outbox.ErrNotFound)
-	}
+	r, err := store.GetBackfillByID(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("backfill %d: %w", id, err)
+		return nil, err
 	}
-	return b, nil
+	return fromRow(r), nil
 }

@@ -204,11 +204,11 @@ func (m *Manager) checkWorker(ctx context.Context) {
 
 // sync starts, restarts and stops runners to match the stored sinks.
 func (m *Manager) sync(ctx context.Context) error {
-	sinks, err := m.cfg.Store.SinkModels(ctx)
+	sinks, err := m.cfg.Store.ListSinkModels(ctx)
 	if err != nil {
 		return err
 	}
-	endpoints, err := m.cfg.Store.Endpoints(ctx)
+	endpoints, err := m.cfg.Store.ListEndpoints(ctx)
 	if err != nil {
 		return err
 	}
@@ -288,21 +288,17 @@ func (m *Manager) listen(ctx context.Context) {
 }
 
 func (m *Manager) listenOnce(ctx context.Context) error {
-	conn, err := m.cfg.Store.Pool.Acquire(ctx)
+	l, err := m.cfg.Store.Listen(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, `LISTEN "`+m.cfg.Store.Channel()+`"`); err != nil {
-		return err
-	}
-	defer conn.Exec(context.WithoutCancel(ctx), `UNLISTEN *`) //nolint:errcheck // best effort before returning the conn
+	defer l.Close()
 	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
+		payload, err := l.Wait(ctx)
 		if err != nil {
 			return err
 		}
-		for _, part := range strings.Split(n.Payload, ",") {
+		for _, part := range strings.Split(payload, ",") {
 			if id, err := strconv.ParseInt(part, 10, 64); err == nil {
 				m.Wake(id)
 			}

@@ -132,7 +132,7 @@ func benchStore(ctx context.Context, tb testing.TB, url string, endpoint string,
 	if _, err := store.PutSink(ctx, sc); err != nil {
 		tb.Fatal(err)
 	}
-	sinks, err := store.SinkModels(ctx)
+	sinks, err := store.ListSinkModels(ctx)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func BenchmarkCapture(b *testing.B) {
 			}
 		}
 		store, router := benchStore(ctx, b, url, "http://127.0.0.1:1", 100)
-		if _, err := store.Pool.Exec(ctx, `UPDATE sinks SET status = 'paused'`); err != nil {
+		if _, err := stateDB(b, url).Exec(ctx, `UPDATE sinks SET status = 'paused'`); err != nil {
 			b.Fatal(err)
 		}
 		writeWorkload(ctx, b, db, 1, rows)
@@ -184,7 +184,7 @@ func BenchmarkCapture(b *testing.B) {
 		cancel()
 		<-done
 		var count int
-		_ = store.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&count)
+		_ = stateDB(b, url).QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&count)
 		if count != rows {
 			b.Fatalf("outbox has %d rows, want %d", count, rows)
 		}
@@ -452,19 +452,19 @@ func BenchmarkClaim(b *testing.B) {
 			url := pgtest.NewDB(b)
 			store, _ := benchStore(ctx, b, url, "http://127.0.0.1:1", 100)
 			n := tc.groups * tc.perGrp
-			if _, err := store.Pool.Exec(ctx, `
+			if _, err := stateDB(b, url).Exec(ctx, `
 				INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, head)
 				SELECT s.id, 'g' || (i % $1), i, 0, '{"record":{"id":' || i || '}}', i <= $1
 				FROM generate_series(1, $2::int) i, sinks s`, tc.groups, n); err != nil {
 				b.Fatal(err)
 			}
 			for _, q := range []string{`VACUUM ANALYZE outbox`} {
-				if _, err := store.Pool.Exec(ctx, q); err != nil {
+				if _, err := stateDB(b, url).Exec(ctx, q); err != nil {
 					b.Fatal(err)
 				}
 			}
 			var sinkID int64
-			_ = store.Pool.QueryRow(ctx, `SELECT id FROM sinks`).Scan(&sinkID)
+			_ = stateDB(b, url).QueryRow(ctx, `SELECT id FROM sinks`).Scan(&sinkID)
 			req := outbox.ClaimRequest{SinkID: sinkID, BatchSize: 100, MaxAckPending: 10000, Lease: time.Minute, Worker: "bench"}
 			var claimT, ackT time.Duration
 			const cycles = 50

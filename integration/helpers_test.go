@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -280,6 +279,23 @@ func (r *receiver) waitCount(t testing.TB, n int, d time.Duration) []message {
 
 func itoa(n int) string { return strings.TrimSpace(jsonString(n)) }
 
+// stateDB opens a pool on the state schema for a test's own setup and
+// checks: outbox keeps its pool to itself.
+func stateDB(t testing.TB, url string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = "walhook"
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
 // redeliverFailed revives the failed messages of every sink with the
 // store call the API's redeliver uses.
 func (b *testBundle) redeliverFailed(ctx context.Context) (int64, error) {
@@ -288,17 +304,13 @@ func (b *testBundle) redeliverFailed(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	defer store.Close()
-	rows, err := store.Pool.Query(ctx, `SELECT id FROM sinks`)
-	if err != nil {
-		return 0, err
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	sinks, err := store.ListSinks(ctx)
 	if err != nil {
 		return 0, err
 	}
 	var n int64
-	for _, id := range ids {
-		k, err := store.Redeliver(ctx, id, nil)
+	for _, s := range sinks {
+		k, err := store.Redeliver(ctx, s.ID, nil)
 		if err != nil {
 			return n, err
 		}

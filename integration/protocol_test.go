@@ -51,16 +51,17 @@ func TestRedeliverIntoPausedSinkKeepsOrder(t *testing.T) {
 	})
 	b.start(t)
 	st := stateStore(t, b.url)
+	db := stateDB(t, b.url)
 	ctx := context.Background()
 	var sinkID int64
-	if err := st.Pool.QueryRow(ctx, `SELECT id FROM sinks WHERE name = 's'`).Scan(&sinkID); err != nil {
+	if err := db.QueryRow(ctx, `SELECT id FROM sinks WHERE name = 's'`).Scan(&sinkID); err != nil {
 		t.Fatal(err)
 	}
 
 	b.exec(t, `INSERT INTO t VALUES (1, 1)`)
 	waitFor(t, 20*time.Second, "the first version to fail", func() bool {
 		var n int
-		_ = st.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL`).Scan(&n)
+		_ = db.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL`).Scan(&n)
 		return n == 1
 	})
 	if err := st.SetSinkPaused(ctx, "s", true); err != nil {
@@ -71,7 +72,7 @@ func TestRedeliverIntoPausedSinkKeepsOrder(t *testing.T) {
 	b.exec(t, `INSERT INTO t VALUES (2, 1)`)
 	waitFor(t, 20*time.Second, "the younger version and another group queued", func() bool {
 		var n int
-		_ = st.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NULL`).Scan(&n)
+		_ = db.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NULL`).Scan(&n)
 		return n == 2
 	})
 	if n, err := st.Redeliver(ctx, sinkID, nil); err != nil || n != 1 {

@@ -214,7 +214,7 @@ func TestReplayWaitsForBacklog(t *testing.T) {
 	r = waitReplay(t, st, "s", r.ID, "the replay to wait for the backlog", func(r *backfill.Replay) bool {
 		return r.WaitingFor == backfill.WaitBacklog || r.State != backfill.Running
 	})
-	counts, err := st.SinkCounts(ctx, 0)
+	counts, err := st.CountSinkMessages(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

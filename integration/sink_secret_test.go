@@ -55,7 +55,7 @@ func TestSinkSigningSecretSealed(t *testing.T) {
 	defer st.Close()
 	readSecret := func(box *secrets.Box) (string, error) {
 		st.Box = box
-		r, err := st.Sink(ctx, "s")
+		r, err := st.GetSink(ctx, "s")
 		if err != nil {
 			return "", err
 		}

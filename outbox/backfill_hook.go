@@ -75,10 +75,9 @@ type Page struct {
 	// Rel.Columns; Keys the window key of each row (see Window).
 	Rows [][][]byte
 	Keys []string
-	// PersistSQL and PersistArgs record the backfill's new position; they
-	// run in the state transaction that writes the page's rows.
-	PersistSQL  string
-	PersistArgs []any
+	// Position is the backfill's position after the page, recorded in the
+	// state transaction that writes the page's rows (nil: none).
+	Position *BackfillPosition
 	// Done receives the outcome once the high watermark is handled. It
 	// must have room for one value.
 	Done chan PageResult
@@ -328,7 +327,7 @@ func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int
 			res.Filtered++
 		}
 	}
-	c.persist = append(c.persist, persistStmt{sql: p.PersistSQL, args: p.PersistArgs, flushed: p.Flushed})
+	c.persist = append(c.persist, persistStmt{pos: p.Position, flushed: p.Flushed})
 	if len(c.rows) >= chunkRows {
 		if err := c.spill(ctx); err != nil {
 			return res, err
@@ -340,16 +339,15 @@ func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int
 // persistStmt is a page's position, recorded in the next flush's state
 // transaction.
 type persistStmt struct {
-	sql     string
-	args    []any
+	pos     *BackfillPosition
 	flushed chan struct{}
 }
 
 // queuePersist adds the pages' positions to the flush's batch.
 func (c *Capture) queuePersist(b *pgx.Batch) {
 	for _, p := range c.persist {
-		if p.sql != "" {
-			b.Queue(p.sql, p.args...)
+		if p.pos != nil {
+			p.pos.queue(b)
 		}
 	}
 }

@@ -116,14 +116,14 @@ func TestWindowDropsChangedRows(t *testing.T) {
 	// only before it (kept now).
 	f.mark(w, 2, false)
 	p2 := f.page(2, "2", "3", "5")
-	p2.PersistSQL, p2.PersistArgs = "UPDATE x", []any{1}
+	p2.Position = &BackfillPosition{BackfillID: 1}
 	p2.Flushed = make(chan struct{})
 	w.Submit(p2)
 	f.mark(w, 2, true)
 	if r := result(t, p2); r.Err != nil || r.Written != 2 || r.Dropped != 1 {
 		t.Fatalf("page 2: %+v, want 2 written, 1 dropped", r)
 	}
-	if len(f.c.persist) != 2 || f.c.persist[1].sql != "UPDATE x" {
+	if len(f.c.persist) != 2 || f.c.persist[1].pos != p2.Position {
 		t.Errorf("persist: %v", f.c.persist)
 	}
 	// A committed flush tells the backfill.

@@ -87,7 +87,7 @@ func (c *Capture) SetLease(name string, token int64) { c.lease = &leaseRef{name,
 func (c *Capture) Position(ctx context.Context) (uint64, uint64, error) {
 	c.reset(ctx)
 	var commit, end int64
-	err := c.store.Pool.QueryRow(ctx, `SELECT commit_lsn, end_lsn FROM replication_state WHERE slot = $1`, c.slot).Scan(&commit, &end)
+	err := c.store.pool.QueryRow(ctx, `SELECT commit_lsn, end_lsn FROM replication_state WHERE slot = $1`, c.slot).Scan(&commit, &end)
 	if err == pgx.ErrNoRows {
 		return 0, 0, nil
 	}
@@ -200,7 +200,7 @@ func (c *Capture) Buffered() int { return c.buffered }
 // spill copies the buffered rows into the open state transaction.
 func (c *Capture) spill(ctx context.Context) error {
 	if c.tx == nil {
-		tx, err := c.store.Pool.Begin(ctx)
+		tx, err := c.store.pool.Begin(ctx)
 		if err != nil {
 			return fmt.Errorf("begin outbox transaction: %w", err)
 		}

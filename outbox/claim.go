@@ -405,7 +405,7 @@ func (s *Store) RecordDelivered(ctx context.Context, rows []Delivered) error {
 		idxs[i], counts[i], statuses[i] = r.Message.CommitIdx, r.DeliverCount, int32(r.Status)
 		groups[i], payloads[i], ats[i] = r.Message.Group, string(r.Message.Payload), r.At
 	}
-	_, err := s.Pool.Exec(ctx, `
+	_, err := s.pool.Exec(ctx, `
 		INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status, delivered_at)
 		SELECT u.i, u.s, u.g, u.l, u.x, u.p, u.c, NULLIF(u.st, 0), u.at
 		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS u(i, s, g, l, x, p, c, st, at)
@@ -476,7 +476,7 @@ func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err 
 // it each second; until then such a claim is simply not live. It returns
 // the sinks whose claims it ended, so their workers can be woken.
 func (s *Store) ReapClaims(ctx context.Context) ([]int64, error) {
-	rows, err := s.Pool.Query(ctx, `SELECT DISTINCT sink_id FROM claims WHERE until <= clock_timestamp()`)
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT sink_id FROM claims WHERE until <= clock_timestamp()`)
 	if err != nil {
 		return nil, fmt.Errorf("find ended claims: %w", err)
 	}
@@ -510,7 +510,7 @@ var queueTables = []string{"outbox", "claims", "delivered"}
 // skipping any another process (or autovacuum) is vacuuming now. It
 // returns the tables it vacuumed.
 func (s *Store) VacuumQueues(ctx context.Context, minDead int64) ([]string, error) {
-	rows, err := s.Pool.Query(ctx, `SELECT relname FROM pg_stat_user_tables
+	rows, err := s.pool.Query(ctx, `SELECT relname FROM pg_stat_user_tables
 		WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= $2 AND n_dead_tup >= n_live_tup`, queueTables, minDead)
 	if err != nil {
 		return nil, fmt.Errorf("vacuum queue tables: %w", err)
@@ -522,7 +522,7 @@ func (s *Store) VacuumQueues(ctx context.Context, minDead int64) ([]string, erro
 	for _, t := range tables {
 		// VACUUM cannot run in a transaction: the simple protocol sends
 		// it alone. No truncation: see migration 00003.
-		if _, err := s.Pool.Exec(ctx, `VACUUM (SKIP_LOCKED, TRUNCATE false, INDEX_CLEANUP on) `+pgx.Identifier{t}.Sanitize(), pgx.QueryExecModeSimpleProtocol); err != nil {
+		if _, err := s.pool.Exec(ctx, `VACUUM (SKIP_LOCKED, TRUNCATE false, INDEX_CLEANUP on) `+pgx.Identifier{t}.Sanitize(), pgx.QueryExecModeSimpleProtocol); err != nil {
 			return nil, fmt.Errorf("vacuum %s: %w", t, err)
 		}
 	}
@@ -531,7 +531,7 @@ func (s *Store) VacuumQueues(ctx context.Context, minDead int64) ([]string, erro
 
 // Hold makes a whole sink wait (a receiver's Retry-After).
 func (s *Store) Hold(ctx context.Context, sinkID int64, until time.Time) error {
-	_, err := s.Pool.Exec(ctx, `UPDATE sinks SET hold_until = GREATEST(COALESCE(hold_until, $2), $2) WHERE id = $1`, sinkID, until)
+	_, err := s.pool.Exec(ctx, `UPDATE sinks SET hold_until = GREATEST(COALESCE(hold_until, $2), $2) WHERE id = $1`, sinkID, until)
 	if err != nil {
 		return fmt.Errorf("hold sink %d: %w", sinkID, err)
 	}
@@ -542,7 +542,7 @@ func (s *Store) Hold(ctx context.Context, sinkID int64, until time.Time) error {
 // none of sinks that no longer exist. It deletes in short statements: a long one would hold back the xmin
 // horizon, and every queue table here depends on vacuum keeping up.
 func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
-	rows, err := s.Pool.Query(ctx, `SELECT id FROM sinks`)
+	rows, err := s.pool.Query(ctx, `SELECT id FROM sinks`)
 	if err != nil {
 		return 0, fmt.Errorf("prune delivered history: %w", err)
 	}
@@ -550,14 +550,14 @@ func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("prune delivered history: %w", err)
 	}
-	tag, err := s.Pool.Exec(ctx, `DELETE FROM delivered d WHERE NOT EXISTS (SELECT 1 FROM sinks s WHERE s.id = d.sink_id)`)
+	tag, err := s.pool.Exec(ctx, `DELETE FROM delivered d WHERE NOT EXISTS (SELECT 1 FROM sinks s WHERE s.id = d.sink_id)`)
 	if err != nil {
 		return 0, fmt.Errorf("prune delivered history: %w", err)
 	}
 	total := tag.RowsAffected()
 	for _, id := range sinkIDs {
 		var cut int64
-		err := s.Pool.QueryRow(ctx, `SELECT id FROM delivered WHERE sink_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1`, id, keep).Scan(&cut)
+		err := s.pool.QueryRow(ctx, `SELECT id FROM delivered WHERE sink_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1`, id, keep).Scan(&cut)
 		if errors.Is(err, pgx.ErrNoRows) {
 			continue
 		}
@@ -565,7 +565,7 @@ func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
 			return total, fmt.Errorf("prune delivered history of sink %d: %w", id, err)
 		}
 		for {
-			tag, err := s.Pool.Exec(ctx, `DELETE FROM delivered WHERE ctid = ANY (ARRAY(
+			tag, err := s.pool.Exec(ctx, `DELETE FROM delivered WHERE ctid = ANY (ARRAY(
 				SELECT ctid FROM delivered WHERE sink_id = $1 AND id <= $2 LIMIT 10000))`, id, cut)
 			if err != nil {
 				return total, fmt.Errorf("prune delivered history of sink %d: %w", id, err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/migrations"
@@ -15,8 +16,15 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 type testBundle struct {
-	store  *Store
+	store  *testStore
 	sinkID int64
+}
+
+// testStore is a Store whose tests also reach its pool, to set up states
+// and check them with their own SQL.
+type testStore struct {
+	*Store
+	Pool *pgxpool.Pool
 }
 
 func setup(t *testing.T) *testBundle {
@@ -32,10 +40,10 @@ func setup(t *testing.T) *testBundle {
 	}
 	t.Cleanup(store.Close)
 	var id int64
-	if err := store.Pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s', '{}') RETURNING id`).Scan(&id); err != nil {
+	if err := store.pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s', '{}') RETURNING id`).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
-	return &testBundle{store: store, sinkID: id}
+	return &testBundle{store: &testStore{Store: store, Pool: store.pool}, sinkID: id}
 }
 
 func (b *testBundle) queue(t *testing.T, tx pgx.Tx, group string, n int) {

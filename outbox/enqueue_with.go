@@ -9,12 +9,12 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// EnqueueWith queues messages like Enqueue, in one transaction with
+// enqueueWith queues messages like Enqueue, in one transaction with
 // record, which writes the writer's position (a replay's progress): a
 // restart then resumes exactly after what was queued, never queueing a
 // message twice. When record reports false (the job was cancelled or its
-// sink deleted), nothing is queued and EnqueueWith reports false.
-func (s *Store) EnqueueWith(ctx context.Context, rows []NewMessage, record func(pgx.Tx) (bool, error)) (bool, error) {
+// sink deleted), nothing is queued and enqueueWith reports false.
+func (s *Store) enqueueWith(ctx context.Context, rows []NewMessage, record func(pgx.Tx) (bool, error)) (bool, error) {
 	var kept bool
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
@@ -43,11 +43,11 @@ func (s *Store) EnqueueWith(ctx context.Context, rows []NewMessage, record func(
 	return kept, nil
 }
 
-// RetainedWindow bounds and counts the retained changes committed in
+// GetRetainedWindow bounds and counts the retained changes committed in
 // [from, to): their ids are in [lo, hi]; n is 0 when there are none.
-func (s *Store) RetainedWindow(ctx context.Context, from, to time.Time) (lo, hi, n int64, err error) {
+func (s *Store) GetRetainedWindow(ctx context.Context, from, to time.Time) (lo, hi, n int64, err error) {
 	var l, h *int64
-	err = s.Pool.QueryRow(ctx, `SELECT min(id), max(id), count(*) FROM retained_changes
+	err = s.pool.QueryRow(ctx, `SELECT min(id), max(id), count(*) FROM retained_changes
 		WHERE commit_timestamp >= $1 AND commit_timestamp < $2`, from, to).Scan(&l, &h, &n)
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("bound retained changes: %w", err)

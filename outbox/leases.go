@@ -49,7 +49,7 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 // the term is over (run out, or another holder's now): the holder must
 // stop at once.
 func (s *Store) RenewLease(ctx context.Context, name string, token int64, ttl time.Duration) (bool, error) {
-	tag, err := s.Pool.Exec(ctx, `UPDATE leases SET until = clock_timestamp() + make_interval(secs => $3::float8)
+	tag, err := s.pool.Exec(ctx, `UPDATE leases SET until = clock_timestamp() + make_interval(secs => $3::float8)
 		WHERE name = $1 AND token = $2 AND until > clock_timestamp()`, name, token, ttl.Seconds())
 	if err != nil {
 		return false, fmt.Errorf("renew lease %s: %w", name, err)
@@ -60,7 +60,7 @@ func (s *Store) RenewLease(ctx context.Context, name string, token int64, ttl ti
 // ReleaseLease ends a term now, so another process takes over without
 // waiting for it to run out.
 func (s *Store) ReleaseLease(ctx context.Context, name string, token int64) error {
-	_, err := s.Pool.Exec(ctx, `UPDATE leases SET until = clock_timestamp() WHERE name = $1 AND token = $2 AND until > clock_timestamp()`, name, token)
+	_, err := s.pool.Exec(ctx, `UPDATE leases SET until = clock_timestamp() WHERE name = $1 AND token = $2 AND until > clock_timestamp()`, name, token)
 	if err != nil {
 		return fmt.Errorf("release lease %s: %w", name, err)
 	}

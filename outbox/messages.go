@@ -84,9 +84,9 @@ func scanMessage(row pgx.Row) (*MessageRow, error) {
 	return &m, err
 }
 
-// Messages lists a sink's messages: outbox states oldest first (the
+// ListMessages lists a sink's messages: outbox states oldest first (the
 // order they will be delivered in), delivered ones newest first.
-func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, error) {
+func (s *Store) ListMessages(ctx context.Context, q MessageQuery) ([]*MessageRow, error) {
 	if q.Limit <= 0 {
 		q.Limit = 100
 	}
@@ -112,7 +112,7 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 	default:
 		return nil, fmt.Errorf("list messages: unknown state %q", q.State)
 	}
-	rows, err := s.Pool.Query(ctx, sql, args...)
+	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list messages of sink %d: %w", q.SinkID, err)
 	}
@@ -131,10 +131,10 @@ func (s *Store) Messages(ctx context.Context, q MessageQuery) ([]*MessageRow, er
 	return out, nil
 }
 
-// Message returns one message of a sink from the outbox or, once
+// GetMessage returns one message of a sink from the outbox or, once
 // delivered, from the history; ErrNotFound when it is in neither.
-func (s *Store) Message(ctx context.Context, sinkID, id int64) (*MessageRow, error) {
-	m, err := scanMessage(s.Pool.QueryRow(ctx, outboxMessageSelect+` WHERE o.sink_id = $1 AND o.id = $2
+func (s *Store) GetMessage(ctx context.Context, sinkID, id int64) (*MessageRow, error) {
+	m, err := scanMessage(s.pool.QueryRow(ctx, outboxMessageSelect+` WHERE o.sink_id = $1 AND o.id = $2
 		UNION ALL `+deliveredMessageSelect+` WHERE d.sink_id = $1 AND d.id = $2 LIMIT 1`, sinkID, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("message %d: %w", id, ErrNotFound)
@@ -188,4 +188,107 @@ func (s *Store) Redeliver(ctx context.Context, sinkID int64, ids []int64) (int, 
 		return 0, fmt.Errorf("redeliver messages of sink %d: %w", sinkID, err)
 	}
 	return n, nil
+}
+
+// Counts are a sink's messages by state. Delivered counts the bounded
+// recent history, not every message ever delivered.
+type Counts struct {
+	Pending, InFlight, BackingOff, Failed, Delivered int64
+}
+
+// countsSQL derives the states the way messageStateSQL does, but counts
+// through the partial indexes so the cost follows the small states
+// (in flight, retrying, failed) except for one count of the backlog.
+const countsSQL = `
+SELECT s.id,
+	COALESCE(o.unfailed, 0), COALESCE(o.failed, 0), COALESCE(o.retrying, 0),
+	COALESCE(f.in_flight, 0), COALESCE(f.in_flight_retrying, 0), COALESCE(d.delivered, 0)
+FROM sinks s
+LEFT JOIN (
+	SELECT sink_id, count(*) FILTER (WHERE failed_at IS NULL) AS unfailed,
+		count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed,
+		count(*) FILTER (WHERE deliver_count > 0 AND failed_at IS NULL) AS retrying
+	FROM outbox WHERE $1::bigint IS NULL OR sink_id = $1 GROUP BY sink_id
+) o ON o.sink_id = s.id
+LEFT JOIN (
+	SELECT c.sink_id, count(*) AS in_flight, count(*) FILTER (WHERE o.deliver_count > 0) AS in_flight_retrying
+	FROM claims c CROSS JOIN LATERAL unnest(c.ids) AS i(id)
+	JOIN outbox o ON o.id = i.id AND o.failed_at IS NULL
+	WHERE c.until > clock_timestamp() AND ($1::bigint IS NULL OR c.sink_id = $1)
+	GROUP BY c.sink_id
+) f ON f.sink_id = s.id
+LEFT JOIN (
+	SELECT sink_id, count(*) AS delivered FROM delivered WHERE $1::bigint IS NULL OR sink_id = $1 GROUP BY sink_id
+) d ON d.sink_id = s.id
+WHERE $1::bigint IS NULL OR s.id = $1`
+
+// CountSinkMessages returns message counts per sink id; sinkID 0 means every
+// sink.
+func (s *Store) CountSinkMessages(ctx context.Context, sinkID int64) (map[int64]Counts, error) {
+	var arg *int64
+	if sinkID != 0 {
+		arg = &sinkID
+	}
+	rows, err := s.pool.Query(ctx, countsSQL, arg)
+	if err != nil {
+		return nil, fmt.Errorf("count messages: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]Counts{}
+	for rows.Next() {
+		var id, unfailed, failed, retrying, inFlight, inFlightRetrying, delivered int64
+		if err := rows.Scan(&id, &unfailed, &failed, &retrying, &inFlight, &inFlightRetrying, &delivered); err != nil {
+			return nil, fmt.Errorf("count messages: %w", err)
+		}
+		backingOff := retrying - inFlightRetrying
+		out[id] = Counts{
+			Pending:    max(unfailed-inFlight-backingOff, 0),
+			InFlight:   inFlight,
+			BackingOff: max(backingOff, 0),
+			Failed:     failed,
+			Delivered:  delivered,
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count messages: %w", err)
+	}
+	return out, nil
+}
+
+// CountWaitingMessages counts a sink's waiting (not failed) messages, up
+// to limit: the count costs at most limit index entries, so a job that
+// only needs to know whether the backlog passed a bound stays cheap.
+func (s *Store) CountWaitingMessages(ctx context.Context, sinkID int64, limit int) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sink_id = $1 AND failed_at IS NULL LIMIT $2) x`,
+		sinkID, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count the backlog of sink %d: %w", sinkID, err)
+	}
+	return n, nil
+}
+
+// GetOldestWaiting returns, per sink id with messages waiting (failed ones
+// excluded), how long ago its oldest one was queued, measured on the
+// state database's clock.
+func (s *Store) GetOldestWaiting(ctx context.Context) (map[int64]time.Duration, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT sink_id, EXTRACT(epoch FROM now() - min(created_at))::float8 FROM outbox WHERE failed_at IS NULL GROUP BY sink_id`)
+	if err != nil {
+		return nil, fmt.Errorf("age of the oldest waiting messages: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]time.Duration{}
+	for rows.Next() {
+		var id int64
+		var secs float64
+		if err := rows.Scan(&id, &secs); err != nil {
+			return nil, fmt.Errorf("age of the oldest waiting messages: %w", err)
+		}
+		out[id] = time.Duration(max(secs, 0) * float64(time.Second))
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("age of the oldest waiting messages: %w", err)
+	}
+	return out, nil
 }

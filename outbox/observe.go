@@ -20,7 +20,7 @@ type Listener struct {
 // Listen takes a connection from the pool and LISTENs on Channel. Close
 // gives the connection back.
 func (s *Store) Listen(ctx context.Context) (*Listener, error) {
-	conn, err := s.Pool.Acquire(ctx)
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listen for outbox notifications: %w", err)
 	}
@@ -85,7 +85,7 @@ type IDRange struct{ Lo, Hi int64 }
 // moment ago is in neither the outbox nor, yet, the history.)
 func (s *Store) ObserveHead(ctx context.Context) (int64, error) {
 	var id int64
-	err := s.Pool.QueryRow(ctx, `SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')), 0)`).Scan(&id)
+	err := s.pool.QueryRow(ctx, `SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')), 0)`).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("observe: read head: %w", err)
 	}
@@ -104,7 +104,7 @@ const observeColumns = `id, sink_id, group_key, commit_lsn, commit_idx, payload`
 // the snapshot's xmin back.
 func (s *Store) ObserveSince(ctx context.Context, after int64, holes []IDRange, limit int) (ObservePage, error) {
 	var page ObservePage
-	err := pgx.BeginTxFunc(ctx, s.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var xmin, xmax string
 		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_snapshot_xmax(pg_current_snapshot())::text`).Scan(&xmin, &xmax); err != nil {
 			return err

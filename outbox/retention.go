@@ -199,12 +199,12 @@ func parseValuesJSON(b []byte) ([][]byte, error) {
 	return out, nil
 }
 
-// RetainedRange bounds the ids of the retained changes committed in
+// GetRetainedRange bounds the ids of the retained changes committed in
 // [from, to) (to nil: up to now); ok is false when there are none. Capture
 // writes retained changes in commit order, so id order is commit order.
-func (s *Store) RetainedRange(ctx context.Context, from time.Time, to *time.Time) (lo, hi int64, ok bool, err error) {
+func (s *Store) GetRetainedRange(ctx context.Context, from time.Time, to *time.Time) (lo, hi int64, ok bool, err error) {
 	var l, h *int64
-	err = s.Pool.QueryRow(ctx, `SELECT min(id), max(id) FROM retained_changes
+	err = s.pool.QueryRow(ctx, `SELECT min(id), max(id) FROM retained_changes
 		WHERE commit_timestamp >= $1 AND ($2::timestamptz IS NULL OR commit_timestamp < $2)`, from, to).Scan(&l, &h)
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("bound retained changes: %w", err)
@@ -215,14 +215,14 @@ func (s *Store) RetainedRange(ctx context.Context, from time.Time, to *time.Time
 	return *l, *h, true, nil
 }
 
-// RetainedChanges reads up to limit retained changes with ids in
+// ReadRetainedChanges reads up to limit retained changes with ids in
 // (after, hi] committed in [from, to), in commit order, and passes each,
 // rebuilt as a change, to fn (which must not keep it). rels caches the
 // rebuilt relations across calls. It returns the last id read and how many
 // changes it read.
-func (s *Store) RetainedChanges(ctx context.Context, after, hi int64, from time.Time, to *time.Time, limit int,
+func (s *Store) ReadRetainedChanges(ctx context.Context, after, hi int64, from time.Time, to *time.Time, limit int,
 	rels map[string]*sink.Relation, fn func(*sink.Change)) (last int64, n int, err error) {
-	rows, err := s.Pool.Query(ctx, `
+	rows, err := s.pool.Query(ctx, `
 		SELECT id, table_schema, table_name, commit_lsn, commit_idx, commit_timestamp, action, columns, new_values, old_values, full_identity
 		FROM retained_changes
 		WHERE id > $1 AND id <= $2 AND commit_timestamp >= $3 AND ($4::timestamptz IS NULL OR commit_timestamp < $4)
@@ -280,18 +280,4 @@ func relationOf(rels map[string]*sink.Relation, schema, table string, full bool,
 	}
 	rels[key] = r
 	return r, nil
-}
-
-// PruneRetained deletes up to batch retained changes committed more than
-// keep ago, oldest first, and returns how many it deleted. One short
-// statement: callers loop.
-func (s *Store) PruneRetained(ctx context.Context, keep time.Duration, batch int) (int64, error) {
-	tag, err := s.Pool.Exec(ctx, `
-		DELETE FROM retained_changes WHERE id IN (
-			SELECT id FROM retained_changes WHERE commit_timestamp < now() - make_interval(secs => $1::float8)
-			ORDER BY commit_timestamp LIMIT $2)`, keep.Seconds(), batch)
-	if err != nil {
-		return 0, fmt.Errorf("prune retained changes: %w", err)
-	}
-	return tag.RowsAffected(), nil
 }

@@ -206,7 +206,7 @@ func TestLongSourceTransactionFlushes(t *testing.T) {
 	ctx := t.Context()
 	var router atomic.Pointer[sink.Router]
 	router.Store(sink.NewRouter([]*sink.Sink{{ID: b.sinkID, UUID: "u", Name: "s", Config: config.Sink{Name: "s", Tables: []string{"public.t"}}}}))
-	c := NewCapture(b.store, "slot", &router, zerolog.Nop())
+	c := NewCapture(b.store.Store, "slot", &router, zerolog.Nop())
 	if _, _, err := c.Position(ctx); err != nil {
 		t.Fatal(err)
 	}

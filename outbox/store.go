@@ -15,9 +15,11 @@ import (
 	"github.com/walhook/walhook/secrets"
 )
 
-// Store is the state schema.
+// Store is the state schema. Every statement on it goes through Store's
+// methods: the pool stays unexported so the compiler keeps the queries,
+// and the invariants of outbox/doc.go, in this package.
 type Store struct {
-	Pool   *pgxpool.Pool
+	pool   *pgxpool.Pool
 	Schema string
 	// Box seals sinks' signing secrets (and opens them on read). Without
 	// a key they are stored in clear, as before encryption_key existed.
@@ -57,11 +59,19 @@ func Open(ctx context.Context, url, schema string, maxConns int32) (*Store, erro
 	if err != nil {
 		return nil, fmt.Errorf("connect to state database: %w", err)
 	}
-	return &Store{Pool: pool, Schema: schema}, nil
+	return &Store{pool: pool, Schema: schema}, nil
 }
 
 // Close closes the pool.
-func (s *Store) Close() { s.Pool.Close() }
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks the state database answers, for health checks.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping state database: %w", err)
+	}
+	return nil
+}
 
 // Channel is the LISTEN/NOTIFY channel on which capture announces new
 // messages; the payload is a comma-separated list of sink ids.
@@ -94,7 +104,7 @@ func isRetryable(err error) bool {
 // inTx runs fn in a transaction, retrying it on deadlock or serialization
 // failure.
 func (s *Store) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return retry(ctx, func() error { return pgx.BeginFunc(ctx, s.Pool, fn) })
+	return retry(ctx, func() error { return pgx.BeginFunc(ctx, s.pool, fn) })
 }
 
 // batch sends the statements fill queues as one pipeline: one round trip
@@ -104,7 +114,7 @@ func (s *Store) batch(ctx context.Context, fill func(b *pgx.Batch)) error {
 	return retry(ctx, func() error {
 		b := &pgx.Batch{}
 		fill(b)
-		return s.Pool.SendBatch(ctx, b).Close()
+		return s.pool.SendBatch(ctx, b).Close()
 	})
 }
 

@@ -30,7 +30,7 @@ type Worker struct {
 // connection of its own, before the row is visible to anyone: a reaper
 // that sees the row finds the lock held.
 func (s *Store) RegisterWorker(ctx context.Context, name string) (*Worker, error) {
-	conn, err := pgx.ConnectConfig(ctx, s.Pool.Config().ConnConfig.Copy())
+	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return nil, fmt.Errorf("register worker %s: connect: %w", name, err)
 	}

@@ -277,6 +277,25 @@ func SyncPublication(ctx context.Context, pool *pgxpool.Pool, publication string
 	return nil
 }
 
+// PublishedTables returns the tables the publication streams now, as
+// "schema.table", those of schemas published whole included: a table is
+// captured only once it is published, so callers wait for it here.
+func PublishedTables(ctx context.Context, pool *pgxpool.Pool, publication string) (map[string]bool, error) {
+	rows, err := pool.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, publication)
+	if err != nil {
+		return nil, fmt.Errorf("publication %s: list tables: %w", publication, err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("publication %s: list tables: %w", publication, err)
+	}
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		out[n] = true
+	}
+	return out, nil
+}
+
 // publicationMembers runs a membership query of publication whose rows
 // are (schema, table) and returns the quoted names ("schema" alone when
 // table is empty).

@@ -38,25 +38,9 @@ func (s *Service) API() *api.Server {
 // API waits so that a change committed after its answer is captured.
 func (s *Service) waitPublished(ctx context.Context, tables []string) error {
 	for {
-		// pg_publication_tables lists the tables of schemas published
-		// whole too.
-		rows, err := s.Source.Query(ctx, `
-			SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, s.Cfg.Database.Publication)
+		have, err := replication.PublishedTables(ctx, s.Source, s.Cfg.Database.Publication)
 		if err != nil {
-			return fmt.Errorf("publication %s: list tables: %w", s.Cfg.Database.Publication, err)
-		}
-		have := map[string]bool{}
-		for rows.Next() {
-			var t string
-			if err := rows.Scan(&t); err != nil {
-				rows.Close()
-				return fmt.Errorf("publication %s: list tables: %w", s.Cfg.Database.Publication, err)
-			}
-			have[t] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("publication %s: list tables: %w", s.Cfg.Database.Publication, err)
+			return err
 		}
 		missing := ""
 		for _, t := range tables {

@@ -177,7 +177,7 @@ func (s *Service) applyConfig(ctx context.Context) error {
 func (s *Service) Refresh(ctx context.Context) error {
 	s.refreshMu.Lock()
 	defer s.refreshMu.Unlock()
-	sinks, err := s.Store.SinkModels(ctx)
+	sinks, err := s.Store.ListSinkModels(ctx)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,13 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"time"
 )
+
+// Housekeeping's cleanup of the state schema: what no request waits for
+// and the leader or delivery runs now and then. The queue's own upkeep
+// (PruneDelivered, VacuumQueues, ReapClaims) stays with the claim in
+// claim.go, whose invariants it shares.
 
 // purgeChunk bounds one delete of a deleted sink's messages: a long
 // statement would hold back the xmin horizon that the queue tables'
@@ -33,7 +39,7 @@ SELECT id FROM dead WHERE id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM sinks s W
 // backfill page may be writing for the sink just then: such rows arrive
 // after the delete. Housekeeping calls this, so none stay forever.
 func (s *Store) PurgeDeletedSinks(ctx context.Context) (int64, error) {
-	rows, err := s.Pool.Query(ctx, deletedSinksSQL)
+	rows, err := s.pool.Query(ctx, deletedSinksSQL)
 	if err != nil {
 		return 0, fmt.Errorf("find messages of deleted sinks: %w", err)
 	}
@@ -54,7 +60,7 @@ func (s *Store) PurgeDeletedSinks(ctx context.Context) (int64, error) {
 		for {
 			// The sink is checked again in the statement: ids are never
 			// reused, so a sink that exists now is not a deleted one.
-			tag, err := s.Pool.Exec(ctx, `
+			tag, err := s.pool.Exec(ctx, `
 				DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sink_id = $1 LIMIT $2)
 					AND NOT EXISTS (SELECT 1 FROM sinks WHERE id = $1)`, id, purgeChunk)
 			if err != nil {
@@ -67,4 +73,18 @@ func (s *Store) PurgeDeletedSinks(ctx context.Context) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// PruneRetained deletes up to batch retained changes committed more than
+// keep ago, oldest first, and returns how many it deleted. One short
+// statement: callers loop.
+func (s *Store) PruneRetained(ctx context.Context, keep time.Duration, batch int) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `
+		DELETE FROM retained_changes WHERE id IN (
+			SELECT id FROM retained_changes WHERE commit_timestamp < now() - make_interval(secs => $1::float8)
+			ORDER BY commit_timestamp LIMIT $2)`, keep.Seconds(), batch)
+	if err != nil {
+		return 0, fmt.Errorf("prune retained changes: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
