@@ -2,8 +2,11 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Housekeeping's cleanup of the state schema: what no request waits for
@@ -87,4 +90,122 @@ func (s *Store) PruneRetained(ctx context.Context, keep time.Duration, batch int
 		return 0, fmt.Errorf("prune retained changes: %w", err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// Delivered is one acknowledged message for the recent-delivery history.
+type Delivered struct {
+	SinkID       int64
+	Message      Message
+	DeliverCount int32
+	Status       int // 0: no HTTP status (acked by a pull consumer)
+	At           time.Time
+}
+
+// RecordDelivered appends to the recent-delivery history, a debugging aid
+// trimmed by PruneDelivered; it is not part of the delivery guarantee.
+// Rows of sinks deleted meanwhile are dropped.
+func (s *Store) RecordDelivered(ctx context.Context, rows []Delivered) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	n := len(rows)
+	ids, sinks, lsns := make([]int64, n), make([]int64, n), make([]int64, n)
+	idxs, counts, statuses := make([]int32, n), make([]int32, n), make([]int32, n)
+	groups, payloads, ats := make([]string, n), make([]string, n), make([]time.Time, n)
+	for i, r := range rows {
+		ids[i], sinks[i], lsns[i] = r.Message.ID, r.SinkID, r.Message.CommitLSN
+		idxs[i], counts[i], statuses[i] = r.Message.CommitIdx, r.DeliverCount, int32(r.Status)
+		groups[i], payloads[i], ats[i] = r.Message.Group, string(r.Message.Payload), r.At
+	}
+	_, err := s.pool.Exec(ctx, `
+		INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status, delivered_at)
+		SELECT u.i, u.s, u.g, u.l, u.x, u.p, u.c, NULLIF(u.st, 0), u.at
+		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS u(i, s, g, l, x, p, c, st, at)
+		WHERE EXISTS (SELECT 1 FROM sinks WHERE id = u.s)`,
+		ids, sinks, groups, lsns, idxs, payloads, counts, statuses, ats)
+	if err != nil {
+		return fmt.Errorf("record %d delivered messages: %w", n, err)
+	}
+	return nil
+}
+
+// queueTables are the tables every delivered message churns: a row in,
+// a row out. Their dead rows must be vacuumed within seconds, not at
+// autovacuum's next visit (autovacuum_naptime, a minute by default),
+// or they grow by everything delivered in between.
+var queueTables = []string{"outbox", "claims", "delivered"}
+
+// VacuumQueues vacuums the queue tables that hold at least minDead dead
+// rows, and at least as many dead rows as live ones (a vacuum reads the
+// whole table: while a backlog drains, once per backlog is enough),
+// skipping any another process (or autovacuum) is vacuuming now. It
+// returns the tables it vacuumed.
+func (s *Store) VacuumQueues(ctx context.Context, minDead int64) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT relname FROM pg_stat_user_tables
+		WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= $2 AND n_dead_tup >= n_live_tup`, queueTables, minDead)
+	if err != nil {
+		return nil, fmt.Errorf("vacuum queue tables: %w", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("vacuum queue tables: %w", err)
+	}
+	for _, t := range tables {
+		// VACUUM cannot run in a transaction: the simple protocol sends
+		// it alone. No truncation: see migration 00003.
+		if _, err := s.pool.Exec(ctx, `VACUUM (SKIP_LOCKED, TRUNCATE false, INDEX_CLEANUP on) `+pgx.Identifier{t}.Sanitize(), pgx.QueryExecModeSimpleProtocol); err != nil {
+			return nil, fmt.Errorf("vacuum %s: %w", t, err)
+		}
+	}
+	return tables, nil
+}
+
+// Hold makes a whole sink wait (a receiver's Retry-After).
+func (s *Store) Hold(ctx context.Context, sinkID int64, until time.Time) error {
+	_, err := s.pool.Exec(ctx, `UPDATE sinks SET hold_until = GREATEST(COALESCE(hold_until, $2), $2) WHERE id = $1`, sinkID, until)
+	if err != nil {
+		return fmt.Errorf("hold sink %d: %w", sinkID, err)
+	}
+	return nil
+}
+
+// PruneDelivered keeps the newest keep delivered messages per sink, and
+// none of sinks that no longer exist. It deletes in short statements: a long one would hold back the xmin
+// horizon, and every queue table here depends on vacuum keeping up.
+func (s *Store) PruneDelivered(ctx context.Context, keep int) (int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM sinks`)
+	if err != nil {
+		return 0, fmt.Errorf("prune delivered history: %w", err)
+	}
+	sinkIDs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("prune delivered history: %w", err)
+	}
+	tag, err := s.pool.Exec(ctx, `DELETE FROM delivered d WHERE NOT EXISTS (SELECT 1 FROM sinks s WHERE s.id = d.sink_id)`)
+	if err != nil {
+		return 0, fmt.Errorf("prune delivered history: %w", err)
+	}
+	total := tag.RowsAffected()
+	for _, id := range sinkIDs {
+		var cut int64
+		err := s.pool.QueryRow(ctx, `SELECT id FROM delivered WHERE sink_id = $1 ORDER BY id DESC OFFSET $2 LIMIT 1`, id, keep).Scan(&cut)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return total, fmt.Errorf("prune delivered history of sink %d: %w", id, err)
+		}
+		for {
+			tag, err := s.pool.Exec(ctx, `DELETE FROM delivered WHERE ctid = ANY (ARRAY(
+				SELECT ctid FROM delivered WHERE sink_id = $1 AND id <= $2 LIMIT 10000))`, id, cut)
+			if err != nil {
+				return total, fmt.Errorf("prune delivered history of sink %d: %w", id, err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < 10000 {
+				break
+			}
+		}
+	}
+	return total, nil
 }
