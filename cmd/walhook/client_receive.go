@@ -56,12 +56,36 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 			body["visibility_timeout"] = visibility.String()
 		}
 		out := bufio.NewWriter(cmd.OutOrStdout())
-		path := pathOf("sinks", args[0], "receive")
+		path, ackPath := pathOf("sinks", args[0], "receive"), pathOf("sinks", args[0], "ack")
+		// With --ack a batch is acknowledged while the next one is
+		// received: one ack in flight at a time. The next receive cannot
+		// hold a message of a group still being acknowledged (that group
+		// stays claimed until the ack commits), so order holds.
+		var acking chan error
+		var acked int
+		settle := func() error {
+			if acking == nil {
+				return nil
+			}
+			err := <-acking
+			acking = nil
+			var ae *apiError
+			switch {
+			case err != nil && follow && errors.As(err, &ae):
+				fmt.Fprintln(cmd.ErrOrStderr(), "walhook: ack: "+err.Error())
+			case err != nil:
+				return fmt.Errorf("ack %d messages: %w", acked, err)
+			}
+			return nil
+		}
 		for {
 			var res struct {
 				Data []receivedMessage `json:"data"`
 			}
 			if err := c.post(ctx, path, body, &res); err != nil {
+				if aerr := settle(); aerr != nil {
+					return aerr
+				}
 				if follow && errors.Is(err, context.Canceled) {
 					return nil // interrupted: a clean stop
 				}
@@ -80,18 +104,17 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 				return fmt.Errorf("write messages: %w", err)
 			}
 			if ack && len(ids) > 0 {
-				// Printed means handled: ack even when interrupted now.
-				err := c.post(context.WithoutCancel(ctx), pathOf("sinks", args[0], "ack"), map[string]any{"ack_ids": ids}, nil)
-				var ae *apiError
-				switch {
-				case err != nil && follow && errors.As(err, &ae):
-					fmt.Fprintln(cmd.ErrOrStderr(), "walhook: ack: "+err.Error())
-				case err != nil:
-					return fmt.Errorf("ack %d messages: %w", len(ids), err)
+				if err := settle(); err != nil {
+					return err
 				}
+				// Printed means handled: ack even when interrupted now.
+				acking, acked = make(chan error, 1), len(ids)
+				go func(ch chan<- error) {
+					ch <- c.post(context.WithoutCancel(ctx), ackPath, map[string]any{"ack_ids": ids}, nil)
+				}(acking)
 			}
 			if !follow || ctx.Err() != nil {
-				return nil
+				return settle()
 			}
 		}
 	}
