@@ -76,10 +76,14 @@ WITH req AS MATERIALIZED (
 ), c AS MATERIALIZED (
 	SELECT c.id, c.ids, c.fresh, c.claimed_at FROM claims c
 	WHERE c.id IN (SELECT claim_id FROM req) AND c.sink_id = $1 AND c.until > clock_timestamp()
+), held AS MATERIALIZED (
+	SELECT c.id AS claim_id, u.id, c.claimed_at FROM c, unnest(c.ids) AS u(id)
 ), hit AS MATERIALIZED (
-	SELECT req.claim_id, req.id, c.claimed_at FROM req JOIN c ON c.id = req.claim_id WHERE req.id = ANY (c.ids)
+	-- A join, not a search of each claim's ids per named message (a
+	-- receive holds up to 1000).
+	SELECT req.claim_id, req.id, held.claimed_at FROM req JOIN held ON held.claim_id = req.claim_id AND held.id = req.id
 ), k AS MATERIALIZED (
-	SELECT c.id, c.fresh, ARRAY(SELECT x FROM unnest(c.ids) x WHERE x NOT IN (SELECT h.id FROM hit h WHERE h.claim_id = c.id)) AS rest
+	SELECT c.id, c.fresh, ARRAY(SELECT unnest(c.ids) EXCEPT SELECT h.id FROM hit h WHERE h.claim_id = c.id) AS rest
 	FROM c WHERE EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = c.id)
 ), u AS (
 	UPDATE claims cl SET ids = k.rest,
@@ -98,9 +102,13 @@ const pullAckSQL = pullHeldSQL + `, d AS (
 ), gs AS (
 	SELECT set_config('walhook.left_groups', COALESCE(array_to_json(array_agg(DISTINCT d.group_key))::text, '[]'), true) FROM d
 )
-SELECT req.claim_id, req.id, d.id IS NOT NULL, d.group_key, d.commit_lsn, d.commit_idx, d.payload, d.deliver_count, d.first_attempt_at, d.created_at
-FROM (SELECT 1 FROM gs) one CROSS JOIN req LEFT JOIN hit h ON h.claim_id = req.claim_id AND h.id = req.id LEFT JOIN d ON d.id = h.id
-ORDER BY req.claim_id, req.id`
+-- The deleted messages, then the named ones not held (no join of the two:
+-- a message is held by one claim at most).
+SELECT 0::bigint, d.id, true, d.group_key, d.commit_lsn, d.commit_idx, d.payload, d.deliver_count, d.first_attempt_at, d.created_at
+FROM (SELECT 1 FROM gs) one CROSS JOIN d
+UNION ALL
+SELECT req.claim_id, req.id, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM req WHERE NOT EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = req.claim_id AND h.id = req.id)`
 
 // pullNackSQL records a failed attempt on the held messages among those
 // named, as nackSQL does for a whole claim: $4 the error, $5 not before
