@@ -114,6 +114,22 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// waitDrained waits until the outbox holds no message: everything queued
+// so far was delivered and acknowledged. Once a later change has been
+// delivered, this proves that nothing earlier is still on its way, since
+// capture writes the outbox in commit order and the receiver records a
+// request before walhook deletes its messages.
+func (b *testBundle) waitDrained(t testing.TB, d time.Duration) {
+	t.Helper()
+	waitFor(t, d, "the outbox to drain", func() bool {
+		var n int
+		if err := b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`).Scan(&n); err != nil {
+			t.Fatalf("count the outbox: %v", err)
+		}
+		return n == 0
+	})
+}
+
 // message is a delivered message, decoded loosely.
 type message struct {
 	Record   map[string]any  `json:"record"`

@@ -149,31 +149,39 @@ func TestKill9CaptureExactlyOnce(t *testing.T) {
 				done <- err
 				return
 			}
-			time.Sleep(15 * time.Millisecond)
+			time.Sleep(15 * time.Millisecond) // spread the commits over the kills
 		}
 		done <- nil
 	}()
 	for i := 0; i < 4; i++ {
 		waitFor(t, 20*time.Second, "streaming", b.slotActive)
-		time.Sleep(time.Duration(100+i*70) * time.Millisecond)
+		time.Sleep(time.Duration(100+i*70) * time.Millisecond) // kill at varying points of capture
 		p.kill9()
 		p = startProc(t, cfg, "walhook-"+strconv.Itoa(i+2))
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	var total, distinct int
-	waitFor(t, 30*time.Second, "all changes in the outbox", func() bool {
-		_ = b.db.QueryRow(ctx, `SELECT count(*), count(DISTINCT (commit_lsn, commit_idx)) FROM walhook.outbox`).Scan(&total, &distinct)
-		return total >= txs*perTx
+	// A marker committed after every transaction: capture writes the
+	// outbox in commit order, so once the marker is there, every change
+	// (and any duplicate of one) is there too.
+	const marker = txs*perTx + 1
+	b.exec(t, `INSERT INTO t VALUES ($1, 0)`, marker)
+	waitFor(t, 30*time.Second, "the marker in the outbox", func() bool {
+		var n int
+		if err := b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.outbox WHERE payload::jsonb->'record'->>'id' = $1`, strconv.Itoa(marker)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
 	})
-	time.Sleep(300 * time.Millisecond)
-	_ = b.db.QueryRow(ctx, `SELECT count(*), count(DISTINCT (commit_lsn, commit_idx)) FROM walhook.outbox`).Scan(&total, &distinct)
+	var total, distinct, ids int
+	if err := b.db.QueryRow(ctx, `SELECT count(*), count(DISTINCT (commit_lsn, commit_idx)), count(DISTINCT (payload::jsonb->'record'->>'id'))
+		FROM walhook.outbox WHERE payload::jsonb->'record'->>'id' <> $1`, strconv.Itoa(marker)).Scan(&total, &distinct, &ids); err != nil {
+		t.Fatal(err)
+	}
 	if total != txs*perTx || distinct != total {
 		t.Fatalf("outbox has %d rows (%d distinct), want exactly %d", total, distinct, txs*perTx)
 	}
-	var ids int
-	_ = b.db.QueryRow(ctx, `SELECT count(DISTINCT (payload::jsonb->'record'->>'id')) FROM walhook.outbox`).Scan(&ids)
 	if ids != txs*perTx {
 		t.Fatalf("outbox covers %d rows, want %d", ids, txs*perTx)
 	}
@@ -192,11 +200,11 @@ func TestKill9DeliversEverything(t *testing.T) {
 	go func() {
 		for i := 0; i < rows/100; i++ {
 			_, _ = b.db.Exec(ctx, `INSERT INTO t SELECT g, 0 FROM generate_series($1::int, $2::int) g`, i*100+1, (i+1)*100)
-			time.Sleep(10 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond) // spread the inserts over the kills
 		}
 	}()
 	for i := 0; i < 3; i++ {
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // kill mid-delivery
 		p.kill9()
 		p = startProc(t, cfg, "walhook-"+strconv.Itoa(i+2))
 	}
@@ -229,7 +237,7 @@ func TestTwoProcessesAndFailover(t *testing.T) {
 	}
 	msgs := b.recv.waitCount(t, 2000, 60*time.Second)
 	checkGroupOrder(t, msgs)
-	time.Sleep(500 * time.Millisecond)
+	b.waitDrained(t, 30*time.Second) // a message delivered twice is delivered before its ack empties the outbox
 	if n := b.recv.count(); n != 2000 {
 		t.Errorf("delivered %d messages, want exactly 2000 (no crash, so no duplicates)", n)
 	}
@@ -337,7 +345,7 @@ func (b *testBundle) hotRows(t *testing.T, rows int, stop <-chan struct{}) <-cha
 				out <- v - 1
 				return
 			}
-			time.Sleep(60 * time.Millisecond)
+			time.Sleep(60 * time.Millisecond) // a steady pace of versions
 		}
 	}()
 	return out
@@ -362,7 +370,7 @@ func TestKill9Loop(t *testing.T) {
 	stop := make(chan struct{})
 	versions := b.hotRows(t, rows, stop)
 	for i := range 8 {
-		time.Sleep(time.Duration(300+i*60) * time.Millisecond)
+		time.Sleep(time.Duration(300+i*60) * time.Millisecond) // kill at varying points of delivery
 		p.kill9()
 		p = startProc(t, cfg, "walhook-"+strconv.Itoa(i+2))
 	}

@@ -123,7 +123,7 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 				done <- err
 				return
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // live versions interleave with the replays
 		}
 		done <- nil
 	}()
@@ -133,7 +133,7 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 		if _, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: from, To: &end}, ""); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // replays start at different points of the live updates
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)

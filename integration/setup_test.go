@@ -184,7 +184,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // the point: walhook handles SIGTERM while the batch is still in flight
 	close(release)
 	done := make(chan error, 1)
 	go func() { done <- p.cmd.Wait() }()
