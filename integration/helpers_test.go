@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -24,6 +25,7 @@ import (
 // testBundle is what most end-to-end tests need: a fresh database, a
 // receiver and the config that joins them.
 type testBundle struct {
+	t    testing.TB // the test that made it; nil for the benchmarks' bare bundles
 	url  string
 	db   *pgxpool.Pool
 	recv *receiver
@@ -57,7 +59,7 @@ func setup(t *testing.T, ddl string, tables ...string) *testBundle {
 	for i := range cfg.Sinks {
 		cfg.Sinks[i].Retry = config.Retry{InitialBackoff: config.Duration(50 * time.Millisecond), MaxBackoff: config.Duration(200 * time.Millisecond)}
 	}
-	return &testBundle{url: url, db: db, recv: recv, cfg: cfg}
+	return &testBundle{t: t, url: url, db: db, recv: recv, cfg: cfg}
 }
 
 // start runs the service in-process until the test ends (or stop is
@@ -111,6 +113,15 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// mustScan scans row into dest and fails the test on error, so that a
+// failed query is not read as a zero.
+func mustScan(t testing.TB, row pgx.Row, dest ...any) {
+	t.Helper()
+	if err := row.Scan(dest...); err != nil {
+		t.Fatalf("query: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 var (
@@ -124,12 +127,20 @@ func (p *proc) kill9() {
 // slotActive reports whether a walsender streams this database's slot.
 // The slot's active flag alone is not enough: it is set while
 // pg_create_logical_replication_slot still waits for a consistent point,
-// and a transaction begun then is not decoded.
+// and a transaction begun then is not decoded. A failed query fails the
+// bundle's test (it has no test of its own to take: it is a waitFor
+// condition, the benchmarks' too, whose bare bundles have none).
 func (b *testBundle) slotActive() bool {
 	var active bool
-	_ = b.db.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s
+	err := b.db.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s
 		JOIN pg_stat_replication r ON r.pid = s.active_pid
 		WHERE s.slot_name = 'walhook' AND s.database = current_database())`).Scan(&active)
+	if err != nil {
+		if b.t == nil {
+			panic(fmt.Sprintf("is the slot active: %v", err))
+		}
+		b.t.Fatalf("is the slot active: %v", err)
+	}
 	return active
 }
 
@@ -199,7 +210,10 @@ func TestKill9DeliversEverything(t *testing.T) {
 	waitFor(t, 20*time.Second, "streaming", b.slotActive)
 	go func() {
 		for i := 0; i < rows/100; i++ {
-			_, _ = b.db.Exec(ctx, `INSERT INTO t SELECT g, 0 FROM generate_series($1::int, $2::int) g`, i*100+1, (i+1)*100)
+			if _, err := b.db.Exec(ctx, `INSERT INTO t SELECT g, 0 FROM generate_series($1::int, $2::int) g`, i*100+1, (i+1)*100); err != nil {
+				t.Errorf("insert: %v", err)
+				return
+			}
 			time.Sleep(10 * time.Millisecond) // spread the inserts over the kills
 		}
 	}()
@@ -250,7 +264,7 @@ func TestTwoProcessesAndFailover(t *testing.T) {
 	waitFor(t, 30*time.Second, "failover delivery", func() bool { return b.recv.has(10000) })
 	t.Logf("failover: change delivered %s after the leader was killed", time.Since(start).Round(time.Millisecond))
 	var active bool
-	_ = b.db.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = 'walhook'`).Scan(&active)
+	mustScan(t, b.db.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = 'walhook'`), &active)
 	if !active {
 		t.Error("slot not streamed after failover")
 	}
@@ -273,7 +287,7 @@ func TestMillionRowTransactionBoundedMemory(t *testing.T) {
 	b.exec(t, `INSERT INTO t SELECT g, 0, repeat('x', 100) FROM generate_series(1, $1::int) g`, rows)
 	var n int
 	waitFor(t, 5*time.Minute, "1M rows in the outbox", func() bool {
-		_ = b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.outbox`).Scan(&n)
+		mustScan(t, b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.outbox`), &n)
 		return n >= rows
 	})
 	hwm := peakRSS(t, p.cmd.Process.Pid)
@@ -394,9 +408,17 @@ func TestKill9Loop(t *testing.T) {
 
 // workerPID finds the process that holds a live claim of group, from the
 // worker name in its claim ("host-PID-random").
-func (b *testBundle) workerPID(group string) int {
+// It is 0 while no claim holds group.
+func (b *testBundle) workerPID(t testing.TB, group string) int {
+	t.Helper()
 	var worker string
-	_ = b.db.QueryRow(context.Background(), `SELECT worker FROM walhook.claims WHERE $1 = ANY(groups) AND until > clock_timestamp() LIMIT 1`, group).Scan(&worker)
+	err := b.db.QueryRow(context.Background(), `SELECT worker FROM walhook.claims WHERE $1 = ANY(groups) AND until > clock_timestamp() LIMIT 1`, group).Scan(&worker)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("claim of %s: %v", group, err)
+	}
 	parts := strings.Split(worker, "-")
 	if len(parts) < 3 {
 		return 0
@@ -428,7 +450,7 @@ func TestKilledProcessBatchesComeBackInSeconds(t *testing.T) {
 	waitFor(t, 20*time.Second, "streaming", b.slotActive)
 	b.exec(t, `INSERT INTO t VALUES (1, 0)`)
 	var pid int
-	waitFor(t, 20*time.Second, "row 1 in flight", func() bool { pid = b.workerPID(`public.t:1`); return held.Load() == 1 && pid != 0 })
+	waitFor(t, 20*time.Second, "row 1 in flight", func() bool { pid = b.workerPID(t, `public.t:1`); return held.Load() == 1 && pid != 0 })
 	victim := procs[pid]
 	if victim == nil {
 		t.Fatalf("claim held by pid %d, not one of the test's processes", pid)
@@ -460,7 +482,7 @@ func TestFrozenLeaderFailover(t *testing.T) {
 	holder := func() (string, int64) {
 		var h string
 		var token int64
-		_ = b.db.QueryRow(ctx, `SELECT holder, token FROM walhook.leases`).Scan(&h, &token)
+		mustScan(t, b.db.QueryRow(ctx, `SELECT holder, token FROM walhook.leases`), &h, &token)
 		return h, token
 	}
 	leaderName, token := holder()

@@ -57,7 +57,9 @@ func TestNackWhileCaptureQueuesBehindDoesNotStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.queueCommitted(t, "g", 1) // while the nack holds the row
-	_ = lock.Rollback(ctx)
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	b.nack(t, first, time.Now().Add(300*time.Millisecond), 0)
 	b.queueCommitted(t, "h", 1)
 
