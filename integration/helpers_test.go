@@ -116,6 +116,17 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// skipUnlessCI skips a test that cannot run on this machine (a tool or a
+// kernel interface missing), except under CI=true, where every test must
+// run: there it fails.
+func skipUnlessCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf(format+" (under CI=true this test must run)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // mustScan scans row into dest and fails the test on error, so that a
 // failed query is not read as a zero.
 func mustScan(t testing.TB, row pgx.Row, dest ...any) {

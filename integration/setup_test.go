@@ -78,8 +78,8 @@ func TestStartupErrors(t *testing.T) {
 		wantErr(t, err, `role "plain" lacks the REPLICATION attribute`)
 	})
 	t.Run("wal_level replica", func(t *testing.T) {
-		if pgtest.Cluster(t) == nil {
-			t.Skip("needs local Postgres binaries")
+		if _, err := pgcluster.FindBinaries(ctx, ""); err != nil {
+			skipUnlessCI(t, "needs local Postgres binaries: %v", err)
 		}
 		c, err := pgcluster.Start(ctx, pgcluster.Options{Fast: true, Settings: map[string]string{"wal_level": "replica"}})
 		if err != nil {
