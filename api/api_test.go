@@ -46,6 +46,7 @@ func errorOf(t *testing.T, rec *httptest.ResponseRecorder) errorDetail {
 }
 
 func TestAuth(t *testing.T) {
+	t.Parallel()
 	s := newTestServer(t, "tok-one", "tok-two")
 	for _, tc := range []struct {
 		name, path, token string
@@ -80,6 +81,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNoTokensDisablesAPI(t *testing.T) {
+	t.Parallel()
 	s := newTestServer(t)
 	rec := serve(s, "GET", "/api/sinks", "anything")
 	if e := errorOf(t, rec); rec.Code != 401 || !strings.Contains(e.Message, "server.api_tokens is empty") {
@@ -91,6 +93,7 @@ func TestNoTokensDisablesAPI(t *testing.T) {
 }
 
 func TestMethodNotAllowedIsJSON(t *testing.T) {
+	t.Parallel()
 	s := newTestServer(t, "tok")
 	rec := serve(s, "PUT", "/api/sinks", "tok")
 	if e := errorOf(t, rec); rec.Code != 405 || e.Code != "method_not_allowed" || !strings.Contains(rec.Header().Get("Allow"), "POST") {
@@ -103,6 +106,7 @@ func TestMethodNotAllowedIsJSON(t *testing.T) {
 }
 
 func TestDecodeStrict(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, body string
 		fields     []string
@@ -147,6 +151,7 @@ func TestDecodeStrict(t *testing.T) {
 }
 
 func TestDecodeErrorsNeverEchoValues(t *testing.T) {
+	t.Parallel()
 	const secret = "Sup3rS3cret"
 	for _, body := range []string{
 		`{"signing_secret": ["` + secret + `"]}`,
@@ -166,6 +171,7 @@ func TestDecodeErrorsNeverEchoValues(t *testing.T) {
 }
 
 func TestMergePatch(t *testing.T) {
+	t.Parallel()
 	target := `{"name": "s", "retry": {"initial_backoff": "1s", "max_backoff": "3m0s"}, "headers": {"A": "1", "B": "2"}, "big": 12345678901234567890}`
 	got, err := mergePatch(json.RawMessage(target), json.RawMessage(`{"retry": {"max_backoff": "1h"}, "headers": {"A": null, "C": "3"}, "tables": ["x"]}`))
 	if err != nil {
@@ -185,6 +191,7 @@ func TestMergePatch(t *testing.T) {
 }
 
 func TestApplySinkDefaultsKeepsExplicitZero(t *testing.T) {
+	t.Parallel()
 	var s config.Sink
 	body := []byte(`{"batch_size": 0, "retry": {"initial_backoff": "0s"}}`)
 	if err := decodeStrict(body, &s); err != nil {
@@ -200,6 +207,7 @@ func TestApplySinkDefaultsKeepsExplicitZero(t *testing.T) {
 }
 
 func TestIngestURL(t *testing.T) {
+	t.Parallel()
 	s := newTestServer(t)
 	s.d.Config.Server.PublicURL = "https://hooks.example.com/"
 	if got := s.IngestURL("gh"); got != "https://hooks.example.com/api/webhook/gh" {

@@ -8,6 +8,7 @@ import (
 )
 
 func TestHoles(t *testing.T) {
+	t.Parallel()
 	var g holes
 	g.add(3, 3)
 	g.add(5, 9)

@@ -15,6 +15,7 @@ import (
 // a route added without docs (or docs left behind by a removed route)
 // fails here.
 func TestOpenAPIMatchesRouter(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile("../docs/api.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +83,7 @@ func openAPIRoute(t *testing.T, pattern string) string {
 // TestOpenAPIRefsResolve checks that every $ref in docs/api.yaml names a
 // component that exists, so the file stays usable by OpenAPI tools.
 func TestOpenAPIRefsResolve(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile("../docs/api.yaml")
 	if err != nil {
 		t.Fatal(err)

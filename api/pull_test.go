@@ -9,6 +9,7 @@ import (
 
 // Ack ids round-trip, and anything else is refused as not one.
 func TestAckIDs(t *testing.T) {
+	t.Parallel()
 	id := encodeAckID(7, 123, 456789)
 	sink, ref, ok := decodeAckID(id)
 	if !ok || sink != 7 || ref != (outbox.PullRef{ClaimID: 123, MessageID: 456789}) {

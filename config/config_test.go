@@ -99,6 +99,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestExpandEnv(t *testing.T) {
+	t.Parallel()
 	env := map[string]string{"SET": "value", "EMPTY": "", "MULTI": "a\n    b"}
 	tests := []struct {
 		name, in, want string
@@ -151,6 +152,7 @@ func TestExpandEnv(t *testing.T) {
 }
 
 func TestEmptyFileOnlyNeedsDatabase(t *testing.T) {
+	t.Parallel()
 	for _, src := range []string{"", "\n", "# only a comment\n", "---\n", "~\n"} {
 		_, err := parse(t, src, nil)
 		assertErr(t, err, "walhook.yaml", "database.url: is required")
@@ -161,6 +163,7 @@ func TestEmptyFileOnlyNeedsDatabase(t *testing.T) {
 }
 
 func TestUnknownKeys(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, src string
 		want      []string
@@ -184,6 +187,7 @@ func TestUnknownKeys(t *testing.T) {
 }
 
 func TestTypeErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, src string
 		want      []string
@@ -209,6 +213,7 @@ func TestTypeErrors(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
+	t.Parallel()
 	c := mustParse(t, base, nil)
 	want := Config{
 		Database: Database{URL: "postgres://app@localhost:5432/app", Slot: "walhook", Publication: "walhook", LeaderLease: Duration(15 * time.Second)},
@@ -353,6 +358,7 @@ var specEnv = map[string]string{
 }
 
 func TestSpecExample(t *testing.T) {
+	t.Parallel()
 	c := mustParse(t, specExample, specEnv)
 	if c.Server.APITokens[0] != "tok_0123456789" || c.EncryptionKey != testKey {
 		t.Errorf("expansion: %+v / %q", c.Server, c.EncryptionKey)
@@ -386,6 +392,7 @@ func TestSpecExample(t *testing.T) {
 // TestValidation covers every rule; each case asserts the file, the line
 // where it is known, the key path and the bad value.
 func TestValidation(t *testing.T) {
+	t.Parallel()
 	sl := func(n int) string { // line of the n-th key added by sinkBase
 		return "walhook.yaml:" + strconv.Itoa(baseSinkLines+n) + ": "
 	}
@@ -511,6 +518,7 @@ func TestValidation(t *testing.T) {
 }
 
 func TestAllErrorsReported(t *testing.T) {
+	t.Parallel()
 	src := sinkBase("batch_size: 5000\nconcurrency: 0\nstart: never") + "log: {level: loud}\n"
 	_, err := parse(t, src, nil)
 	assertErr(t, err, "batch_size", "concurrency", "start", "log.level")
@@ -529,6 +537,7 @@ func TestAllErrorsReported(t *testing.T) {
 }
 
 func TestSecretsNeverInErrors(t *testing.T) {
+	t.Parallel()
 	const secret = "Sup3rS3cretValue"
 	tests := []struct {
 		name, src string
@@ -568,6 +577,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 }
 
 func TestValidateSinkForAPI(t *testing.T) {
+	t.Parallel()
 	s := Sink{Name: "s", Endpoint: "e", Tables: []string{"public.t"}}
 	s.ApplyDefaults()
 	if errs := ValidateSink(s, map[string]bool{"e": true}, nil); errs != nil {
@@ -603,6 +613,7 @@ func TestValidateSinkForAPI(t *testing.T) {
 }
 
 func TestFilterValues(t *testing.T) {
+	t.Parallel()
 	c := mustParse(t, sinkBase(`filters:
   - {column: d, op: "=", value: 2024-01-02}
   - {column: n, op: in, value: [1, 2.5, true, x, 2024-01-02T10:00:00Z]}`), nil)
@@ -616,6 +627,7 @@ func TestFilterValues(t *testing.T) {
 }
 
 func TestDurationJSON(t *testing.T) {
+	t.Parallel()
 	b, err := json.Marshal(Retry{InitialBackoff: Duration(time.Second), MaxBackoff: Duration(3 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
@@ -638,6 +650,7 @@ func TestDurationJSON(t *testing.T) {
 }
 
 func TestTablesAndSecrets(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		pattern, schema, table string
 		want                   bool
@@ -665,6 +678,7 @@ func TestTablesAndSecrets(t *testing.T) {
 }
 
 func TestHostileInputDoesNotPanicOrHang(t *testing.T) {
+	t.Parallel()
 	laughs := `a: &a ["x","x","x","x","x","x","x","x","x"]
 b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
 c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
@@ -750,6 +764,7 @@ func assertErr(t *testing.T, err error, want ...string) {
 // nothing, which is how an operator reaches a link-local receiver on
 // purpose.
 func TestEgressDenyDefault(t *testing.T) {
+	t.Parallel()
 	db := "database: {url: 'postgres://app@h/db'}\n"
 	for _, tt := range []struct {
 		src  string
@@ -769,6 +784,7 @@ func TestEgressDenyDefault(t *testing.T) {
 
 // A leader lease too short to renew is an error that names the key.
 func TestLeaderLeaseTooShort(t *testing.T) {
+	t.Parallel()
 	_, err := Parse("walhook.yaml", []byte("database: {url: postgres://a@b/c, leader_lease: 1s}\n"), func(string) (string, bool) { return "", false })
 	if err == nil || !strings.Contains(err.Error(), "database.leader_lease") || !strings.Contains(err.Error(), "at least 3s") {
 		t.Fatalf("got %v, want an error naming database.leader_lease", err)
@@ -778,6 +794,7 @@ func TestLeaderLeaseTooShort(t *testing.T) {
 // Small batches get enough workers to keep messages flowing to a slow
 // receiver; large ones are not multiplied into thousands in flight.
 func TestDefaultConcurrencyFollowsBatchSize(t *testing.T) {
+	t.Parallel()
 	for batch, want := range map[int]int{1: 32, 2: 16, 4: 8, 8: 4, 100: 4} {
 		s := Sink{BatchSize: batch}
 		s.ApplyDefaults()

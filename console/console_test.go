@@ -32,6 +32,7 @@ func body(t *testing.T, r *http.Response) string {
 // The page and every file it loads come from the binary, with headers
 // that keep other origins' scripts out, and revalidation by ETag.
 func TestServesEmbeddedFiles(t *testing.T) {
+	t.Parallel()
 	h := Handler(nil)
 	page := get(t, h, "/")
 	html := body(t, page)
@@ -90,6 +91,7 @@ func redeem(t *testing.T, h http.Handler, code string) (int, string) {
 
 // A sign-in code stands for its token exactly once.
 func TestLoginCodeWorksOnce(t *testing.T) {
+	t.Parallel()
 	logins := NewLogins()
 	h := Handler(logins)
 	code, err := logins.Issue("tok-1")

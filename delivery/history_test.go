@@ -10,6 +10,7 @@ import (
 // The buffer keeps only what the trimmed history could keep: the newest
 // historyKeep messages per sink, whatever the delivery rate.
 func TestHistoryKeepsTheNewestPerSink(t *testing.T) {
+	t.Parallel()
 	h := newHistory()
 	for i := 0; i < 27; i++ {
 		b := &outbox.Batch{SinkID: 1}

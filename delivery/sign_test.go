@@ -10,6 +10,7 @@ import (
 // TestSinkSignerUsesConfigDecoder: delivery refuses what the config loader
 // refuses, an empty key after whsec_ included.
 func TestSinkSignerUsesConfigDecoder(t *testing.T) {
+	t.Parallel()
 	for _, secret := range []string{"whsec_", "abc", "whsec_***"} {
 		s, err := SinkSigner(&config.Sink{SigningSecret: secret})
 		if err == nil || s != nil {

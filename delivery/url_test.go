@@ -8,6 +8,7 @@ import (
 )
 
 func TestJoinURL(t *testing.T) {
+	t.Parallel()
 	for _, tt := range [][3]string{
 		{"http://h:1", "/hook", "http://h:1/hook"},
 		{"http://h:1/base/", "/hook", "http://h:1/base/hook"},
@@ -21,6 +22,7 @@ func TestJoinURL(t *testing.T) {
 }
 
 func TestRedactError(t *testing.T) {
+	t.Parallel()
 	raw := "http://u:pw-9f3@127.0.0.1:9/hook?token=tk-77a"
 	err := &url.Error{Op: "Post", URL: "http://u:***@127.0.0.1:9/hook?token=tk-77a", Err: errors.New("dial tcp 127.0.0.1:9: connect: connection refused")}
 	got := redactError(err, raw)

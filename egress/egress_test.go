@@ -9,6 +9,7 @@ import (
 )
 
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	def, err := New(nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +49,7 @@ func TestCheck(t *testing.T) {
 }
 
 func TestParsePrefix(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{"10.0.0.1/8": "10.0.0.0/8", "192.0.2.7": "192.0.2.7/32", "::1": "::1/128", " fd00::/8 ": "fd00::/8"} {
 		p, err := ParsePrefix(in)
 		if err != nil || p.String() != want {
@@ -67,6 +69,7 @@ func TestParsePrefix(t *testing.T) {
 // The dial is refused before any packet leaves: the Control func runs on
 // the address being connected, after name resolution.
 func TestDialRefusedBeforeConnect(t *testing.T) {
+	t.Parallel()
 	p, err := New(nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -681,7 +681,7 @@ func TestSubscriptionsChangeDelivery(t *testing.T) {
 		}
 		return false
 	})
-	time.Sleep(200 * time.Millisecond) // let the marker's ack commit
+	b.waitDrained(t, 20*time.Second) // the marker's ack committed, and anything routed before it delivered
 	// The marker's change was captured after the t2 insert; had that been
 	// routed, it would be queued or delivered by now.
 	if left := e.messages(t, "s", ""); len(left) != 0 {

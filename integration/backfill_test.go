@@ -264,7 +264,7 @@ func TestBackfillResumesAfterRestart(t *testing.T) {
 		paused := before != nil && cur.RowsProcessed == before.RowsProcessed && cur.RowsProcessed > 0
 		before = cur
 		if !paused {
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // paused means: no progress over a second
 		}
 		return paused
 	})
@@ -285,7 +285,7 @@ func TestBackfillResumesAfterRestart(t *testing.T) {
 		t.Fatalf("backfill after the restart: %+v", done)
 	}
 	waitFor(t, 60*time.Second, "every row read", func() bool { return len(reads(b.recv.acked())) == rows })
-	time.Sleep(300 * time.Millisecond) // anything read twice would arrive by now
+	b.waitDrained(t, 60*time.Second) // the backfill is done: a row read twice is queued or delivered
 	for id, n := range reads(b.recv.acked()) {
 		if n != 1 {
 			t.Errorf("row %v read %d times", id, n)
@@ -321,7 +321,10 @@ func TestBackfillCancel(t *testing.T) {
 		t.Fatalf("cancel: %+v %v", cancelled, err)
 	}
 	gate.Store(true)
-	time.Sleep(1500 * time.Millisecond) // the runner sees it within a page
+	// The runner exposes no event for having seen the cancel, so this
+	// waits longer than it takes to write a page: a runner that missed it
+	// would have written more rows by then.
+	time.Sleep(1500 * time.Millisecond)
 	after, err := backfill.Get(ctx, st, "s", bf.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -346,7 +349,9 @@ func TestBackfillPartial(t *testing.T) {
 	b.start(t)
 	st := stateStore(t, b.url)
 	ctx := context.Background()
-	time.Sleep(1500 * time.Millisecond) // the leader applies sink starts every second
+	// The leader applies sink starts every second; a round that makes no
+	// backfill leaves no trace to await, so wait out more than one.
+	time.Sleep(1500 * time.Millisecond)
 	if list, err := backfill.List(ctx, st, "s"); err != nil || len(list) != 0 {
 		t.Fatalf("start: end made backfills: %+v %v", list, err)
 	}
@@ -369,7 +374,7 @@ func TestBackfillPartial(t *testing.T) {
 		t.Fatalf("backfill ended %+v, want %d rows", bf, want)
 	}
 	b.recv.waitCount(t, want, 30*time.Second)
-	time.Sleep(200 * time.Millisecond) // anything more would arrive by now
+	b.waitDrained(t, 30*time.Second) // the backfill is done: anything more is queued or delivered
 	msgs := b.recv.acked()
 	if len(msgs) != want {
 		t.Fatalf("%d messages, want %d", len(msgs), want)

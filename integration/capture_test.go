@@ -113,7 +113,9 @@ func TestChangesInCommitOrder(t *testing.T) {
 	if err := b.db.QueryRow(context.Background(), `SELECT count FROM walhook.truncates WHERE table_name = 'public.orders'`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("truncate count = %d, %v", n, err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The insert after the TRUNCATE was delivered: had the TRUNCATE been
+	// queued, it would be in the outbox or delivered by now.
+	b.waitDrained(t, 20*time.Second)
 	if c := b.recv.count(); c != 5 {
 		t.Errorf("delivered %d messages, want 5 (TRUNCATE must not be delivered)", c)
 	}
@@ -214,7 +216,7 @@ func TestRollbackNeverDelivered(t *testing.T) {
 	}
 	b.exec(t, `INSERT INTO t VALUES (1000)`)
 	b.recv.waitCount(t, 1, 20*time.Second)
-	time.Sleep(300 * time.Millisecond)
+	b.waitDrained(t, 20*time.Second) // the marker 1000 committed after the rollback
 	msgs := b.recv.acked()
 	if len(msgs) != 1 || msgs[0].Record["id"] != float64(1000) {
 		t.Fatalf("delivered %v, want only id 1000", msgs)
@@ -233,7 +235,7 @@ func TestFiltersActionsAndRowShape(t *testing.T) {
 	b.exec(t, `INSERT INTO orders VALUES (1, 'shipped', 5), (2, 'shipped', 50), (3, 'new', 50)`)
 	b.exec(t, `DELETE FROM orders WHERE id = 2`)
 	waitFor(t, 20*time.Second, "4 row messages", func() bool { return b.recv.count() >= 5 })
-	time.Sleep(200 * time.Millisecond)
+	b.waitDrained(t, 20*time.Second) // nothing else was queued for either sink
 	var filtered, rows []message
 	for _, rq := range b.recv.ackedRequests() {
 		if rq.Path == "/hook" {

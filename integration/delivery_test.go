@@ -95,7 +95,7 @@ func TestRequestTimeoutRetries(t *testing.T) {
 	// answers before walhook records it).
 	var count int
 	waitFor(t, 10*time.Second, "the ack with deliver_count 2", func() bool {
-		_ = b.db.QueryRow(context.Background(), `SELECT COALESCE(max(deliver_count), 0) FROM walhook.delivered`).Scan(&count)
+		mustScan(t, b.db.QueryRow(context.Background(), `SELECT COALESCE(max(deliver_count), 0) FROM walhook.delivered`), &count)
 		return count >= 2
 	})
 }
@@ -216,7 +216,7 @@ func TestMaxAgeFailsThenRedeliver(t *testing.T) {
 	ctx := context.Background()
 	var failed int
 	waitFor(t, 20*time.Second, "the message to be failed", func() bool {
-		_ = b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.outbox WHERE failed_at IS NOT NULL`).Scan(&failed)
+		mustScan(t, b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.outbox WHERE failed_at IS NOT NULL`), &failed)
 		return failed == 1
 	})
 	var status int
@@ -277,7 +277,7 @@ func TestPruneDeliveredHistory(t *testing.T) {
 	defer store.Close()
 	var before int
 	waitFor(t, 10*time.Second, "30 in history", func() bool {
-		_ = b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.delivered`).Scan(&before)
+		mustScan(t, b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.delivered`), &before)
 		return before == 30
 	})
 	n, err := store.PruneDelivered(ctx, 10)
@@ -285,9 +285,9 @@ func TestPruneDeliveredHistory(t *testing.T) {
 		t.Fatalf("pruned %d, %v; want 20", n, err)
 	}
 	var minID, left int
-	_ = b.db.QueryRow(ctx, `SELECT count(*), min(id) FROM walhook.delivered`).Scan(&left, &minID)
+	mustScan(t, b.db.QueryRow(ctx, `SELECT count(*), min(id) FROM walhook.delivered`), &left, &minID)
 	var maxOutbox int
-	_ = b.db.QueryRow(ctx, `SELECT max(id) FROM walhook.delivered`).Scan(&maxOutbox)
+	mustScan(t, b.db.QueryRow(ctx, `SELECT max(id) FROM walhook.delivered`), &maxOutbox)
 	if left != 10 || maxOutbox-minID != 9 {
 		t.Fatalf("history keeps %d rows, ids %d..%d; want the newest 10", left, minID, maxOutbox)
 	}
@@ -322,7 +322,7 @@ func TestHotGroupsWhileDelivering(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "an empty outbox", func() bool {
 		var n int
-		_ = b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`).Scan(&n)
+		mustScan(t, b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`), &n)
 		return n == 0
 	})
 }

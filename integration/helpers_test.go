@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -24,6 +25,7 @@ import (
 // testBundle is what most end-to-end tests need: a fresh database, a
 // receiver and the config that joins them.
 type testBundle struct {
+	t    testing.TB // the test that made it; nil for the benchmarks' bare bundles
 	url  string
 	db   *pgxpool.Pool
 	recv *receiver
@@ -57,7 +59,7 @@ func setup(t *testing.T, ddl string, tables ...string) *testBundle {
 	for i := range cfg.Sinks {
 		cfg.Sinks[i].Retry = config.Retry{InitialBackoff: config.Duration(50 * time.Millisecond), MaxBackoff: config.Duration(200 * time.Millisecond)}
 	}
-	return &testBundle{url: url, db: db, recv: recv, cfg: cfg}
+	return &testBundle{t: t, url: url, db: db, recv: recv, cfg: cfg}
 }
 
 // start runs the service in-process until the test ends (or stop is
@@ -112,6 +114,42 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// skipUnlessCI skips a test that cannot run on this machine (a tool or a
+// kernel interface missing), except under CI=true, where every test must
+// run: there it fails.
+func skipUnlessCI(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf(format+" (under CI=true this test must run)", args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// mustScan scans row into dest and fails the test on error, so that a
+// failed query is not read as a zero.
+func mustScan(t testing.TB, row pgx.Row, dest ...any) {
+	t.Helper()
+	if err := row.Scan(dest...); err != nil {
+		t.Fatalf("query: %v", err)
+	}
+}
+
+// waitDrained waits until the outbox holds no message: everything queued
+// so far was delivered and acknowledged. Once a later change has been
+// delivered, this proves that nothing earlier is still on its way, since
+// capture writes the outbox in commit order and the receiver records a
+// request before walhook deletes its messages.
+func (b *testBundle) waitDrained(t testing.TB, d time.Duration) {
+	t.Helper()
+	waitFor(t, d, "the outbox to drain", func() bool {
+		var n int
+		if err := b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`).Scan(&n); err != nil {
+			t.Fatalf("count the outbox: %v", err)
+		}
+		return n == 0
+	})
 }
 
 // message is a delivered message, decoded loosely.

@@ -61,7 +61,7 @@ func TestRedeliverIntoPausedSinkKeepsOrder(t *testing.T) {
 	b.exec(t, `INSERT INTO t VALUES (1, 1)`)
 	waitFor(t, 20*time.Second, "the first version to fail", func() bool {
 		var n int
-		_ = db.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL`).Scan(&n)
+		mustScan(t, db.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NOT NULL`), &n)
 		return n == 1
 	})
 	if err := st.SetSinkPaused(ctx, "s", true); err != nil {
@@ -72,7 +72,7 @@ func TestRedeliverIntoPausedSinkKeepsOrder(t *testing.T) {
 	b.exec(t, `INSERT INTO t VALUES (2, 1)`)
 	waitFor(t, 20*time.Second, "the younger version and another group queued", func() bool {
 		var n int
-		_ = db.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NULL`).Scan(&n)
+		mustScan(t, db.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE failed_at IS NULL`), &n)
 		return n == 2
 	})
 	if n, err := st.Redeliver(ctx, sinkID, nil); err != nil || n != 1 {
@@ -113,7 +113,7 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 	// whole window.
 	waitFor(t, 20*time.Second, "the window retained", func() bool {
 		var n int
-		_ = b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.retained_changes`).Scan(&n)
+		mustScan(t, b.db.QueryRow(ctx, `SELECT count(*) FROM walhook.retained_changes`), &n)
 		return n == rows*(versions/2+1)
 	})
 	done := make(chan error, 1)
@@ -123,7 +123,7 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 				done <- err
 				return
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // live versions interleave with the replays
 		}
 		done <- nil
 	}()
@@ -133,7 +133,7 @@ func TestReplayWhileLiveNeverOverlaps(t *testing.T) {
 		if _, _, err := backfill.CreateReplay(ctx, st, "s", backfill.ReplayRequest{From: from, To: &end}, ""); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // replays start at different points of the live updates
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -184,6 +184,8 @@ func dumpOutbox(t *testing.T, b *testBundle) string {
 		out += fmt.Sprintf("  %d %s %d/%d head=%s dc=%d failed=%v backing_off=%v claims=%d\n", id, group, lsn, idx, head, dc, failed, waiting, claims)
 	}
 	var claims, workers int
-	_ = b.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM walhook.claims), (SELECT count(*) FROM walhook.workers)`).Scan(&claims, &workers)
+	if err := b.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM walhook.claims), (SELECT count(*) FROM walhook.workers)`).Scan(&claims, &workers); err != nil {
+		return out + "  claims and workers: " + err.Error() + "\n"
+	}
 	return out + fmt.Sprintf("  claims %d, workers %d\n", claims, workers)
 }

@@ -59,7 +59,9 @@ func TestReplayWindow(t *testing.T) {
 		t.Fatalf("replay: %+v, want 9 changes, 8 messages", res)
 	}
 	replayed := b.recv.waitCount(t, len(all)+8, 20*time.Second)[len(all):]
-	time.Sleep(300 * time.Millisecond)
+	// The replay is done, so all it queued is in the outbox: once that is
+	// empty, nothing more is on its way.
+	b.waitDrained(t, 20*time.Second)
 	if n := b.recv.count(); n != len(all)+8 {
 		t.Fatalf("%d messages after the replay, want %d", n, len(all)+8)
 	}

@@ -261,7 +261,9 @@ func TestNewTableUnderSchemaPatternByName(t *testing.T) {
 		CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t OWNER TO tick_app`, "public.*")
 	t.Cleanup(func() {
 		// Roles are cluster-wide: drop it once its database is gone.
-		_, _ = b.db.Exec(context.Background(), `DROP OWNED BY tick_app; DROP ROLE IF EXISTS tick_app`)
+		if _, err := b.db.Exec(context.Background(), `DROP OWNED BY tick_app; DROP ROLE IF EXISTS tick_app`); err != nil {
+			t.Errorf("drop role tick_app: %v", err)
+		}
 	})
 	b.cfg.State.URL = b.url
 	b.cfg.Database.URL = strings.Replace(b.url, "postgres@", "tick_app@", 1)

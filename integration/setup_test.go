@@ -78,8 +78,8 @@ func TestStartupErrors(t *testing.T) {
 		wantErr(t, err, `role "plain" lacks the REPLICATION attribute`)
 	})
 	t.Run("wal_level replica", func(t *testing.T) {
-		if pgtest.Cluster(t) == nil {
-			t.Skip("needs local Postgres binaries")
+		if _, err := pgcluster.FindBinaries(ctx, ""); err != nil {
+			skipUnlessCI(t, "needs local Postgres binaries: %v", err)
 		}
 		c, err := pgcluster.Start(ctx, pgcluster.Options{Fast: true, Settings: map[string]string{"wal_level": "replica"}})
 		if err != nil {
@@ -115,19 +115,24 @@ func TestPublicationAndIdleSlotAdvance(t *testing.T) {
 	}
 	for rows.Next() {
 		var s string
-		_ = rows.Scan(&s)
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
 		published = append(published, s)
 	}
 	rows.Close()
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
 	if strings.Join(published, ",") != "public.t" {
 		t.Fatalf("publication has %v, want exactly public.t", published)
 	}
 	b.exec(t, `INSERT INTO other SELECT generate_series(1, 1000)`)
 	var target string
-	_ = b.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&target)
+	mustScan(t, b.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`), &target)
 	waitFor(t, 30*time.Second, "the slot to confirm past unpublished changes", func() bool {
 		var ok bool
-		_ = b.db.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'walhook'`, target).Scan(&ok)
+		mustScan(t, b.db.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'walhook'`, target), &ok)
 		return ok
 	})
 }
@@ -192,7 +197,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // the point: walhook handles SIGTERM while the batch is still in flight
 	close(release)
 	done := make(chan error, 1)
 	go func() { done <- p.cmd.Wait() }()
@@ -205,7 +210,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("walhook did not exit after SIGTERM")
 	}
 	var left int
-	_ = b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`).Scan(&left)
+	mustScan(t, b.db.QueryRow(context.Background(), `SELECT count(*) FROM walhook.outbox`), &left)
 	if left != 0 || b.recv.count() != 1 {
 		t.Fatalf("in-flight batch not finished: %d left in outbox, %d delivered", left, b.recv.count())
 	}

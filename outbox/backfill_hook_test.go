@@ -89,6 +89,7 @@ func result(t *testing.T, p *Page) PageResult {
 // Rows changed since the previous page's low watermark are dropped; the
 // rest become read messages at the high watermark's position.
 func TestWindowDropsChangedRows(t *testing.T) {
+	t.Parallel()
 	f := newHookFixture(t)
 	w := f.c.OpenWindow(7, "public", "t", []string{"id"})
 	defer w.Close()
@@ -139,6 +140,7 @@ func TestWindowDropsChangedRows(t *testing.T) {
 // take, a filter that fails) leaves the row in the page: only changes the
 // sink gets carry a newer state of the row.
 func TestWindowRecordsOnlyWhatTheSinkReceives(t *testing.T) {
+	t.Parallel()
 	f := newHookFixture(t, func(c *config.Sink) {
 		c.Actions = []string{"insert", "update"}
 		c.Filters = []config.Filter{{Column: "v", Op: "=", Value: "x"}}
@@ -186,6 +188,7 @@ func TestWindowRecordsOnlyWhatTheSinkReceives(t *testing.T) {
 // watermark was never seen, or whose window saw a change without its key,
 // is read again; a sink capture does not route yet writes nothing.
 func TestWindowInconclusive(t *testing.T) {
+	t.Parallel()
 	f := newHookFixture(t)
 	stale := f.c.OpenWindow(7, "public", "t", []string{"id"})
 	stale.Close()
@@ -239,6 +242,7 @@ func TestWindowInconclusive(t *testing.T) {
 // Values survive the retention encoding byte for byte, absent columns
 // and SQL NULL kept apart.
 func TestValuesJSONRoundTrip(t *testing.T) {
+	t.Parallel()
 	vals := [][]byte{[]byte(`1`), nil, []byte(`null`), []byte(`"a \"q\" <b> é"`), []byte(`{"k": [1, 2.50]}`), sink.UnchangedToast}
 	got, err := parseValuesJSON(AppendValuesJSON(nil, vals))
 	if err != nil {

@@ -100,6 +100,7 @@ func (b *testBundle) heads(t *testing.T) [][2]int64 {
 // the rest behind it; a claim takes the group from it, in order, and the
 // ack hands the group on.
 func TestHeadsFollowTheQueue(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	b.queueCommitted(t, "g", 3)
 	if h := b.heads(t); len(h) != 3 || h[0][1] != -1 || h[1][1] != 0 || h[2][1] != 0 {
@@ -122,6 +123,7 @@ func TestHeadsFollowTheQueue(t *testing.T) {
 // behind the acked message, and the message it queued is claimable once
 // it commits.
 func TestAckDoesNotWaitForCapture(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	ctx := t.Context()
 	b.queueCommitted(t, "g", 1)
@@ -147,6 +149,7 @@ func TestAckDoesNotWaitForCapture(t *testing.T) {
 // A message flagged head while an older one of its group waits (a race
 // lost to an ack or a retry) is not claimed before it.
 func TestExtraHeadWaitsForOlder(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	ctx := t.Context()
 	b.queueCommitted(t, "g", 2)
@@ -165,6 +168,7 @@ func TestExtraHeadWaitsForOlder(t *testing.T) {
 // A failed message revived while the rest of its group is in flight waits
 // for that batch: never two batches of one group at once.
 func TestRedeliverWhileGroupInFlight(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	ctx := t.Context()
 	b.queueCommitted(t, "g", 2)
@@ -259,6 +263,7 @@ func (b *testBundle) nack(t *testing.T, batch *Batch, notBefore time.Time, maxAg
 // messages; a group goes whole into one batch (never split over two,
 // which would put it in flight twice), and each batch is acked alone.
 func TestClaimBatchesKeepGroupsWhole(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	ctx := t.Context()
 	b.queueCommitted(t, "a", 3)

@@ -56,6 +56,7 @@ func TestPullLapseByReapClaims(t *testing.T) {
 // claim, and is handed on once none does; other groups of the claim are
 // handed on as soon as theirs leave.
 func TestPullPartialAck(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	b.queueCommitted(t, "a", 2)
 	b.queueCommitted(t, "b", 1)
@@ -102,6 +103,7 @@ func TestPullPartialAck(t *testing.T) {
 // Partial nack: the nacked message backs off and its group is not handed
 // on while another of its messages is held; max_age fails it instead.
 func TestPullPartialNack(t *testing.T) {
+	t.Parallel() // no short lease or deadline: load cannot change its outcome
 	b := setup(t)
 	b.queueCommitted(t, "a", 2)
 	got := b.receive(t, 10, time.Minute, 0)

@@ -57,7 +57,9 @@ func TestNackWhileCaptureQueuesBehindDoesNotStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.queueCommitted(t, "g", 1) // while the nack holds the row
-	_ = lock.Rollback(ctx)
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	b.nack(t, first, time.Now().Add(300*time.Millisecond), 0)
 	b.queueCommitted(t, "h", 1)
 
@@ -132,7 +134,7 @@ func TestLateAckIsFenced(t *testing.T) {
 	b.queueCommitted(t, "g", 2)
 	lease := 500 * time.Millisecond
 	first := b.claimLease(t, 1, lease)
-	time.Sleep(lease + 100*time.Millisecond)
+	time.Sleep(lease + 100*time.Millisecond) // the point: the first lease runs out
 	second := b.claimLease(t, 1, time.Minute)
 	if second == nil || second.Messages[0].ID != first.Messages[0].ID {
 		t.Fatalf("the expired batch was not claimed again: %+v", second)
@@ -162,8 +164,10 @@ func TestLeaseStartsAtTheClaim(t *testing.T) {
 	}
 	got := make(chan *Batch, 1)
 	go func() { got <- b.claimLease(t, 1, 700*time.Millisecond) }()
-	time.Sleep(time.Second)
-	_ = tx.Rollback(ctx)
+	time.Sleep(time.Second) // the point: the claim waits on the lock longer than its lease
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
 	first := <-got
 	if first == nil {
 		t.Fatal("nothing claimed")

@@ -199,6 +199,7 @@ func TestReplayDoesNotCarryBackingOffMessage(t *testing.T) {
 // restarts from the durable position, decodes the same transaction at
 // the same pace, and fails again: capture never gets past it.
 func TestLongSourceTransactionFlushes(t *testing.T) {
+	t.Parallel() // 31 s of waiting, which the other parallel tests fill
 	if testing.Short() {
 		t.Skip("waits out idle_in_transaction_session_timeout (30 s)")
 	}

@@ -30,6 +30,7 @@ func fullSink() config.Sink {
 }
 
 func TestStoredSinkRoundTrip(t *testing.T) {
+	t.Parallel()
 	want := fullSink()
 	v := reflect.ValueOf(want)
 	for i := range v.NumField() {
@@ -73,6 +74,7 @@ func TestStoredSinkRoundTrip(t *testing.T) {
 // Rows written before the stored form had its own type (JSON of
 // config.Sink, the secret in clear) read unchanged, with or without a key.
 func TestStoredSinkReadsOldRows(t *testing.T) {
+	t.Parallel()
 	want := fullSink()
 	old := want
 	old.Tables, old.WebhookSources = nil, nil
@@ -95,6 +97,7 @@ func TestStoredSinkReadsOldRows(t *testing.T) {
 // A sealed secret needs the key: without it the sink does not read (it
 // would otherwise deliver unsigned), and the error does not show it.
 func TestStoredSinkSealedNeedsKey(t *testing.T) {
+	t.Parallel()
 	box, err := secrets.NewBox(testBoxKey)
 	if err != nil {
 		t.Fatal(err)

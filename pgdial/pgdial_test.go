@@ -12,6 +12,7 @@ import (
 // A connection made with Configure carries the user timeout and keepalive
 // settings on its socket, and asks the server for the same.
 func TestConfigureSetsSocketOptions(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

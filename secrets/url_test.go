@@ -6,6 +6,7 @@ import (
 )
 
 func TestRedactURL(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"http://localhost:8080/hooks":                      "http://localhost:8080/hooks",
 		"https://user:s3cr%2Ft@h.example/p":                "https://user:********@h.example/p",
@@ -22,6 +23,7 @@ func TestRedactURL(t *testing.T) {
 }
 
 func TestScrubURLSecrets(t *testing.T) {
+	t.Parallel()
 	raw := "https://user:pa%20ss@h.example/p?token=abc123&code=a%2Bb"
 	text := `Post "https://user:pa%20ss@h.example/p?token=abc123&code=a+b": pa ss abc123 a+b`
 	got := Scrub(text, URLSecrets(raw))

@@ -32,6 +32,7 @@ func change(action Action, newV, oldV []string) *Change {
 }
 
 func TestFilters(t *testing.T) {
+	t.Parallel()
 	row := []string{`1`, `"shipped"`, `12.50`, `null`}
 	cases := []struct {
 		f    config.Filter
@@ -67,6 +68,7 @@ func TestFilters(t *testing.T) {
 }
 
 func TestActionsAndGroupKey(t *testing.T) {
+	t.Parallel()
 	r := NewRoute(&Sink{Name: "s", Config: config.Sink{Actions: []string{"insert"}, GroupBy: map[string][]string{"public.orders": {"status", "id"}}}})
 	row := []string{`1`, `"shipped"`, `12.50`, `null`}
 	if !r.Match(change(Insert, row, nil)) || r.Match(change(Update, row, row)) || !r.Match(change(Read, row, nil)) {
@@ -86,6 +88,7 @@ func TestActionsAndGroupKey(t *testing.T) {
 }
 
 func TestRenderShapes(t *testing.T) {
+	t.Parallel()
 	s := &Sink{Name: "orders_webhook", UUID: "f47ac10b-58cc-4372-a567-0e02b2c3d479"}
 	r := NewRoute(s)
 	upd := change(Update, []string{`1234`, `"shipped"`, `1`, `null`}, []string{`1234`, `"pending"`, `1`, `null`})
@@ -110,6 +113,7 @@ func TestRenderShapes(t *testing.T) {
 }
 
 func TestAppendJSONString(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"plain":     `"plain"`,
 		"q\"b\\":    `"q\"b\\"`,
@@ -124,6 +128,7 @@ func TestAppendJSONString(t *testing.T) {
 }
 
 func TestRouterForTable(t *testing.T) {
+	t.Parallel()
 	a := &Sink{ID: 1, Name: "a", Config: config.Sink{Tables: []string{"public.orders"}}}
 	b := &Sink{ID: 2, Name: "b", Config: config.Sink{Tables: []string{"public.*", "public.orders"}}}
 	c := &Sink{ID: 3, Name: "c", Config: config.Sink{Tables: []string{"other.*"}, WebhookSources: []string{"w"}}}

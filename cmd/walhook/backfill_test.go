@@ -11,6 +11,7 @@ import (
 // On a terminal the bar is redrawn in place; elsewhere progress comes as
 // lines, and not at all with --json.
 func TestBackfillProgress(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	p := &progress{w: &buf, tty: true}
 	p.show(backfillStatus(&backfill.Backfill{ID: 3, State: backfill.Running, Table: "public.t", RowsProcessed: 250, RowsTotal: 1000}))

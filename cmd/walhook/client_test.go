@@ -134,6 +134,7 @@ func TestEnvironmentDefaults(t *testing.T) {
 }
 
 func TestReadEvents(t *testing.T) {
+	t.Parallel()
 	stream := ": observing\n\nid: 1\nevent: message\ndata: {\"id\":1}\n\n: keepalive\n\ndata: a\ndata: b\n\nevent: end\ndata: {}\n\n"
 	var got []string
 	err := readEvents(strings.NewReader(stream), func(event string, data []byte) error {
@@ -147,6 +148,7 @@ func TestReadEvents(t *testing.T) {
 }
 
 func TestSummary(t *testing.T) {
+	t.Parallel()
 	if got := summary(json.RawMessage(`{"record": {"id": 1,  "v": "x"}, "action": "update", "metadata": {}}`)); got != `update  {"id":1,"v":"x"}` {
 		t.Errorf("change: %q", got)
 	}

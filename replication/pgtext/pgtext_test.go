@@ -245,6 +245,7 @@ func check(t *testing.T, got []byte, want string) {
 }
 
 func TestAppendValue(t *testing.T) {
+	t.Parallel()
 	for _, c := range valueCases {
 		t.Run(c.name, func(t *testing.T) {
 			check(t, AppendJSON(nil, c.oid, []byte(c.in)), c.want)
@@ -256,6 +257,7 @@ func TestAppendValue(t *testing.T) {
 // with and without spare room, which exercises the in-place unescaping of
 // quoted array elements.
 func TestAppendValueKeepsDst(t *testing.T) {
+	t.Parallel()
 	for _, c := range valueCases {
 		for _, spare := range []int{0, 1, 4096} {
 			dst := make([]byte, 3, 3+spare)
@@ -272,6 +274,7 @@ func TestAppendValueKeepsDst(t *testing.T) {
 }
 
 func TestAppendArray(t *testing.T) {
+	t.Parallel()
 	for _, c := range []valueCase{
 		{"enum[]", testEnumOID, `{happy,sad,NULL,"very happy"}`, `["happy","sad",null,"very happy"]`},
 		{"int4 elements", pgtype.Int4OID, `{1,{2}}`, `[1,[2]]`},
@@ -290,6 +293,7 @@ func TestAppendArray(t *testing.T) {
 // TestArrayTypes checks the table built from pgtype covers the array types
 // the mapping names.
 func TestArrayTypes(t *testing.T) {
+	t.Parallel()
 	for oid, want := range map[uint32]arrayType{
 		pgtype.Int4ArrayOID:        {kindNumber, ','},
 		pgtype.TextArrayOID:        {kindString, ','},
@@ -312,6 +316,7 @@ func TestArrayTypes(t *testing.T) {
 }
 
 func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
+	t.Parallel()
 	var all []byte
 	for c := 0; c < 256; c++ {
 		all = append(all, byte(c))
@@ -346,6 +351,7 @@ func checkJSONString(t *testing.T, s []byte) {
 }
 
 func TestAppendValueAllocs(t *testing.T) {
+	// Not parallel: testing.AllocsPerRun refuses to run in a parallel test.
 	dst := make([]byte, 0, 1<<16)
 	for _, c := range valueCases {
 		in := []byte(c.in)
@@ -356,6 +362,7 @@ func TestAppendValueAllocs(t *testing.T) {
 }
 
 func TestValidJSON(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{
 		`0`, `-0`, `-0.0e-0`, `1E5`, `"\u0000"`, `"\/"`, `[]`, `{}`, ` [ 1 , { "a" : [ ] } ] `,
 		`"\ud800"`, `true`, `false`, `null`,
