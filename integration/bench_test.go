@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -63,13 +64,28 @@ func currentLSN(ctx context.Context, tb testing.TB, db *pgxpool.Pool) uint64 {
 // it has seen want inserts: the baseline walhook's capture is compared
 // with.
 func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, want int) (changes int, d time.Duration) {
+	return rawStream(ctx, tb, url, slot, pub, want, nil, nil)
+}
+
+// rawStream is rawDecode with hooks: onStart gets the walsender's pid
+// before streaming starts (for its CPU time), onInsert each insert's first
+// column as it arrives.
+func rawStream(ctx context.Context, tb testing.TB, url, slot, pub string, want int, onStart func(pid int), onInsert func(id string, at time.Time)) (changes int, d time.Duration) {
 	cfg, _ := pgconn.ParseConfig(url)
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer conn.Close(ctx)
+	defer conn.Close(context.WithoutCancel(ctx))
+	if onStart != nil {
+		res, err := conn.Exec(ctx, `SELECT pg_backend_pid()`).ReadAll()
+		if err != nil || len(res) == 0 || len(res[0].Rows) == 0 {
+			tb.Fatalf("raw decode: backend pid: %v", err)
+		}
+		pid, _ := strconv.Atoi(string(res[0].Rows[0][0]))
+		onStart(pid)
+	}
 	start := time.Now()
 	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + pub + "'", "messages 'true'"}})
@@ -79,7 +95,7 @@ func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, want i
 	for {
 		raw, err := conn.ReceiveMessage(ctx)
 		if err != nil {
-			tb.Fatal(err)
+			tb.Fatalf("raw decode: %v", err)
 		}
 		cd, ok := raw.(*pgproto3.CopyData)
 		if !ok {
@@ -103,9 +119,12 @@ func rawDecode(ctx context.Context, tb testing.TB, url, slot, pub string, want i
 		if err != nil {
 			tb.Fatal(err)
 		}
-		switch m.(type) {
+		switch m := m.(type) {
 		case *pglogrepl.InsertMessage:
 			changes++
+			if onInsert != nil && m.Tuple != nil && len(m.Tuple.Columns) > 0 {
+				onInsert(string(m.Tuple.Columns[0].Data), time.Now())
+			}
 		case *pglogrepl.CommitMessage:
 			if changes >= want {
 				return changes, time.Since(start)

@@ -17,10 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
@@ -428,67 +425,15 @@ func (r rawResult) rate() float64 { return float64(r.n) / r.dur.Seconds() }
 // their commit; onInsert, when set, gets each insert's first column as
 // text and when it arrived.
 func (s *suite) rawRun(ctx context.Context, dbURL, slot, pub string, want int, onInsert func(id string, at time.Time)) rawResult {
-	cfg, _ := pgconn.ParseConfig(dbURL)
-	cfg.RuntimeParams["replication"] = "database"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		s.b.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	res, err := conn.Exec(ctx, `SELECT pg_backend_pid()`).ReadAll()
-	if err != nil || len(res) == 0 || len(res[0].Rows) == 0 {
-		s.b.Fatalf("raw decode: backend pid: %v", err)
-	}
-	pid, _ := strconv.Atoi(string(res[0].Rows[0][0]))
-	ws0, cpu0 := procCPU(pid), selfCPU()
-	start := time.Now()
-	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + pub + "'", "messages 'true'"}})
-	if err != nil {
-		s.b.Fatal(err)
-	}
-	changes := 0
-	for {
-		raw, err := conn.ReceiveMessage(ctx)
-		if err != nil {
-			s.b.Fatalf("raw decode: %v", err)
-		}
-		cd, ok := raw.(*pgproto3.CopyData)
-		if !ok {
-			continue
-		}
-		if cd.Data[0] == pglogrepl.PrimaryKeepaliveMessageByteID {
-			if ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:]); err == nil && ka.ReplyRequested {
-				_ = pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: 1})
-			}
-			continue
-		}
-		if cd.Data[0] != pglogrepl.XLogDataByteID {
-			continue
-		}
-		xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
-		if err != nil {
-			s.b.Fatal(err)
-		}
-		m, err := pglogrepl.Parse(xld.WALData)
-		if err != nil {
-			s.b.Fatal(err)
-		}
-		switch m := m.(type) {
-		case *pglogrepl.InsertMessage:
-			changes++
-			if onInsert != nil && m.Tuple != nil && len(m.Tuple.Columns) > 0 {
-				onInsert(string(m.Tuple.Columns[0].Data), time.Now())
-			}
-		case *pglogrepl.CommitMessage:
-			if changes >= want {
-				d := time.Since(start)
-				return rawResult{n: changes, dur: d,
-					cpu: float64((selfCPU() - cpu0).Microseconds()) / float64(changes),
-					ws:  float64((procCPU(pid) - ws0).Microseconds()) / float64(changes)}
-			}
-		}
-	}
+	var pid int
+	var ws0, cpu0 time.Duration
+	changes, d := rawStream(ctx, s.b, dbURL, slot, pub, want, func(p int) {
+		pid = p
+		ws0, cpu0 = procCPU(pid), selfCPU()
+	}, onInsert)
+	return rawResult{n: changes, dur: d,
+		cpu: float64((selfCPU() - cpu0).Microseconds()) / float64(changes),
+		ws:  float64((procCPU(pid) - ws0).Microseconds()) / float64(changes)}
 }
 
 func pct(l []time.Duration) (p50, p99, mx time.Duration) {
