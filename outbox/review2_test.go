@@ -139,6 +139,23 @@ func (b *testBundle) r2Claim(t *testing.T, req ClaimRequest) []*Batch {
 	return bs
 }
 
+// r2Reachable checks I3's structural form: every group with unfailed
+// messages has its first message's flag not false, or a claims row
+// naming it.
+func (b *testBundle) r2Reachable(t *testing.T, when string) {
+	t.Helper()
+	var stuck []string
+	if err := b.store.Pool.QueryRow(t.Context(), `SELECT COALESCE(array_agg(group_key), '{}') FROM (
+		SELECT DISTINCT ON (group_key) group_key, head FROM outbox WHERE sink_id = $1 AND failed_at IS NULL
+		ORDER BY group_key, commit_lsn, commit_idx, id) f
+		WHERE head IS FALSE AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.sink_id = $1 AND f.group_key = ANY (c.groups))`, b.sinkID).Scan(&stuck); err != nil {
+		t.Fatal(err)
+	}
+	if len(stuck) > 0 {
+		t.Fatalf("I3 after %s: groups %v have their first message behind (false) and no claim; heads %v", when, stuck, b.heads(t))
+	}
+}
+
 // r2Drain claims (several batches at a time) and acks until the outbox is
 // empty, reaping ended claims; it fails (I3) when nothing can be claimed
 // for a while although messages wait. It returns the ids acked.
@@ -335,10 +352,12 @@ func TestReview2PullAckNothingHeld(t *testing.T) {
 // is checked for I1 and I2, and at the end everything must drain (I3)
 // and every message be acked (I5).
 func TestReview2RandomWalk(t *testing.T) {
-	for seed := range uint64(30) {
+	for seed := range uint64(r2Seeds) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) { r2Walk(t, seed) })
 	}
 }
+
+var r2Seeds, r2Steps = 80, 300
 
 func r2Walk(t *testing.T, seed uint64) {
 	b := setup(t)
@@ -376,7 +395,7 @@ func r2Walk(t *testing.T, seed uint64) {
 			maxID = max(maxID, id)
 		}
 	}
-	for step := range 150 {
+	for step := range r2Steps {
 		switch op := rnd.IntN(10); {
 		case op < 3:
 			queue()
@@ -448,7 +467,7 @@ func r2Walk(t *testing.T, seed uint64) {
 				t.Fatal(err)
 			}
 		}
-		_ = step
+		b.r2Reachable(t, fmt.Sprint("step ", step))
 	}
 	// Everything in flight ends: push acks, pull acks of what is held.
 	for _, batch := range held {
@@ -593,4 +612,87 @@ func TestReview2LostClaimIDReusedAfterRealCrash(t *testing.T) {
 		return
 	}
 	t.Skip("no claim was lost in 5 crashes")
+}
+
+// One pull ack naming part of two claims (each keeps a message of the
+// group it acked from, and a group it did not touch): the groups stay
+// named while held (I1), only the messages named go, and a receive gets
+// only what no claim names. An empty ack changes nothing and does not
+// fail.
+func TestReview2PullAckAcrossClaimsPartial(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if res, err := b.store.PullAck(ctx, b.sinkID, nil); err != nil || len(res.Acked)+len(res.NotHeld) != 0 {
+		t.Fatalf("empty ack: %+v, %v", res, err)
+	}
+	if res, err := b.store.PullNack(ctx, b.sinkID, nil, time.Time{}, 0, "x"); err != nil || res.Nacked+len(res.NotHeld) != 0 {
+		t.Fatalf("empty nack: %+v, %v", res, err)
+	}
+	b.queueCommitted(t, "a", 2)
+	b.queueCommitted(t, "b", 1)
+	x := b.receive(t, 3, time.Minute, 0) // a1 a2 b1
+	b.queueCommitted(t, "c", 2)
+	b.queueCommitted(t, "d", 1)
+	y := b.receive(t, 3, time.Minute, 0) // c1 c2 d1
+	if x == nil || y == nil || len(x.Messages) != 3 || len(y.Messages) != 3 {
+		t.Fatalf("receives: %+v %+v", x, y)
+	}
+	b.queueCommitted(t, "a", 1)
+	b.queueCommitted(t, "c", 1)
+	b.queueCommitted(t, "b", 1)
+	b.queueCommitted(t, "d", 1)
+	refs := []PullRef{{x.ClaimID, x.Messages[0].ID}, {y.ClaimID, y.Messages[0].ID}, {x.ClaimID, y.Messages[1].ID}}
+	res, err := b.store.PullAck(ctx, b.sinkID, refs)
+	if err != nil || len(res.Acked) != 2 || len(res.NotHeld) != 1 || res.NotHeld[0] != refs[2] {
+		t.Fatalf("ack: %+v, %v", res, err)
+	}
+	b.r2LiveGroups(t)
+	// a and c keep a held message each; b and d are held whole: nothing
+	// of them may go.
+	got := b.r2Claim(t, ClaimRequest{BatchSize: 10, MaxAckPending: 1000, Batches: 4, Pull: true, Worker: "receive"})
+	if len(got) != 0 {
+		t.Fatalf("received %+v while every group is held", got[0].Messages)
+	}
+	// The rest of x: group a and b go on.
+	if res, err := b.store.PullAck(ctx, b.sinkID, refsOf(x, x.Messages[1:]...)); err != nil || len(res.Acked) != 2 {
+		t.Fatalf("ack rest of x: %+v, %v", res, err)
+	}
+	got = b.r2Claim(t, ClaimRequest{BatchSize: 10, MaxAckPending: 1000, Batches: 4, Pull: true, Worker: "receive"})
+	for _, batch := range got {
+		for _, m := range batch.Messages {
+			if m.Group != "a" && m.Group != "b" {
+				t.Fatalf("received %s's message %d while y holds the group", m.Group, m.ID)
+			}
+		}
+	}
+}
+
+// The pull side of the reissued claim id (I1, I2): consumer 1's receive
+// {a1} is lost in a crash; after the restart consumer 2's receive is
+// {a1, b1} under the same claim id. Consumer 1 acks (X, a1): a1 leaves
+// consumer 2's claim and group a is handed on while consumer 2 is still
+// processing a1, so consumer 3 receives a2 and may deliver it before a1
+// is done (work that began after the crash, not only work in flight at
+// it, loses its exclusivity).
+func TestReview2LostPullClaimIDReused(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	b.queueCommitted(t, "a", 1)
+	old := b.receive(t, 10, time.Minute, 0) // consumer 1
+	b.r2LoseClaim(t, old)
+	b.queueCommitted(t, "b", 1)
+	held := b.receive(t, 10, time.Minute, 0) // consumer 2, after the restart
+	if held == nil || held.ClaimID != old.ClaimID {
+		t.Skipf("claim id not reused: %+v", held)
+	}
+	b.queueCommitted(t, "a", 1)
+	res, err := b.store.PullAck(ctx, b.sinkID, refsOf(old, old.Messages...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Acked) > 0 {
+		third := b.receive(t, 10, time.Minute, 0)
+		t.Errorf("I1: the ack of a receive lost in the crash took %d message(s) out of consumer 2's claim %d; then consumer 3 received %+v of group a while consumer 2 still has a1",
+			len(res.Acked), held.ClaimID, third)
+	}
 }
