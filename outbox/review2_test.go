@@ -357,7 +357,7 @@ func TestReview2RandomWalk(t *testing.T) {
 	}
 }
 
-var r2Seeds, r2Steps = 80, 300
+var r2Seeds, r2Steps = 40, 300
 
 func r2Walk(t *testing.T, seed uint64) {
 	b := setup(t)
@@ -694,5 +694,35 @@ func TestReview2LostPullClaimIDReused(t *testing.T) {
 		third := b.receive(t, 10, time.Minute, 0)
 		t.Errorf("I1: the ack of a receive lost in the crash took %d message(s) out of consumer 2's claim %d; then consumer 3 received %+v of group a while consumer 2 still has a1",
 			len(res.Acked), held.ClaimID, third)
+	}
+}
+
+// Several pull batches in one claim whose leases lapse together: each
+// claims row records its own lapse (every message attempted once, none
+// twice), and the groups come back in order.
+func TestReview2MultiBatchPullLapse(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	for _, g := range []string{"a", "b", "c"} {
+		b.queueCommitted(t, g, 3)
+	}
+	bs := b.r2Claim(t, ClaimRequest{BatchSize: 2, MaxAckPending: 1000, Batches: 5, Pull: true, Worker: "receive", Lease: 50 * time.Millisecond})
+	if len(bs) != 3 {
+		t.Fatalf("%d batches, want 3 (one per group: 2+1 would split a group)", len(bs))
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, err := b.store.ReapClaims(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var once, twice, claims int
+	if err := b.store.Pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE deliver_count = 1), count(*) FILTER (WHERE deliver_count > 1), (SELECT count(*) FROM claims) FROM outbox`).Scan(&once, &twice, &claims); err != nil {
+		t.Fatal(err)
+	}
+	if once != 6 || twice != 0 || claims != 0 {
+		t.Fatalf("after the lapse: %d attempted once, %d more, %d claims left", once, twice, claims)
+	}
+	b.r2Reachable(t, "lapse")
+	if got := len(b.r2Drain(t, ClaimRequest{BatchSize: 1, MaxAckPending: 1, Batches: 50}, 5*time.Second)); got != 9 {
+		t.Fatalf("drained %d of 9", got)
 	}
 }
