@@ -150,7 +150,10 @@
 // any queue that survives one; order within what is delivered again
 // holds). A lost ack leaves its messages and claim behind, to be
 // delivered again in order; a lost nack leaves its messages to be tried
-// again sooner. Without it, every claim
+// again sooner. Claim ids are random (migration 00007), not from a
+// sequence: a lost claim would give a sequence value back, the next claim
+// would get its id, and the lost claim's late ack (its worker never knew)
+// would act on the new claim under F. Without it, every claim
 // and ack held the sink's claim lock across a WAL flush (milliseconds on
 // real disks), and at batch_size 1 the flushes, not the work, set the
 // pace.

@@ -136,10 +136,10 @@ ORDER BY req.claim_id, req.id`
 // walhook.left_groups, so the whole outcome is one round trip and the
 // claim lock is held for no longer than that.
 var pullPromoteSQL = strings.Replace(promoteSQL, "unnest($2::text[])",
-	"json_array_elements_text(current_setting('walhook.left_groups')::json)", 1)
+	"json_array_elements_text(COALESCE(NULLIF(current_setting('walhook.left_groups', true), ''), '[]')::json)", 1)
 
 // pullNotifySQL wakes the sink's consumers when groups were handed on.
-const pullNotifySQL = `SELECT pg_notify($1, $2) WHERE current_setting('walhook.left_groups') <> '[]'`
+const pullNotifySQL = `SELECT pg_notify($1, $2) WHERE COALESCE(NULLIF(current_setting('walhook.left_groups', true), ''), '[]') <> '[]'`
 
 // PullAckResult is what an ack of received messages did.
 type PullAckResult struct {
