@@ -25,6 +25,11 @@ const (
 	observeBuffer    = 1024                   // events a slow client may lag behind
 	observeMaxHoles  = 10000                  // bound on remembered holes and checkpoints
 	observeHeadRetry = 500 * time.Millisecond // before retrying a failed look
+	// observeHoleGrace keeps a hole open this long after every writer that
+	// could fill it has committed: a message delivered before a look saw
+	// it in the outbox reaches the delivered history later (delivery
+	// writes it every 250 ms, apart from the ack).
+	observeHoleGrace = 3 * time.Second
 )
 
 // observedEvent is the data of one SSE event.
@@ -230,8 +235,9 @@ func (h *hub) broadcast(ctx context.Context, m outbox.Observed) {
 }
 
 type checkpoint struct {
-	highest int64  // highest id seen by a look
-	xmax    uint64 // that look's snapshot xmax
+	highest int64     // highest id seen by a look
+	xmax    uint64    // that look's snapshot xmax
+	at      time.Time // when the look ran
 }
 
 // tail follows the outbox. Each look pages on from the highest id sent.
@@ -240,7 +246,9 @@ type checkpoint struct {
 // each look reads only those (an index probe each) besides the new ids,
 // never the messages it has sent, however long another transaction keeps
 // its snapshot open. A hole is forgotten once a later look's snapshot
-// shows that every transaction in progress when it was seen has ended.
+// shows that every transaction in progress when it was seen has ended,
+// and observeHoleGrace has passed: a message acknowledged before any look
+// saw it reaches the delivered history a moment later.
 func (h *hub) tail(ctx context.Context, run *tailRun) {
 	started := func(err error) {
 		run.err = err
@@ -314,10 +322,10 @@ func (h *hub) tail(ctx context.Context, run *tailRun) {
 			if len(checkpoints) >= observeMaxHoles {
 				checkpoints = checkpoints[1:]
 			}
-			checkpoints = append(checkpoints, checkpoint{highest: highest, xmax: page.Xmax})
+			checkpoints = append(checkpoints, checkpoint{highest: highest, xmax: page.Xmax, at: time.Now()})
 		}
 		i := 0
-		for i < len(checkpoints) && checkpoints[i].xmax <= page.Xmin {
+		for i < len(checkpoints) && checkpoints[i].xmax <= page.Xmin && time.Since(checkpoints[i].at) > observeHoleGrace {
 			gaps.forgetThrough(checkpoints[i].highest)
 			i++
 		}
