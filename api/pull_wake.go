@@ -2,8 +2,6 @@ package api
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -97,14 +95,12 @@ func (w *waker) listen(ctx context.Context, ready func()) error {
 	defer l.Close()
 	ready()
 	for {
-		payload, err := l.Wait(ctx)
+		ids, err := l.Wait(ctx)
 		if err != nil {
 			return err
 		}
-		for _, part := range strings.Split(payload, ",") {
-			if id, err := strconv.ParseInt(part, 10, 64); err == nil {
-				w.ring(id)
-			}
+		for _, id := range ids {
+			w.ring(id)
 		}
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -274,14 +272,12 @@ func (m *Manager) listenOnce(ctx context.Context) error {
 	}
 	defer l.Close()
 	for {
-		payload, err := l.Wait(ctx)
+		ids, err := l.Wait(ctx)
 		if err != nil {
 			return err
 		}
-		for _, part := range strings.Split(payload, ",") {
-			if id, err := strconv.ParseInt(part, 10, 64); err == nil {
-				m.Wake(id)
-			}
+		for _, id := range ids {
+			m.Wake(id)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,14 +32,20 @@ func (s *Store) Listen(ctx context.Context) (*Listener, error) {
 	return &Listener{conn: conn}, nil
 }
 
-// Wait blocks until a notification arrives (returning its payload, the
-// ids of the sinks that got messages) or ctx ends.
-func (l *Listener) Wait(ctx context.Context) (string, error) {
+// Wait blocks until a notification arrives, returning the ids of the
+// sinks that got messages (the payload joinIDs wrote), or ctx ends.
+func (l *Listener) Wait(ctx context.Context) ([]int64, error) {
 	n, err := l.conn.Conn().WaitForNotification(ctx)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	return n.Payload, nil
+	var ids []int64
+	for _, part := range strings.Split(n.Payload, ",") {
+		if id, err := strconv.ParseInt(part, 10, 64); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }
 
 // Close stops listening and returns the connection. A connection that
