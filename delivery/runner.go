@@ -45,9 +45,9 @@ type runner struct {
 	// acks carries delivered batches from the workers to the acker, which
 	// acknowledges all that are waiting in one statement (group commit):
 	// one turn of the sink's claim lock for many batches. A worker waits
-	// for its ack before it claims again, so a process never has more
-	// than concurrency batches delivered but unacknowledged (the
-	// duplicates a crash can cause).
+	// for its ack before it reports idle to the dispatcher, so a process
+	// never has more than concurrency batches delivered but
+	// unacknowledged (the duplicates a crash can cause).
 	acks   chan acked
 	ackers sync.WaitGroup
 }
