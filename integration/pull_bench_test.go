@@ -58,7 +58,7 @@ func BenchmarkPull(b *testing.B) {
 			Log: config.Log{Level: "error"},
 		}
 		tb.cfg.ApplyDefaults()
-		e := startBenchAPI(b, tb)
+		e, _ := startBenchAPI(b, tb)
 		e.must(b, 200, "POST", "/api/sinks/push/pause", nil)
 
 		writeWorkload(ctx, b, tb.db, 1, rows)
@@ -118,7 +118,7 @@ func BenchmarkPull(b *testing.B) {
 
 // startBenchAPI runs the service and its HTTP server for a benchmark,
 // quietly (startAPI logs everything at debug level for its checks).
-func startBenchAPI(b *testing.B, tb *testBundle) *apiEnv {
+func startBenchAPI(b *testing.B, tb *testBundle) (*apiEnv, func()) {
 	b.Helper()
 	ln, err := api.Listen("127.0.0.1:0")
 	if err != nil {
@@ -141,13 +141,17 @@ func startBenchAPI(b *testing.B, tb *testBundle) *apiEnv {
 			b.Errorf("Serve: %v", err)
 		}
 	})
-	b.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		svc.Close()
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			svc.Close()
+		})
+	}
+	b.Cleanup(stop)
 	waitFor(b, 20*time.Second, "replication streaming", func() bool { return svc.Stream.Status().Streaming })
-	return e
+	return e, stop
 }
 
 // benchPost posts body as JSON with the API token and decodes a 200

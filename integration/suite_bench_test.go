@@ -21,13 +21,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
-	"github.com/walhook/walhook/api"
 	"github.com/walhook/walhook/backfill"
 	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/pgcluster"
-	"github.com/walhook/walhook/service"
 )
 
 // BenchmarkSuite measures every workload of the performance targets in
@@ -915,7 +913,7 @@ func (s *suite) pull() {
 		Log: config.Log{Level: "error"},
 	}
 	tb.cfg.ApplyDefaults()
-	e, stop := s.startAPI(tb)
+	e, stop := startBenchAPI(s.b, tb)
 	defer stop()
 	e.must(s.b, 200, "POST", "/api/sinks/push/pause", nil)
 	s.writeParallel(db, 1, rows)
@@ -984,36 +982,4 @@ func (s *suite) pull() {
 		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)", s.partial(int64(got), rows, got >= rows), pull/push)})
 	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer acking each batch while it receives the next (walhook receive --ack)", rate: pull2, raw: raw.rate(), cpu: pull2CPU,
 		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)", s.partial(int64(got2), rows, got2 >= rows), pull2/push)})
-}
-
-// startAPI runs the service and its HTTP server, quietly, until stop.
-func (s *suite) startAPI(tb *testBundle) (*apiEnv, func()) {
-	ln, err := api.Listen("127.0.0.1:0")
-	if err != nil {
-		s.b.Fatal(err)
-	}
-	tb.cfg.Server.PublicURL = "http://" + ln.Addr().String()
-	e := &apiEnv{testBundle: tb, base: tb.cfg.Server.PublicURL, log: &syncBuffer{}, bodies: &syncBuffer{}}
-	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := service.New(ctx, tb.cfg, zerolog.Nop())
-	if err != nil {
-		cancel()
-		ln.Close()
-		s.b.Fatalf("service.New: %v", err)
-	}
-	srv := svc.API()
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = svc.Run(ctx) })
-	wg.Go(func() { _ = srv.Serve(ctx, ln) })
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			wg.Wait()
-			svc.Close()
-		})
-	}
-	s.b.Cleanup(stop)
-	waitFor(s.b, 20*time.Second, "replication streaming", func() bool { return svc.Stream.Status().Streaming })
-	return e, stop
 }
