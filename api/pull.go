@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -108,11 +107,10 @@ type receiveRequest struct {
 	BatchSize         *int             `json:"batch_size"`
 	Wait              *config.Duration `json:"wait"`
 	VisibilityTimeout *config.Duration `json:"visibility_timeout"`
-}
-
-type received struct {
-	AckID   string          `json:"ack_id"`
-	Message json.RawMessage `json:"message"`
+	// AckIDs are acknowledged before the receive, in its first claim's
+	// transaction: a consumer acks a batch and asks for the next in one
+	// round trip.
+	AckIDs []string `json:"ack_ids"`
 }
 
 func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
@@ -135,6 +133,11 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	batch, wait, vis, err := receiveParams(req, row.Config)
+	var refs []outbox.PullRef
+	var byRef map[outbox.PullRef]string
+	if err == nil && len(req.AckIDs) > 0 {
+		refs, byRef, err = ackIDs(req.AckIDs, row.ID, row.Name)
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -152,24 +155,36 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 		SinkID: row.ID, BatchSize: batch, MaxAckPending: row.Config.MaxAckPending, Lease: vis,
 		Worker: "receive " + r.RemoteAddr, Pull: true, MaxAge: row.Config.Retry.MaxAge.D(),
 	}
+	var acks *ackSummary
 	for {
-		b, err := s.d.Store.Claim(ctx, claim)
+		var b *outbox.Batch
+		var err error
+		if len(refs) > 0 {
+			// The first look goes with the acks, in their transaction.
+			var res *outbox.PullAckResult
+			res, b, err = s.d.Store.PullAckClaim(ctx, refs, claim)
+			if err == nil {
+				acks, refs = s.acked(row, res, byRef), nil
+			}
+		} else {
+			b, err = s.d.Store.Claim(ctx, claim)
+		}
 		if err != nil {
 			s.fail(w, r, fmt.Errorf("receive from sink %s: %w", row.Name, err))
 			return
 		}
 		if b != nil {
-			writeReceived(w, row.ID, b)
+			writeReceived(w, row.ID, b, acks)
 			return
 		}
 		select {
 		case <-wake:
 		case <-poll.C:
 		case <-deadline.C:
-			writeJSON(w, http.StatusOK, map[string]any{"data": []received{}})
+			writeReceived(w, row.ID, nil, acks)
 			return
 		case <-s.stop:
-			writeJSON(w, http.StatusOK, map[string]any{"data": []received{}})
+			writeReceived(w, row.ID, nil, acks)
 			return
 		case <-ctx.Done():
 			return // the client went away
@@ -177,27 +192,73 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// writeReceived answers a receive. Payloads are stored as the JSON they
-// are delivered as (rendered at capture), so they are written as they
-// are, like push delivery's bodies, not decoded and encoded again.
-func writeReceived(w http.ResponseWriter, sinkID int64, b *outbox.Batch) {
-	n := 16
-	for _, m := range b.Messages {
+// ackSummary is what the acks a receive carried did, for its answer.
+type ackSummary struct {
+	acked   int
+	notHeld []string
+}
+
+// acked counts and records acknowledged messages (metrics, the delivered
+// history) and sums up what an ack did.
+func (s *Server) acked(row *outbox.SinkRow, res *outbox.PullAckResult, byRef map[outbox.PullRef]string) *ackSummary {
+	now := time.Now()
+	metrics.Delivered.WithLabelValues(row.Name).Add(float64(len(res.Acked)))
+	latency := metrics.Latency.WithLabelValues(row.Name)
+	for _, m := range res.Acked {
+		latency.Observe(now.Sub(m.CreatedAt).Seconds())
+	}
+	s.recordDelivered(&outbox.Batch{SinkID: row.ID, Messages: res.Acked}, now)
+	sum := &ackSummary{acked: len(res.Acked), notHeld: []string{}}
+	for _, ref := range res.NotHeld {
+		sum.notHeld = append(sum.notHeld, byRef[ref])
+	}
+	return sum
+}
+
+// writeReceived answers a receive: batch b (nil: nothing came), and what
+// the acks it carried did (nil: it carried none). Payloads are stored as
+// the JSON they are delivered as (rendered at capture), so they are
+// written as they are, like push delivery's bodies, not decoded and
+// encoded again.
+func writeReceived(w http.ResponseWriter, sinkID int64, b *outbox.Batch, acks *ackSummary) {
+	var msgs []outbox.Message
+	var claimID int64
+	if b != nil {
+		msgs, claimID = b.Messages, b.ClaimID
+	}
+	n := 64
+	for _, m := range msgs {
 		n += len(m.Payload) + 64
+	}
+	if acks != nil {
+		for _, id := range acks.notHeld {
+			n += len(id) + 3
+		}
 	}
 	buf := make([]byte, 0, n)
 	buf = append(buf, `{"data":[`...)
-	for i, m := range b.Messages {
+	for i, m := range msgs {
 		if i > 0 {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, `{"ack_id":"`...)
-		buf = append(buf, encodeAckID(sinkID, b.ClaimID, m.ID)...) // base64url: nothing to escape
+		buf = append(buf, encodeAckID(sinkID, claimID, m.ID)...) // base64url: nothing to escape
 		buf = append(buf, `","message":`...)
 		buf = append(buf, m.Payload...)
 		buf = append(buf, '}')
 	}
-	buf = append(buf, "]}\n"...)
+	buf = append(buf, ']')
+	if acks != nil {
+		buf = fmt.Appendf(buf, `,"acked":%d,"not_held":[`, acks.acked)
+		for i, id := range acks.notHeld {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = strconv.AppendQuote(buf, id)
+		}
+		buf = append(buf, ']')
+	}
+	buf = append(buf, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -362,13 +423,7 @@ func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	now := time.Now()
-	metrics.Delivered.WithLabelValues(row.Name).Add(float64(len(res.Acked)))
-	latency := metrics.Latency.WithLabelValues(row.Name)
-	for _, m := range res.Acked {
-		latency.Observe(now.Sub(m.CreatedAt).Seconds())
-	}
-	s.recordDelivered(&outbox.Batch{SinkID: row.ID, Messages: res.Acked}, now)
+	s.acked(row, res, byRef)
 	if len(res.NotHeld) > 0 {
 		writeNotHeld(w, "acked", len(res.Acked), res.NotHeld, byRef)
 		return

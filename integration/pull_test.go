@@ -235,6 +235,8 @@ func TestPullErrors(t *testing.T) {
 		{"/api/sinks/s/receive", `{"batchsize": 1}`, 400, "invalid", "batchsize", "batch_size"},
 		{"/api/sinks/s/receive", `[1]`, 400, "invalid", "", ""},
 		{"/api/sinks/s/receive", `{`, 400, "invalid", "", "not valid JSON"},
+		{"/api/sinks/s/receive", `{"ack_ids": ["garbage"]}`, 400, "invalid", "ack_ids[0]", "not an ack id"},
+		{"/api/sinks/s/receive", map[string]any{"ack_ids": []string{theirs[0].AckID}}, 400, "invalid", "ack_ids[0]", "another sink"},
 		{"/api/sinks/hook/receive", `{}`, 409, "not_pull", "", "webhook sink"},
 		{"/api/sinks/nope/receive", `{}`, 404, "not_found", "", ""},
 		{"/api/sinks/s/ack", ``, 400, "invalid", "", "empty"},
@@ -288,6 +290,58 @@ func encodeAckIDForTest(t *testing.T, id string, message int64) string {
 	parts := strings.Split(raw, ".")
 	parts[3] = fmt.Sprint(message + 1_000_000)
 	return encodeB64(strings.Join(parts, "."))
+}
+
+// A receive may carry the ack ids of the batch before: they are acked in
+// the transaction of its first claim, which then hands out the groups
+// they left (a group's next message comes in the same answer); ids no
+// longer held are listed in not_held next to the new messages, never in
+// an error that would lose them.
+func TestPullReceiveCarriesAcks(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY, v int)`, "public.t")
+	e := startAPI(t, b)
+	b.exec(t, `INSERT INTO t VALUES (1, 0)`)
+	b.exec(t, `UPDATE t SET v = 1 WHERE id = 1`)
+	b.exec(t, `UPDATE t SET v = 2 WHERE id = 1`)
+
+	type answer struct {
+		Data    []pulled `json:"data"`
+		Acked   *int     `json:"acked"`
+		NotHeld []string `json:"not_held"`
+	}
+	receive := func(body map[string]any) answer {
+		t.Helper()
+		return decodeAs[answer](t, e.must(t, 200, "POST", "/api/sinks/s/receive", body))
+	}
+	first := receive(map[string]any{"wait": "10s", "batch_size": 1})
+	if len(first.Data) != 1 || first.Data[0].Message.Action != "insert" || first.Acked != nil || first.NotHeld != nil {
+		t.Fatalf("first receive: %+v", first)
+	}
+	// One group: nothing more can be received while its first is held.
+	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
+		t.Fatalf("received a held group's next message: %+v", got)
+	}
+	second := receive(map[string]any{"wait": "10s", "batch_size": 1, "ack_ids": ackIDsOf(first.Data)})
+	if second.Acked == nil || *second.Acked != 1 || len(second.NotHeld) != 0 || len(second.Data) != 1 || second.Data[0].Message.Record["v"] != float64(1) {
+		t.Fatalf("receive carrying the first ack: %+v", second)
+	}
+	// Acking the first again and the second: one not held, one acked,
+	// and the group's last message comes with the answer.
+	third := receive(map[string]any{"wait": "10s", "batch_size": 5, "ack_ids": append(ackIDsOf(first.Data), ackIDsOf(second.Data)...)})
+	if third.Acked == nil || *third.Acked != 1 || !slices.Equal(third.NotHeld, ackIDsOf(first.Data)) || len(third.Data) != 1 || third.Data[0].Message.Record["v"] != float64(2) {
+		t.Fatalf("receive carrying a stale and a live ack: %+v", third)
+	}
+	// Nothing left to receive: the acks still count, after the wait.
+	last := receive(map[string]any{"wait": "200ms", "ack_ids": ackIDsOf(third.Data)})
+	if last.Acked == nil || *last.Acked != 1 || len(last.Data) != 0 {
+		t.Fatalf("receive carrying the last ack: %+v", last)
+	}
+	if ms := e.messages(t, "s", ""); len(ms) != 0 {
+		t.Errorf("messages left after every ack: %+v", ms)
+	}
+	waitFor(t, 10*time.Second, "the three acked messages in the history", func() bool {
+		return len(e.messages(t, "s", "?state=delivered")) == 3
+	})
 }
 
 // Two consumers share one sink with hot groups: each group's messages are
@@ -421,8 +475,9 @@ func decodeB64(s string) (string, error) {
 func encodeB64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 
 // walhook receive prints JSON lines; without --ack the messages stay
-// received, with --ack they are gone; --follow keeps polling until
-// interrupted and then exits 0; an unknown sink fails in one line.
+// received, with --ack they are gone (a batch at a time too); --follow
+// keeps polling until interrupted and then exits 0; an unknown sink
+// fails in one line.
 func TestPullCLI(t *testing.T) {
 	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
 	c := &cliEnv{apiEnv: startAPI(t, b), bin: walhookBin(t)}
@@ -450,22 +505,25 @@ func TestPullCLI(t *testing.T) {
 		t.Errorf("messages left after receive --ack: %+v", ms)
 	}
 
-	cmd := c.command("receive", "s", "--follow", "--ack", "--wait", "1s")
-	var out strings.Builder
-	cmd.Stdout = &out
+	// --follow --ack, a batch at a time: each batch is acked by the
+	// receive of the next, the last by the long poll after it.
+	cmd := c.command("receive", "s", "--follow", "--ack", "--wait", "1s", "--batch-size", "1")
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	b.exec(t, `INSERT INTO t VALUES (3)`)
-	waitFor(t, 20*time.Second, "the followed message to be acked", func() bool {
-		return len(c.messages(t, "s", "?state=delivered")) == 3
+	b.exec(t, `INSERT INTO t VALUES (3), (4), (5)`)
+	waitFor(t, 20*time.Second, "the followed messages to be acked", func() bool {
+		return len(c.messages(t, "s", "?state=delivered")) == 5
 	})
 	_ = cmd.Process.Signal(os.Interrupt)
 	if err := cmd.Wait(); err != nil {
-		t.Errorf("receive --follow after Ctrl-C: %v", err)
+		t.Errorf("receive --follow after Ctrl-C: %v (%s)", err, errOut.String())
 	}
-	if got := lines(out.String()); len(got) != 1 || got[0].Message.Record["id"] != float64(3) {
-		t.Errorf("receive --follow printed %q", out.String())
+	got = lines(out.String())
+	if len(got) != 3 || got[0].Message.Record["id"] != float64(3) || got[2].Message.Record["id"] != float64(5) || errOut.Len() != 0 {
+		t.Errorf("receive --follow printed %q, stderr %q", out.String(), errOut.String())
 	}
 	c.fails(t, "not found", "receive", "nope")
 }

@@ -225,6 +225,33 @@ func (s *Store) Claim(ctx context.Context, req ClaimRequest) (*Batch, error) {
 // ReapClaims ends them for good. It returns no batches when there is
 // nothing to take.
 func (s *Store) ClaimBatches(ctx context.Context, req ClaimRequest) ([]*Batch, error) {
+	for {
+		var c claimed
+		err := s.batch(ctx, func(pb *pgx.Batch) {
+			pb.Queue(claimLockPlanSQL, req.SinkID)
+			queueClaim(pb, req, &c)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("claim batches for sink %d: %w", req.SinkID, err)
+		}
+		// Candidates that were behind others took the places of ones that
+		// may be claimable: look again, past them.
+		if len(c.batches) > 0 || c.demoted == 0 {
+			return c.batches, nil
+		}
+	}
+}
+
+// claimed is what one claim statement took: its batches, and how many
+// candidates it found behind others (cleared flags).
+type claimed struct {
+	batches []*Batch
+	demoted int64
+}
+
+// queueClaim queues claimSQL for req into a pipeline that holds the
+// sink's claim lock already, reading its result into c.
+func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
 	var workerID, lapse *int64
 	if req.WorkerID != 0 {
 		workerID = &req.WorkerID
@@ -233,47 +260,31 @@ func (s *Store) ClaimBatches(ctx context.Context, req ClaimRequest) ([]*Batch, e
 		us := max(req.MaxAge.Microseconds(), 0)
 		lapse = &us
 	}
-	batches := max(req.Batches, 1)
-	for {
-		var bs []*Batch
-		var demoted int64
-		err := s.batch(ctx, func(pb *pgx.Batch) {
-			pb.Queue(claimLockPlanSQL, req.SinkID)
-			pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse, batches).Query(func(rows pgx.Rows) error {
-				bs = nil
-				var b *Batch
-				for rows.Next() {
-					var claim, id *int64
-					var m Message
-					var lsn *int64
-					var idx, count *int32
-					var group *string
-					var created *time.Time
-					if err := rows.Scan(&demoted, &claim, &id, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
-						return err
-					}
-					if id == nil {
-						continue
-					}
-					m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = *id, *group, *lsn, *idx, *count, *created
-					if b == nil || b.ClaimID != *claim {
-						b = &Batch{ClaimID: *claim, SinkID: req.SinkID}
-						bs = append(bs, b)
-					}
-					b.Messages = append(b.Messages, m)
-				}
-				return rows.Err()
-			})
-		})
-		if err != nil {
-			return nil, fmt.Errorf("claim batches for sink %d: %w", req.SinkID, err)
+	pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse, max(req.Batches, 1)).Query(func(rows pgx.Rows) error {
+		*c = claimed{}
+		var b *Batch
+		for rows.Next() {
+			var claim, id *int64
+			var m Message
+			var lsn *int64
+			var idx, count *int32
+			var group *string
+			var created *time.Time
+			if err := rows.Scan(&c.demoted, &claim, &id, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
+				return err
+			}
+			if id == nil {
+				continue
+			}
+			m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = *id, *group, *lsn, *idx, *count, *created
+			if b == nil || b.ClaimID != *claim {
+				b = &Batch{ClaimID: *claim, SinkID: req.SinkID}
+				c.batches = append(c.batches, b)
+			}
+			b.Messages = append(b.Messages, m)
 		}
-		// Candidates that were behind others took the places of ones that
-		// may be claimable: look again, past them.
-		if len(bs) > 0 || demoted == 0 {
-			return bs, nil
-		}
-	}
+		return rows.Err()
+	})
 }
 
 func (b *Batch) groups() []string {

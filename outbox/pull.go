@@ -154,34 +154,65 @@ type PullAckResult struct {
 // PullAck deletes the received messages refs names that a live pull
 // claim of the sink still holds, and hands on the groups they leave.
 func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*PullAckResult, error) {
-	claims, ids := splitRefs(refs)
 	res := &PullAckResult{}
-	err := s.pullOutcome(ctx, sinkID, pullAckSQL, []any{sinkID, claims, ids}, func(rows pgx.Rows) error {
-		*res = PullAckResult{}
-		for rows.Next() {
-			var ref PullRef
-			var held bool
-			var m Message
-			var group *string
-			var lsn *int64
-			var idx, count *int32
-			var created *time.Time
-			if err := rows.Scan(&ref.ClaimID, &ref.MessageID, &held, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
-				return err
-			}
-			if !held || group == nil {
-				res.NotHeld = append(res.NotHeld, ref)
-				continue
-			}
-			m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = ref.MessageID, *group, *lsn, *idx, *count, *created
-			res.Acked = append(res.Acked, m)
-		}
-		return rows.Err()
-	})
-	if err != nil {
+	if err := s.pullOutcome(ctx, sinkID, pullAckSQL, pullAckArgs(sinkID, refs), res.scan, nil); err != nil {
 		return nil, fmt.Errorf("ack %d received messages of sink %d: %w", len(refs), sinkID, err)
 	}
 	return res, nil
+}
+
+// PullAckClaim is PullAck and then Claim(req) for the same sink, in one
+// transaction and one turn of the claim lock: a consumer acknowledges
+// what it handled and receives more in one round trip, and the claim
+// sees the groups the ack handed on. The batch is nil when there is
+// nothing to take.
+func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimRequest) (*PullAckResult, *Batch, error) {
+	res := &PullAckResult{}
+	var c claimed
+	err := s.pullOutcome(ctx, req.SinkID, pullAckSQL, pullAckArgs(req.SinkID, refs), res.scan, func(pb *pgx.Batch) {
+		queueClaim(pb, req, &c)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("ack %d received messages of sink %d and receive more: %w", len(refs), req.SinkID, err)
+	}
+	if len(c.batches) == 0 && c.demoted > 0 {
+		// As ClaimBatches: look again, past the candidates it cleared.
+		b, err := s.Claim(ctx, req)
+		return res, b, err
+	}
+	if len(c.batches) == 0 {
+		return res, nil, nil
+	}
+	return res, c.batches[0], nil
+}
+
+func pullAckArgs(sinkID int64, refs []PullRef) []any {
+	claims, ids := splitRefs(refs)
+	return []any{sinkID, claims, ids}
+}
+
+// scan reads pullAckSQL's rows.
+func (res *PullAckResult) scan(rows pgx.Rows) error {
+	*res = PullAckResult{}
+	for rows.Next() {
+		var ref PullRef
+		var held bool
+		var m Message
+		var group *string
+		var lsn *int64
+		var idx, count *int32
+		var created *time.Time
+		if err := rows.Scan(&ref.ClaimID, &ref.MessageID, &held, &group, &lsn, &idx, &m.Payload, &count, &m.FirstAttemptAt, &created); err != nil {
+			return err
+		}
+		if !held || group == nil {
+			res.NotHeld = append(res.NotHeld, ref)
+			continue
+		}
+		m.ID, m.Group, m.CommitLSN, m.CommitIdx, m.DeliverCount, m.CreatedAt = ref.MessageID, *group, *lsn, *idx, *count, *created
+		res.Acked = append(res.Acked, m)
+	}
+	return rows.Err()
 }
 
 // PullNackResult is what a nack of received messages did.
@@ -222,7 +253,7 @@ func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notB
 			}
 		}
 		return rows.Err()
-	})
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("nack %d received messages of sink %d: %w", len(refs), sinkID, err)
 	}
@@ -231,14 +262,18 @@ func (s *Store) PullNack(ctx context.Context, sinkID int64, refs []PullRef, notB
 
 // pullOutcome runs an ack or nack (sql with args, its rows read by scan)
 // under the sink's claim lock (rule L), then rule P for the groups it
-// took out of their claims, and wakes the sink's consumers when it did:
-// one pipeline, one implicit transaction, one round trip.
-func (s *Store) pullOutcome(ctx context.Context, sinkID int64, sql string, args []any, scan func(pgx.Rows) error) error {
+// took out of their claims, and wakes the sink's consumers when it did,
+// then what then queues (when set) under the same lock: one pipeline, one
+// implicit transaction, one round trip.
+func (s *Store) pullOutcome(ctx context.Context, sinkID int64, sql string, args []any, scan func(pgx.Rows) error, then func(*pgx.Batch)) error {
 	return s.batch(ctx, func(pb *pgx.Batch) {
 		pb.Queue(claimLockPlanSQL, sinkID)
 		pb.Queue(sql, args...).Query(scan)
 		pb.Queue(pullPromoteSQL, sinkID)
 		pb.Queue(pullNotifySQL, s.Channel(), fmt.Sprint(sinkID))
+		if then != nil {
+			then(pb)
+		}
 	})
 }
 

@@ -12,12 +12,15 @@ import (
 // prefix, then acks, nacks (backoff, or past max_age into failed) or
 // abandons the rest; an abandoning puller lets its short visibility
 // timeout lapse (sometimes past max_age) and then acks late, which must
-// change nothing. A group is marked out of flight only when none of its
+// change nothing. Some acks carry the next receive (PullAckClaim: one
+// transaction). A group is marked out of flight only when none of its
 // messages remains held, so a group handed on while a part of it is
 // still held shows up as two in flight (I1).
 func (tt *torture) puller(ctx context.Context, id int) {
 	r := tt.rng(uint64(200 + id))
 	name := "p" + strconv.Itoa(id)
+	var next *Batch // received with the last ack
+	var nextStart int64
 	for ctx.Err() == nil {
 		chaos := tt.chaos.Load()
 		abandon := chaos && r.IntN(25) == 0
@@ -28,15 +31,23 @@ func (tt *torture) puller(ctx context.Context, id int) {
 				maxAge = time.Microsecond // the lapse fails them
 			}
 		}
-		start := tt.tick()
-		batch, err := tt.b.store.Claim(ctx, ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 1 + r.IntN(8), MaxAckPending: 60,
-			Lease: lease, Worker: name, Pull: true, MaxAge: maxAge})
-		tt.ops.Add(1)
-		if err != nil {
-			if ctx.Err() == nil {
-				tt.violate("error", "%s: receive: %v", name, err)
+		req := ClaimRequest{SinkID: tt.b.sinkID, BatchSize: 1 + r.IntN(8), MaxAckPending: 60,
+			Lease: lease, Worker: name, Pull: true, MaxAge: maxAge}
+		batch, start := next, nextStart
+		next = nil
+		if batch == nil {
+			var err error
+			start = tt.tick()
+			batch, err = tt.b.store.Claim(ctx, req)
+			tt.ops.Add(1)
+			if err != nil {
+				if ctx.Err() == nil {
+					tt.violate("error", "%s: receive: %v", name, err)
+				}
+				return
 			}
-			return
+		} else {
+			abandon = false // its lease is the last request's
 		}
 		if batch == nil {
 			time.Sleep(time.Duration(1+r.IntN(5)) * time.Millisecond)
@@ -78,9 +89,15 @@ func (tt *torture) puller(ctx context.Context, id int) {
 			continue
 		}
 		tt.endGroups(name, ms[cut:], nil)
-		if chaos && r.IntN(4) == 0 {
+		switch {
+		case chaos && r.IntN(4) == 0:
 			tt.pullNack(ctx, name, ms[cut:], refs[cut:], r.IntN(3) == 0, time.Now().Add(time.Duration(r.IntN(40))*time.Millisecond))
-		} else {
+		case r.IntN(2) == 0:
+			// Ack and receive the next batch in one transaction.
+			req.Lease, req.MaxAge = 10*time.Second, 0
+			nextStart = tt.tick()
+			next = tt.pullAckThen(ctx, name, ms[cut:], refs[cut:], false, &req)
+		default:
 			tt.pullAck(ctx, name, ms[cut:], refs[cut:], false)
 		}
 	}
@@ -100,16 +117,28 @@ func (tt *torture) endGroups(who string, ms []*tmsg, keep map[string]bool) {
 // pullAck acks ms (refs) and models the outcome: a timely ack must take
 // effect for every message, a late one for none.
 func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool) {
-	if len(ms) == 0 {
-		return
+	if len(ms) > 0 {
+		tt.pullAckThen(ctx, who, ms, refs, late, nil)
 	}
+}
+
+// pullAckThen is pullAck, and when then is set, a receive in the ack's
+// transaction (PullAckClaim), whose batch it returns.
+func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, then *ClaimRequest) *Batch {
 	start := tt.tick()
 	tt.mu.Lock()
 	for _, m := range ms {
 		m.outcomes++
 	}
 	tt.mu.Unlock()
-	res, err := tt.b.store.PullAck(ctx, tt.b.sinkID, refs)
+	var res *PullAckResult
+	var batch *Batch
+	var err error
+	if then != nil {
+		res, batch, err = tt.b.store.PullAckClaim(ctx, refs, *then)
+	} else {
+		res, err = tt.b.store.PullAck(ctx, tt.b.sinkID, refs)
+	}
 	tt.ops.Add(1)
 	tt.pullOps.Add(1)
 	tt.mu.Lock()
@@ -121,7 +150,7 @@ func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []P
 		if ctx.Err() == nil {
 			tt.violateLocked("error", "%s: pull ack: %v", who, err)
 		}
-		return
+		return nil
 	}
 	acked := map[int64]bool{}
 	for _, m := range res.Acked {
@@ -140,6 +169,7 @@ func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []P
 			}
 		}
 	}
+	return batch
 }
 
 // pullNack nacks ms (refs) until notBefore, or past max_age (fail).

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
@@ -34,7 +35,8 @@ without a tunnel.
 
 Without --ack the messages stay received but unacknowledged: they come back
 after the visibility timeout (or ack them with POST /api/sinks/SINK/ack).
-With --ack each batch is acknowledged once printed. With --follow the
+With --ack each batch is acknowledged once printed, by the receive of the
+next batch (one request per batch). With --follow the
 command keeps long-polling until interrupted (Ctrl-C).`,
 		Args: cobra.ExactArgs(1),
 	}
@@ -57,33 +59,40 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 		}
 		out := bufio.NewWriter(cmd.OutOrStdout())
 		path, ackPath := pathOf("sinks", args[0], "receive"), pathOf("sinks", args[0], "ack")
-		// With --ack a batch is acknowledged while the next one is
-		// received: one ack in flight at a time. The next receive cannot
-		// hold a message of a group still being acknowledged (that group
-		// stays claimed until the ack commits), so order holds.
-		var acking chan error
-		var acked int
-		settle := func() error {
-			if acking == nil {
+		// With --ack a batch is acknowledged by the receive of the next
+		// (ack_ids in its body: one request per batch); the last one, or
+		// one whose receive was cut short, by an ack of its own.
+		var pending []string
+		// ackPending acks what was printed but not acknowledged. Printed
+		// means handled: it acks even when interrupted. cut: the receive
+		// that carried these ids may have acked them already, so an
+		// answer that they are not held is no news.
+		ackPending := func(cut bool) error {
+			if len(pending) == 0 {
 				return nil
 			}
-			err := <-acking
-			acking = nil
+			err := c.post(context.WithoutCancel(ctx), ackPath, map[string]any{"ack_ids": pending}, nil)
 			var ae *apiError
 			switch {
-			case err != nil && follow && errors.As(err, &ae):
-				fmt.Fprintln(cmd.ErrOrStderr(), "walhook: ack: "+err.Error())
+			case err != nil && cut && errors.As(err, &ae):
+				return nil
 			case err != nil:
-				return fmt.Errorf("ack %d messages: %w", acked, err)
+				return fmt.Errorf("ack %d messages: %w", len(pending), err)
 			}
 			return nil
 		}
 		for {
-			var res struct {
-				Data []receivedMessage `json:"data"`
+			req := body
+			if len(pending) > 0 {
+				req = maps.Clone(body)
+				req["ack_ids"] = pending
 			}
-			if err := c.post(ctx, path, body, &res); err != nil {
-				if aerr := settle(); aerr != nil {
+			var res struct {
+				Data    []receivedMessage `json:"data"`
+				NotHeld []string          `json:"not_held"`
+			}
+			if err := c.post(ctx, path, req, &res); err != nil {
+				if aerr := ackPending(true); aerr != nil {
 					return aerr
 				}
 				if follow && errors.Is(err, context.Canceled) {
@@ -91,6 +100,11 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 				}
 				return err
 			}
+			if len(res.NotHeld) > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "walhook: ack: %d of %d ack ids were no longer held (the visibility timeout passed): those messages will be received again\n",
+					len(res.NotHeld), len(pending))
+			}
+			pending = nil
 			ids := make([]string, len(res.Data))
 			for i, m := range res.Data {
 				line, err := json.Marshal(m)
@@ -103,18 +117,11 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 			if err := out.Flush(); err != nil {
 				return fmt.Errorf("write messages: %w", err)
 			}
-			if ack && len(ids) > 0 {
-				if err := settle(); err != nil {
-					return err
-				}
-				// Printed means handled: ack even when interrupted now.
-				acking, acked = make(chan error, 1), len(ids)
-				go func(ch chan<- error) {
-					ch <- c.post(context.WithoutCancel(ctx), ackPath, map[string]any{"ack_ids": ids}, nil)
-				}(acking)
+			if ack {
+				pending = ids
 			}
 			if !follow || ctx.Err() != nil {
-				return settle()
+				return ackPending(false)
 			}
 		}
 	}
