@@ -167,13 +167,18 @@ WITH t AS MATERIALIZED (
 	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, x.ready, h.cready AS head_ready, h.cid AS head_id, h.cretry AS head_retry
 	FROM h JOIN x ON x.cid = h.cid
 ), q AS (
+	-- Every window from here on sorts by (head_ready, head_id, commit
+	-- order): a batch's groups are partitioned by (head_ready, head_id),
+	-- the same partition as by head_id alone (head_ready is its head's),
+	-- so that the windows share one sort instead of one each.
+	--
 	-- Pending: attempted before, or standing before a retry of its group:
 	-- one later in the window, or the candidate itself when it is a
 	-- retry, wherever it stands (the window may end before it).
 	SELECT g.*, deliver_count > 0
-		OR bool_or(deliver_count > 0) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
+		OR bool_or(deliver_count > 0) OVER (PARTITION BY head_ready, head_id ORDER BY commit_lsn, commit_idx, id
 			ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING)
-		OR head_retry AND COALESCE(bool_and(id <> head_id) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id
+		OR head_retry AND COALESCE(bool_and(id <> head_id) OVER (PARTITION BY head_ready, head_id ORDER BY commit_lsn, commit_idx, id
 			ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), true) AS pending
 	FROM g
 ), r AS (
@@ -181,7 +186,7 @@ WITH t AS MATERIALIZED (
 	FROM q
 ), fit AS (
 	SELECT * FROM (
-		SELECT r.*, bool_and(fits) OVER (PARTITION BY head_id ORDER BY commit_lsn, commit_idx, id) AS prefix FROM r
+		SELECT r.*, bool_and(fits) OVER (PARTITION BY head_ready, head_id ORDER BY commit_lsn, commit_idx, id) AS prefix FROM r
 	) p WHERE prefix
 	ORDER BY head_ready, head_id, commit_lsn, commit_idx, id LIMIT $2::int * $8::int
 ), cut AS (
@@ -189,7 +194,7 @@ WITH t AS MATERIALIZED (
 	-- straddle two batches keeps only its part in the first (a prefix).
 	SELECT fit.*, (row_number() OVER (ORDER BY head_ready, head_id, commit_lsn, commit_idx, id) - 1) / $2 AS bn FROM fit
 ), pick AS (
-	SELECT * FROM (SELECT cut.*, min(bn) OVER (PARTITION BY head_id) AS gbn FROM cut) b WHERE bn = gbn
+	SELECT * FROM (SELECT cut.*, min(bn) OVER (PARTITION BY head_ready, head_id) AS gbn FROM cut) b WHERE bn = gbn
 ), c AS (
 	-- One claims row per batch: each is acked, nacked and fenced alone.
 	INSERT INTO claims (sink_id, worker, worker_id, until, fresh, ids, groups, claimed_at, lapse_max_age)
