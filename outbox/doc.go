@@ -125,7 +125,11 @@
 // messages come back with their count raised and a lapse never touches a
 // message another claim holds; acks and nacks see the row as ended (F).
 // A consumer that vanished loses nothing and holds its groups only until
-// its lease ends (and the next reap, within a second).
+// its lease ends (and the next reap, within a second). An ack may carry
+// the consumer's next receive (PullAckClaim): the claim runs after the
+// ack and its P in the same transaction, under the same turn of L, so it
+// sees the groups the ack handed on exactly as a claim right after the
+// ack's commit would; nothing else can run between them.
 //
 // T (term). One process streams the replication slot: the holder of a
 // lease row (leases) with a token that grows with every term and an end
