@@ -163,7 +163,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 			// The first look goes with the acks, in their transaction.
 			var res *outbox.PullAckResult
 			res, b, err = s.d.Store.PullAckClaim(ctx, refs, claim)
-			if err == nil {
+			if res != nil { // the acks took effect, even if the look after them failed
 				acks, refs = s.acked(row, res, byRef), nil
 			}
 		} else {

@@ -165,7 +165,8 @@ func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*Pul
 // transaction and one turn of the claim lock: a consumer acknowledges
 // what it handled and receives more in one round trip, and the claim
 // sees the groups the ack handed on. The batch is nil when there is
-// nothing to take.
+// nothing to take. A non-nil result says the acks took effect, even
+// with an error (of a second look, after the transaction).
 func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimRequest) (*PullAckResult, *Batch, error) {
 	res := &PullAckResult{}
 	var c claimed
@@ -178,7 +179,10 @@ func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimReque
 	if len(c.batches) == 0 && c.demoted > 0 {
 		// As ClaimBatches: look again, past the candidates it cleared.
 		b, err := s.Claim(ctx, req)
-		return res, b, err
+		if err != nil {
+			return res, nil, fmt.Errorf("acked %d received messages of sink %d, then: %w", len(res.Acked), req.SinkID, err)
+		}
+		return res, b, nil
 	}
 	if len(c.batches) == 0 {
 		return res, nil, nil
