@@ -162,7 +162,9 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 		if len(refs) > 0 {
 			// The first look goes with the acks, in their transaction.
 			var res *outbox.PullAckResult
-			res, b, err = s.d.Store.PullAckClaim(ctx, refs, claim)
+			// Not cancelled half way (nor the outcomes below): acks that
+			// committed as the client went away are still recorded.
+			res, b, err = s.d.Store.PullAckClaim(context.WithoutCancel(ctx), refs, claim)
 			if res != nil { // the acks took effect, even if the look after them failed
 				acks, refs = s.acked(row, res, byRef), nil
 			}
@@ -418,7 +420,7 @@ func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	res, err := s.d.Store.PullAck(ctx, row.ID, refs)
+	res, err := s.d.Store.PullAck(context.WithoutCancel(ctx), row.ID, refs)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -485,7 +487,7 @@ func (s *Server) nackReceived(w http.ResponseWriter, r *http.Request) {
 	if reason == "" {
 		reason = "nacked by a consumer"
 	}
-	res, err := s.d.Store.PullNack(ctx, row.ID, refs, notBefore, row.Config.Retry.MaxAge.D(), reason)
+	res, err := s.d.Store.PullNack(context.WithoutCancel(ctx), row.ID, refs, notBefore, row.Config.Retry.MaxAge.D(), reason)
 	if err != nil {
 		s.fail(w, r, err)
 		return

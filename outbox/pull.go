@@ -23,8 +23,11 @@ import (
 //     its messages remains in the claim (I1), and a group whose messages
 //     all left is handed on (rule P runs for the groups that left). A claim
 //     left with no messages is deleted: it ended with its outcomes.
-//   - fresh (the claim's share of max_ack_pending) never grows: it becomes
-//     at most the number of held messages never attempted.
+//   - fresh (the claim's share of max_ack_pending) becomes the number of
+//     held messages never attempted, except those that stand before a held
+//     retry of their group (they hold its room, as at the claim). It may
+//     grow: a retry acked alone leaves the fresh messages before it
+//     counted, not counted nowhere.
 //
 // An ack deletes its messages; a nack records an attempt on them as a push
 // nack does (backoff until not_before, failed past retry.max_age). A claim
@@ -74,7 +77,7 @@ const pullHeldSQL = `
 WITH req AS MATERIALIZED (
 	SELECT DISTINCT r.claim_id, r.id FROM unnest($2::bigint[], $3::bigint[]) AS r(claim_id, id)
 ), c AS MATERIALIZED (
-	SELECT c.id, c.ids, c.fresh, c.claimed_at FROM claims c
+	SELECT c.id, c.ids, c.claimed_at FROM claims c
 	WHERE c.id IN (SELECT claim_id FROM req) AND c.sink_id = $1 AND c.until > clock_timestamp()
 ), held AS MATERIALIZED (
 	SELECT c.id AS claim_id, u.id, c.claimed_at FROM c, unnest(c.ids) AS u(id)
@@ -83,12 +86,17 @@ WITH req AS MATERIALIZED (
 	-- receive holds up to 1000).
 	SELECT req.claim_id, req.id, held.claimed_at FROM req JOIN held ON held.claim_id = req.claim_id AND held.id = req.id
 ), k AS MATERIALIZED (
-	SELECT c.id, c.fresh, ARRAY(SELECT unnest(c.ids) EXCEPT SELECT h.id FROM hit h WHERE h.claim_id = c.id) AS rest
+	SELECT c.id, ARRAY(SELECT unnest(c.ids) EXCEPT SELECT h.id FROM hit h WHERE h.claim_id = c.id) AS rest
 	FROM c WHERE EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = c.id)
 ), u AS (
 	UPDATE claims cl SET ids = k.rest,
 		groups = ARRAY(SELECT DISTINCT o.group_key FROM outbox o WHERE o.id = ANY (k.rest)),
-		fresh = LEAST(k.fresh, (SELECT count(*) FROM outbox o WHERE o.id = ANY (k.rest) AND o.deliver_count = 0))
+		-- The held messages never attempted, except those before a held
+		-- retry of their group (which holds their room, as in claimSQL).
+		fresh = (SELECT count(*) FILTER (WHERE deliver_count = 0 AND NOT COALESCE(retry_after, false)) FROM (
+			SELECT o.deliver_count, bool_or(o.deliver_count > 0) OVER (PARTITION BY o.group_key
+				ORDER BY o.commit_lsn DESC, o.commit_idx DESC, o.id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS retry_after
+			FROM outbox o WHERE o.id = ANY (k.rest)) w)
 	FROM k WHERE cl.id = k.id AND cardinality(k.rest) > 0
 ), e AS (
 	DELETE FROM claims WHERE id IN (SELECT id FROM k WHERE cardinality(rest) = 0)
