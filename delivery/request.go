@@ -23,7 +23,9 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
 	msgs := b.Messages
 	cfg := r.sink.Config
 	start := time.Now()
+	r.posting.Add(1)
 	status, snippet, retryAfter, err := r.post(bg, msgs)
+	r.posting.Add(-1)
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {

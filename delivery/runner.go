@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -50,6 +51,9 @@ type runner struct {
 	// unacknowledged (the duplicates a crash can cause).
 	acks   chan acked
 	ackers sync.WaitGroup
+	// posting counts the batches whose request is under way: their acks
+	// are coming, and the acker may wait a moment to take them along.
+	posting atomic.Int32
 }
 
 // acked is a batch the endpoint acknowledged; done is closed once the ack
@@ -115,6 +119,7 @@ const maxAckGroup = 256
 // ack acknowledges delivered batches, all that are waiting at once, until
 // the workers have stopped.
 func (r *runner) ack(ctx context.Context) {
+	var took time.Duration // by the last ack
 	for first := range r.acks {
 		jobs := []acked{first}
 	more:
@@ -129,15 +134,42 @@ func (r *runner) ack(ctx context.Context) {
 				break more
 			}
 		}
+		if r.posting.Load() > 0 {
+			// More acks are on their way: an ack for a few batches costs
+			// the database nearly what one for many does, so wait for
+			// them as long as the last ack took, but no longer. A batch
+			// alone (one busy group) is acked at once.
+			jobs = r.gatherAcks(jobs, min(took, maxGather))
+		}
 		batches := make([]*outbox.Batch, len(jobs))
 		for i, j := range jobs {
 			batches[i] = j.b
 		}
+		start := time.Now()
 		r.record(ctx, jobs, batches)
+		took = time.Since(start)
 		for _, j := range jobs {
 			close(j.done)
 		}
 	}
+}
+
+// gatherAcks adds acks arriving within wait while requests are under way.
+func (r *runner) gatherAcks(jobs []acked, wait time.Duration) []acked {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(jobs) < maxAckGroup && r.posting.Load() > 0 {
+		select {
+		case j, ok := <-r.acks:
+			if !ok {
+				return jobs
+			}
+			jobs = append(jobs, j)
+		case <-t.C:
+			return jobs
+		}
+	}
+	return jobs
 }
 
 // record acknowledges one group of delivered batches.
@@ -180,6 +212,9 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
 	}
 	free := n
+	// backlog: the last claim took all it asked for, so more is waiting;
+	// gather is how long that claim took.
+	backlog, gather := false, time.Duration(0)
 	for ctx.Err() == nil {
 		// Wait for a worker, then count every other that is free too.
 		for free == 0 {
@@ -188,6 +223,15 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 				return
 			case <-idle:
 				free++
+			}
+		}
+		if backlog && free < n/2 {
+			// Behind a backlog, a claim for a few workers costs the
+			// database nearly what one for many does: let more workers
+			// come free first, for as long as the last claim took (the
+			// database's pace), but no longer.
+			if !r.gather(ctx, &free, n/2, min(gather, maxGather), idle) {
+				return
 			}
 		}
 	more:
@@ -206,7 +250,8 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 		// caller gave up would hold its groups until the lease ran out. A
 		// batch claimed as the runner stops is still delivered.
 		bs, err := r.m.cfg.Store.ClaimBatches(context.WithoutCancel(ctx), req)
-		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(time.Since(claimStart).Seconds())
+		gather = time.Since(claimStart)
+		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(gather.Seconds())
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Error().Err(err).Msg("claim")
@@ -218,12 +263,35 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 			jobs <- b
 		}
 		free -= len(bs)
-		if len(bs) < req.Batches {
+		backlog = len(bs) == req.Batches
+		if !backlog {
 			// Nothing more to take until a notification, an ack freeing
 			// groups, or the poll.
 			sleep(ctx, r.m.cfg.Poll, r.wake)
 		}
 	}
+}
+
+// maxGather bounds how long a dispatcher waits for more workers to come
+// free before it claims.
+const maxGather = 5 * time.Millisecond
+
+// gather counts workers coming free until want are or wait has passed.
+// It returns false when ctx ended.
+func (r *runner) gather(ctx context.Context, free *int, want int, wait time.Duration, idle <-chan struct{}) bool {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for *free < want {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-idle:
+			*free++
+		}
+	}
+	return true
 }
 
 // work delivers the batches the dispatcher hands it.
