@@ -31,9 +31,12 @@ func (d doorbell) ring() {
 
 // runner delivers one sink.
 type runner struct {
-	m       *Manager
-	sink    *sink.Sink
-	url     string
+	m    *Manager
+	sink *sink.Sink
+	url  string
+	// tmpl is the request every POST copies (its URL parsed once); nil
+	// when the URL does not parse, so each POST fails with the reason.
+	tmpl    *http.Request
 	headers http.Header
 	signer  *Signer
 	fp      string
@@ -82,8 +85,13 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", s.Name, err)
 	}
+	u := joinURL(ep.URL, s.Config.Path)
+	tmpl, err := http.NewRequest(http.MethodPost, u, nil)
+	if err != nil {
+		tmpl = nil
+	}
 	return &runner{
-		m: m, sink: s, url: joinURL(ep.URL, s.Config.Path), headers: h, signer: signer,
+		m: m, sink: s, url: u, tmpl: tmpl, headers: h, signer: signer,
 		fp: fp, wake: make(doorbell, 1), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
 	}, nil
 }
