@@ -18,20 +18,20 @@ import (
 
 // deliver POSTs one batch and records the outcome. It finishes even when
 // ctx is cancelled (shutdown): the request has its own timeout.
-func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
+func (r *runner) deliver(ctx context.Context, b *outbox.Batch, c *cohort) {
 	bg := context.WithoutCancel(ctx)
 	msgs := b.Messages
 	cfg := r.sink.Config
 	start := time.Now()
-	r.posting.Add(1)
 	status, snippet, retryAfter, err := r.post(bg, msgs)
-	r.posting.Add(-1)
+	c.posting.Add(-1)
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
 		done := make(chan struct{})
-		r.acks <- acked{b, status, done}
+		r.acks <- acked{b, c, status, done}
 		<-done
+		r.released.Add(-1)
 		return
 	}
 	attempt := 1

@@ -54,15 +54,29 @@ type runner struct {
 	// unacknowledged (the duplicates a crash can cause).
 	acks   chan acked
 	ackers sync.WaitGroup
-	// posting counts the batches whose request is under way: their acks
-	// are coming, and the acker may wait a moment to take them along.
-	posting atomic.Int32
+	// released counts the workers whose ack is recorded and who have
+	// not reported idle yet: they will in a moment, and the dispatcher
+	// claims for all of them at once.
+	released atomic.Int32
 }
+
+// job is a batch for a worker, with the cohort it was claimed in.
+type job struct {
+	b      *outbox.Batch
+	cohort *cohort
+}
+
+// cohort is the batches one claim handed out: their requests start
+// together and mostly end together, so the acker waits a moment for the
+// cohort's other acks and records them all at once. A batch claimed
+// alone is acked at once.
+type cohort struct{ posting atomic.Int32 }
 
 // acked is a batch the endpoint acknowledged; done is closed once the ack
 // is recorded (or refused).
 type acked struct {
 	b      *outbox.Batch
+	cohort *cohort
 	status int
 	done   chan struct{}
 }
@@ -101,7 +115,7 @@ func (r *runner) start(ctx context.Context) {
 	r.acks = make(chan acked, 2*n)
 	r.ackers.Go(func() { r.ack(context.WithoutCancel(ctx)) })
 	ctx, r.cancel = context.WithCancel(ctx)
-	jobs := make(chan *outbox.Batch, n)
+	jobs := make(chan job, n)
 	idle := make(chan struct{}, n)
 	for i := 0; i < n; i++ {
 		r.wg.Go(func() { r.work(ctx, jobs, idle) })
@@ -127,7 +141,6 @@ const maxAckGroup = 256
 // ack acknowledges delivered batches, all that are waiting at once, until
 // the workers have stopped.
 func (r *runner) ack(ctx context.Context) {
-	var took time.Duration // by the last ack
 	for first := range r.acks {
 		jobs := []acked{first}
 	more:
@@ -142,31 +155,41 @@ func (r *runner) ack(ctx context.Context) {
 				break more
 			}
 		}
-		if r.posting.Load() > 0 {
-			// More acks are on their way: an ack for a few batches costs
-			// the database nearly what one for many does, so wait for
-			// them as long as the last ack took, but no longer. A batch
-			// alone (one busy group) is acked at once.
-			jobs = r.gatherAcks(jobs, min(took, maxGather))
-		}
+		jobs = r.awaitCohorts(jobs)
 		batches := make([]*outbox.Batch, len(jobs))
 		for i, j := range jobs {
 			batches[i] = j.b
 		}
-		start := time.Now()
 		r.record(ctx, jobs, batches)
-		took = time.Since(start)
+		r.released.Add(int32(len(jobs)))
 		for _, j := range jobs {
 			close(j.done)
 		}
 	}
 }
 
-// gatherAcks adds acks arriving within wait while requests are under way.
-func (r *runner) gatherAcks(jobs []acked, wait time.Duration) []acked {
-	t := time.NewTimer(wait)
+// maxCohortWait bounds how long the acker waits for the rest of a
+// cohort: an ack for a few batches costs the database nearly what one
+// for many does, but a batch delivered waits for its ack.
+const maxCohortWait = 5 * time.Millisecond
+
+// awaitCohorts adds the acks of the cohorts' other batches, as long as
+// some of their requests are under way, for at most maxCohortWait.
+func (r *runner) awaitCohorts(jobs []acked) []acked {
+	posting := func() bool {
+		for _, j := range jobs {
+			if j.cohort.posting.Load() > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	if !posting() {
+		return jobs
+	}
+	t := time.NewTimer(maxCohortWait)
 	defer t.Stop()
-	for len(jobs) < maxAckGroup && r.posting.Load() > 0 {
+	for len(jobs) < maxAckGroup && posting() {
 		select {
 		case j, ok := <-r.acks:
 			if !ok {
@@ -213,16 +236,13 @@ func (r *runner) record(ctx context.Context, jobs []acked, batches []*outbox.Bat
 // (one turn of the sink's claim lock), and hands them the batches. A
 // worker reports idle once its outcome is recorded, so a process never
 // holds more than n batches.
-func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch, idle <-chan struct{}) {
+func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- job, idle <-chan struct{}) {
 	cfg := r.sink.Config
 	req := outbox.ClaimRequest{
 		SinkID: r.sink.ID, BatchSize: max(cfg.BatchSize, 1), MaxAckPending: max(cfg.MaxAckPending, 1),
 		Lease: cfg.RequestTimeout.D() + claimMargin, Worker: r.m.cfg.Worker,
 	}
 	free := n
-	// backlog: the last claim took all it asked for, so more is waiting;
-	// gather is how long that claim took.
-	backlog, gather := false, time.Duration(0)
 	for ctx.Err() == nil {
 		// Wait for a worker, then count every other that is free too.
 		for free == 0 {
@@ -233,13 +253,15 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 				free++
 			}
 		}
-		if backlog && free < n/2 {
-			// Behind a backlog, a claim for a few workers costs the
-			// database nearly what one for many does: let more workers
-			// come free first, for as long as the last claim took (the
-			// database's pace), but no longer.
-			if !r.gather(ctx, &free, n/2, min(gather, maxGather), idle) {
+		// The workers an ack just released report idle in a moment: one
+		// claim for all of them (a claim for a few batches costs the
+		// database nearly what one for many does).
+		for free < n && r.released.Load() > 0 {
+			select {
+			case <-ctx.Done():
 				return
+			case <-idle:
+				free++
 			}
 		}
 	more:
@@ -258,8 +280,7 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 		// caller gave up would hold its groups until the lease ran out. A
 		// batch claimed as the runner stops is still delivered.
 		bs, err := r.m.cfg.Store.ClaimBatches(context.WithoutCancel(ctx), req)
-		gather = time.Since(claimStart)
-		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(gather.Seconds())
+		metrics.ClaimDuration.WithLabelValues(r.sink.Name).Observe(time.Since(claimStart).Seconds())
 		if err != nil {
 			if ctx.Err() == nil {
 				r.log.Error().Err(err).Msg("claim")
@@ -267,12 +288,13 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 			}
 			continue
 		}
+		c := &cohort{}
+		c.posting.Store(int32(len(bs)))
 		for _, b := range bs {
-			jobs <- b
+			jobs <- job{b, c}
 		}
 		free -= len(bs)
-		backlog = len(bs) == req.Batches
-		if !backlog {
+		if len(bs) < req.Batches {
 			// Nothing more to take until a notification, an ack freeing
 			// groups, or the poll.
 			sleep(ctx, r.m.cfg.Poll, r.wake)
@@ -280,32 +302,10 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 	}
 }
 
-// maxGather bounds how long a dispatcher waits for more workers to come
-// free before it claims.
-const maxGather = 5 * time.Millisecond
-
-// gather counts workers coming free until want are or wait has passed.
-// It returns false when ctx ended.
-func (r *runner) gather(ctx context.Context, free *int, want int, wait time.Duration, idle <-chan struct{}) bool {
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	for *free < want {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		case <-idle:
-			*free++
-		}
-	}
-	return true
-}
-
 // work delivers the batches the dispatcher hands it.
-func (r *runner) work(ctx context.Context, jobs <-chan *outbox.Batch, idle chan<- struct{}) {
-	for b := range jobs {
-		r.deliver(ctx, b)
+func (r *runner) work(ctx context.Context, jobs <-chan job, idle chan<- struct{}) {
+	for j := range jobs {
+		r.deliver(ctx, j.b, j.cohort)
 		idle <- struct{}{}
 	}
 }
