@@ -24,31 +24,56 @@ const (
 // delivery.
 type history struct {
 	mu     sync.Mutex
-	bySink map[int64][]outbox.Delivered
+	bySink map[int64]*ring
 }
 
-func newHistory() *history { return &history{bySink: map[int64][]outbox.Delivered{}} }
+// ring holds a sink's newest deliveries, at most historyKeep: once full,
+// each new one takes the place of the oldest.
+type ring struct {
+	rows  []outbox.Delivered
+	start int // where the oldest is, once full
+}
+
+func (r *ring) push(d outbox.Delivered) {
+	if len(r.rows) < historyKeep {
+		r.rows = append(r.rows, d)
+		return
+	}
+	r.rows[r.start] = d
+	r.start = (r.start + 1) % len(r.rows)
+}
+
+// appendTo appends the rows oldest first.
+func (r *ring) appendTo(out []outbox.Delivered) []outbox.Delivered {
+	return append(append(out, r.rows[r.start:]...), r.rows[:r.start]...)
+}
+
+func newHistory() *history { return &history{bySink: map[int64]*ring{}} }
 
 // add records a batch acknowledged with status.
 func (h *history) add(b *outbox.Batch, status int, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	rows := h.bySink[b.SinkID]
+	r := h.bySink[b.SinkID]
+	if r == nil {
+		r = &ring{}
+		h.bySink[b.SinkID] = r
+	}
 	for _, m := range b.Messages {
-		rows = append(rows, outbox.Delivered{SinkID: b.SinkID, Message: m, DeliverCount: m.DeliverCount + 1, Status: status, At: at})
+		r.push(outbox.Delivered{SinkID: b.SinkID, Message: m, DeliverCount: m.DeliverCount + 1, Status: status, At: at})
 	}
-	if over := len(rows) - historyKeep; over > 0 {
-		rows = append(rows[:0], rows[over:]...)
-	}
-	h.bySink[b.SinkID] = rows
 }
 
 // flush writes what was buffered since the last flush.
 func (h *history) flush(ctx context.Context, store *outbox.Store) error {
 	h.mu.Lock()
-	var rows []outbox.Delivered
+	n := 0
+	for _, r := range h.bySink {
+		n += len(r.rows)
+	}
+	rows := make([]outbox.Delivered, 0, n)
 	for id, r := range h.bySink {
-		rows = append(rows, r...)
+		rows = r.appendTo(rows)
 		delete(h.bySink, id)
 	}
 	h.mu.Unlock()

@@ -22,7 +22,7 @@ func TestHistoryKeepsTheNewestPerSink(t *testing.T) {
 		}
 		h.add(b, 204, time.Now())
 	}
-	one, two := h.bySink[1], h.bySink[2]
+	one, two := h.bySink[1].appendTo(nil), h.bySink[2].appendTo(nil)
 	if len(one) != historyKeep || len(two) != 700 {
 		t.Fatalf("kept %d and %d, want %d and 700", len(one), len(two), historyKeep)
 	}

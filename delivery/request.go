@@ -18,18 +18,20 @@ import (
 
 // deliver POSTs one batch and records the outcome. It finishes even when
 // ctx is cancelled (shutdown): the request has its own timeout.
-func (r *runner) deliver(ctx context.Context, b *outbox.Batch) {
+func (r *runner) deliver(ctx context.Context, b *outbox.Batch, c *cohort) {
 	bg := context.WithoutCancel(ctx)
 	msgs := b.Messages
 	cfg := r.sink.Config
 	start := time.Now()
 	status, snippet, retryAfter, err := r.post(bg, msgs)
+	c.posting.Add(-1)
 	metrics.RequestDuration.WithLabelValues(r.sink.Name).Observe(time.Since(start).Seconds())
 	metrics.Attempts.WithLabelValues(r.sink.Name, class(status, err)).Inc()
 	if err == nil && status >= 200 && status < 300 {
 		done := make(chan struct{})
-		r.acks <- acked{b, status, done}
+		r.acks <- acked{b, c, status, done}
 		<-done
+		r.released.Add(-1)
 		return
 	}
 	attempt := 1
@@ -93,11 +95,10 @@ func (r *runner) post(ctx context.Context, msgs []outbox.Message) (int, string, 
 
 	ctx, cancel := context.WithTimeout(ctx, r.sink.Config.RequestTimeout.D())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
+	req, err := r.request(ctx, body)
 	if err != nil {
 		return 0, "", 0, fmt.Errorf("build request: %w", err)
 	}
-	req.Header = r.headers.Clone()
 	if r.signer != nil {
 		ids := make([]int64, len(msgs))
 		for i, m := range msgs {
@@ -124,6 +125,28 @@ func (r *runner) post(ctx context.Context, msgs []outbox.Message) (int, string, 
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // drain for connection reuse
 	return resp.StatusCode, snippet, RetryAfter(resp, time.Now()), nil
+}
+
+// request is a POST of body, as http.NewRequestWithContext makes it,
+// with the sink's headers, from the runner's template: the URL is not
+// parsed again for every request.
+func (r *runner) request(ctx context.Context, body []byte) (*http.Request, error) {
+	if r.tmpl == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header = r.headers.Clone()
+		return req, nil
+	}
+	req := r.tmpl.WithContext(ctx)
+	u := *r.tmpl.URL
+	req.URL = &u
+	req.Header = r.headers.Clone()
+	req.ContentLength = int64(len(body))
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return req, nil
 }
 
 func class(status int, err error) string {

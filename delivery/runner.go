@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,9 +31,12 @@ func (d doorbell) ring() {
 
 // runner delivers one sink.
 type runner struct {
-	m       *Manager
-	sink    *sink.Sink
-	url     string
+	m    *Manager
+	sink *sink.Sink
+	url  string
+	// tmpl is the request every POST copies (its URL parsed once); nil
+	// when the URL does not parse, so each POST fails with the reason.
+	tmpl    *http.Request
 	headers http.Header
 	signer  *Signer
 	fp      string
@@ -50,12 +54,29 @@ type runner struct {
 	// unacknowledged (the duplicates a crash can cause).
 	acks   chan acked
 	ackers sync.WaitGroup
+	// released counts the workers whose ack is recorded and who have
+	// not reported idle yet: they will in a moment, and the dispatcher
+	// claims for all of them at once.
+	released atomic.Int32
 }
+
+// job is a batch for a worker, with the cohort it was claimed in.
+type job struct {
+	b      *outbox.Batch
+	cohort *cohort
+}
+
+// cohort is the batches one claim handed out: their requests start
+// together and mostly end together, so the acker waits a moment for the
+// cohort's other acks and records them all at once. A batch claimed
+// alone is acked at once.
+type cohort struct{ posting atomic.Int32 }
 
 // acked is a batch the endpoint acknowledged; done is closed once the ack
 // is recorded (or refused).
 type acked struct {
 	b      *outbox.Batch
+	cohort *cohort
 	status int
 	done   chan struct{}
 }
@@ -78,8 +99,13 @@ func (m *Manager) newRunner(s *sink.Sink, ep *outbox.Endpoint, fp string) (*runn
 	if err != nil {
 		return nil, fmt.Errorf("sink %s: %w", s.Name, err)
 	}
+	u := joinURL(ep.URL, s.Config.Path)
+	tmpl, err := http.NewRequest(http.MethodPost, u, nil)
+	if err != nil {
+		tmpl = nil
+	}
 	return &runner{
-		m: m, sink: s, url: joinURL(ep.URL, s.Config.Path), headers: h, signer: signer,
+		m: m, sink: s, url: u, tmpl: tmpl, headers: h, signer: signer,
 		fp: fp, wake: make(doorbell, 1), log: m.cfg.Log.With().Str("sink", s.Name).Logger(),
 	}, nil
 }
@@ -89,7 +115,7 @@ func (r *runner) start(ctx context.Context) {
 	r.acks = make(chan acked, 2*n)
 	r.ackers.Go(func() { r.ack(context.WithoutCancel(ctx)) })
 	ctx, r.cancel = context.WithCancel(ctx)
-	jobs := make(chan *outbox.Batch, n)
+	jobs := make(chan job, n)
 	idle := make(chan struct{}, n)
 	for i := 0; i < n; i++ {
 		r.wg.Go(func() { r.work(ctx, jobs, idle) })
@@ -129,15 +155,52 @@ func (r *runner) ack(ctx context.Context) {
 				break more
 			}
 		}
+		jobs = r.awaitCohorts(jobs)
 		batches := make([]*outbox.Batch, len(jobs))
 		for i, j := range jobs {
 			batches[i] = j.b
 		}
 		r.record(ctx, jobs, batches)
+		r.released.Add(int32(len(jobs)))
 		for _, j := range jobs {
 			close(j.done)
 		}
 	}
+}
+
+// maxCohortWait bounds how long the acker waits for the rest of a
+// cohort: an ack for a few batches costs the database nearly what one
+// for many does, but a batch delivered waits for its ack.
+const maxCohortWait = 5 * time.Millisecond
+
+// awaitCohorts adds the acks of the cohorts' other batches, as long as
+// some of their requests are under way, for at most maxCohortWait.
+func (r *runner) awaitCohorts(jobs []acked) []acked {
+	posting := func() bool {
+		for _, j := range jobs {
+			if j.cohort.posting.Load() > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	if !posting() {
+		return jobs
+	}
+	t := time.NewTimer(maxCohortWait)
+	defer t.Stop()
+	for len(jobs) < maxAckGroup && posting() {
+		select {
+		case j, ok := <-r.acks:
+			if !ok {
+				return jobs
+			}
+			jobs = append(jobs, j)
+		case <-t.C:
+			return jobs
+		}
+	}
+	return jobs
 }
 
 // record acknowledges one group of delivered batches.
@@ -173,7 +236,7 @@ func (r *runner) record(ctx context.Context, jobs []acked, batches []*outbox.Bat
 // (one turn of the sink's claim lock), and hands them the batches. A
 // worker reports idle once its outcome is recorded, so a process never
 // holds more than n batches.
-func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch, idle <-chan struct{}) {
+func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- job, idle <-chan struct{}) {
 	cfg := r.sink.Config
 	req := outbox.ClaimRequest{
 		SinkID: r.sink.ID, BatchSize: max(cfg.BatchSize, 1), MaxAckPending: max(cfg.MaxAckPending, 1),
@@ -183,6 +246,17 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 	for ctx.Err() == nil {
 		// Wait for a worker, then count every other that is free too.
 		for free == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-idle:
+				free++
+			}
+		}
+		// The workers an ack just released report idle in a moment: one
+		// claim for all of them (a claim for a few batches costs the
+		// database nearly what one for many does).
+		for free < n && r.released.Load() > 0 {
 			select {
 			case <-ctx.Done():
 				return
@@ -214,8 +288,10 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 			}
 			continue
 		}
+		c := &cohort{}
+		c.posting.Store(int32(len(bs)))
 		for _, b := range bs {
-			jobs <- b
+			jobs <- job{b, c}
 		}
 		free -= len(bs)
 		if len(bs) < req.Batches {
@@ -227,9 +303,9 @@ func (r *runner) dispatch(ctx context.Context, n int, jobs chan<- *outbox.Batch,
 }
 
 // work delivers the batches the dispatcher hands it.
-func (r *runner) work(ctx context.Context, jobs <-chan *outbox.Batch, idle chan<- struct{}) {
-	for b := range jobs {
-		r.deliver(ctx, b)
+func (r *runner) work(ctx context.Context, jobs <-chan job, idle chan<- struct{}) {
+	for j := range jobs {
+		r.deliver(ctx, j.b, j.cohort)
 		idle <- struct{}{}
 	}
 }

@@ -60,17 +60,19 @@ func BenchmarkSuite(b *testing.B) {
 }
 
 type suite struct {
-	b      *testing.B
-	ctx    context.Context
-	admin  string
-	fsync  string
-	pgver  string
-	helper *benchHelper
-	scale  float64
-	cap    time.Duration // the longest wait for one measurement's messages
-	only   map[string]bool
-	seq    int
-	rows   []suiteRow
+	b     *testing.B
+	ctx   context.Context
+	admin string
+	// dataDir is the own cluster's data folder ("" on the test cluster).
+	dataDir string
+	fsync   string
+	pgver   string
+	helper  *benchHelper
+	scale   float64
+	cap     time.Duration // the longest wait for one measurement's messages
+	only    map[string]bool
+	seq     int
+	rows    []suiteRow
 }
 
 // suiteRow is one line of the final table. Zero rates and CPU figures
@@ -100,7 +102,7 @@ func newSuite(b *testing.B) *suite {
 	}
 	if os.Getenv("WALHOOK_BENCH_FAST") == "" && os.Getenv(pgtest.EnvDatabaseURL) == "" {
 		t0 := time.Now()
-		c, err := pgcluster.Start(s.ctx, pgcluster.Options{})
+		c, err := pgcluster.Start(s.ctx, pgcluster.Options{Settings: costSettings()})
 		if err != nil {
 			b.Fatalf("start a durable cluster: %v", err)
 		}
@@ -110,6 +112,7 @@ func newSuite(b *testing.B) *suite {
 			_ = c.Stop(ctx)
 		})
 		s.admin = c.URL("postgres")
+		s.dataDir = c.DataDir()
 		fmt.Printf("bench: own Postgres cluster started in %s\n", time.Since(t0).Round(time.Millisecond))
 	} else {
 		s.admin = pgtest.AdminURL(b)
@@ -494,8 +497,10 @@ func (s *suite) drain(id, what string, rows, batch int, ownState bool) {
 	streaming := time.Now()
 	m := s.startMeter(db, cfg.Database.Slot)
 	m.self = cpu0 // start-up included
+	costs := s.startCosts(db)
 	st, all := s.helper.waitUpTo(int64(rows), s.cap)
 	cpu, ws := m.perRow(int(st.N))
+	costs.report(id, st.N)
 	stop()
 	time.Sleep(time.Second) // the server's counters
 	srv := s.server(m, st.N)
@@ -516,11 +521,13 @@ func (s *suite) live3k() {
 	rows := s.n(9_000)
 	s.helper.reset(helperMode{Record: true})
 	m := s.startMeter(db, cfg.Database.Slot)
+	costs := s.startCosts(db)
 	s.helper.write(helperWrite{URL: src, Table: "orders", From: 1, N: int64(rows), TPS: 3000, Conns: 16})
 	w := s.helper.written()
 	s.helper.waitUpTo(int64(rows), s.cap)
 	st := s.helper.stats(true)
 	cpu, ws := m.perRow(int(st.N))
+	costs.report("2", st.N)
 	stop()
 	time.Sleep(time.Second)
 	srv := s.server(m, int64(rows))

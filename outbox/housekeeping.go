@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -103,31 +104,62 @@ type Delivered struct {
 
 // RecordDelivered appends to the recent-delivery history, a debugging aid
 // trimmed by PruneDelivered; it is not part of the delivery guarantee.
-// Rows of sinks deleted meanwhile are dropped.
+// Rows of sinks deleted meanwhile are dropped. The rows are copied
+// (COPY), which costs the server about half what an INSERT of the same
+// rows does: every delivered message passes here.
 func (s *Store) RecordDelivered(ctx context.Context, rows []Delivered) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	n := len(rows)
-	ids, sinks, lsns := make([]int64, n), make([]int64, n), make([]int64, n)
-	idxs, counts, statuses := make([]int32, n), make([]int32, n), make([]int32, n)
-	groups, payloads, ats := make([]string, n), make([]string, n), make([]time.Time, n)
-	for i, r := range rows {
-		ids[i], sinks[i], lsns[i] = r.Message.ID, r.SinkID, r.Message.CommitLSN
-		idxs[i], counts[i], statuses[i] = r.Message.CommitIdx, r.DeliverCount, int32(r.Status)
-		groups[i], payloads[i], ats[i] = r.Message.Group, string(r.Message.Payload), r.At
+	var ids []int64
+	for _, r := range rows {
+		if !slices.Contains(ids, r.SinkID) {
+			ids = append(ids, r.SinkID)
+		}
 	}
-	_, err := s.pool.Exec(ctx, `
-		INSERT INTO delivered (id, sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, last_status, delivered_at)
-		SELECT u.i, u.s, u.g, u.l, u.x, u.p, u.c, NULLIF(u.st, 0), u.at
-		FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], $6::text[], $7::int[], $8::int[], $9::timestamptz[]) AS u(i, s, g, l, x, p, c, st, at)
-		WHERE EXISTS (SELECT 1 FROM sinks WHERE id = u.s)`,
-		ids, sinks, groups, lsns, idxs, payloads, counts, statuses, ats)
+	var live []int64
+	if err := s.pool.QueryRow(ctx, `SELECT COALESCE(array_agg(id), '{}') FROM sinks WHERE id = ANY($1)`, ids).Scan(&live); err != nil {
+		return fmt.Errorf("record %d delivered messages: %w", len(rows), err)
+	}
+	if len(live) < len(ids) {
+		kept := make([]Delivered, 0, len(rows))
+		for _, r := range rows {
+			if slices.Contains(live, r.SinkID) {
+				kept = append(kept, r)
+			}
+		}
+		rows = kept
+	}
+	_, err := s.pool.CopyFrom(ctx, pgx.Identifier{"delivered"},
+		[]string{"id", "sink_id", "group_key", "commit_lsn", "commit_idx", "payload", "deliver_count", "last_status", "delivered_at"},
+		&deliveredSource{rows: rows, i: -1})
 	if err != nil {
-		return fmt.Errorf("record %d delivered messages: %w", n, err)
+		return fmt.Errorf("record %d delivered messages: %w", len(rows), err)
 	}
 	return nil
 }
+
+// deliveredSource feeds the history's rows to COPY without building
+// [][]any.
+type deliveredSource struct {
+	rows []Delivered
+	i    int
+	vals [9]any
+}
+
+func (d *deliveredSource) Next() bool { d.i++; return d.i < len(d.rows) }
+func (d *deliveredSource) Values() ([]any, error) {
+	r := &d.rows[d.i]
+	var status *int32
+	if r.Status != 0 {
+		st := int32(r.Status)
+		status = &st
+	}
+	d.vals = [9]any{r.Message.ID, r.SinkID, r.Message.Group, r.Message.CommitLSN, r.Message.CommitIdx, r.Message.Payload,
+		r.DeliverCount, status, r.At}
+	return d.vals[:], nil
+}
+func (d *deliveredSource) Err() error { return nil }
 
 // queueTables are the tables every delivered message churns: a row in,
 // a row out. Their dead rows must be vacuumed within seconds, not at

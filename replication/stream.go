@@ -171,6 +171,8 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 		return nil
 	}
 
+	recv := &receiveContext{parent: ctx}
+	defer recv.stop()
 	for {
 		if !dirtySince.IsZero() && !dec.inTx && time.Since(dirtySince) >= s.cfg.FlushDelay {
 			if err := flush(); err != nil {
@@ -181,9 +183,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 		if !dirtySince.IsZero() && !dec.inTx {
 			deadline = dirtySince.Add(s.cfg.FlushDelay)
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		raw, err := conn.ReceiveMessage(rctx)
-		cancel()
+		raw, err := conn.ReceiveMessage(recv.until(deadline))
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -257,6 +257,31 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 				}
 			}
 		}
+	}
+}
+
+// receiveContext is the context of the stream's receives: one per
+// deadline, not one per message, since the deadline only moves with a
+// status update or a flush.
+type receiveContext struct {
+	parent   context.Context
+	ctx      context.Context
+	cancel   context.CancelFunc
+	deadline time.Time
+}
+
+func (r *receiveContext) until(deadline time.Time) context.Context {
+	if r.ctx == nil || !deadline.Equal(r.deadline) {
+		r.stop()
+		r.ctx, r.cancel = context.WithDeadline(r.parent, deadline)
+		r.deadline = deadline
+	}
+	return r.ctx
+}
+
+func (r *receiveContext) stop() {
+	if r.cancel != nil {
+		r.cancel()
 	}
 }
 
