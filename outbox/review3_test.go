@@ -477,7 +477,7 @@ func r3Walk(t *testing.T, seed uint64, steps int) {
 			}
 		}
 		if len(refs) > 0 && rnd.IntN(4) == 0 {
-			refs = append(refs, refs[0])                                                   // twice
+			refs = append(refs, refs[0])                                                 // twice
 			refs = append(refs, PullRef{ClaimID: refs[0].ClaimID + 2, MessageID: maxID}) // no such claim
 		}
 		return refs
@@ -816,5 +816,39 @@ func TestReview3AckClaimNothingHeld(t *testing.T) {
 	}
 	if held := b.r3Held(t); len(held) != 3 {
 		t.Fatalf("held %v", held)
+	}
+}
+
+// max_ack_pending after a partial ack (pull.go: a claim's fresh "never
+// grows"): a replay queued f0 before the retry g1 (nacked), so a receive
+// with max_ack_pending 1 holds f0 and g1 (f0 stands before a retry: not
+// counted, it holds the retry's room). The consumer acks g1 only, in a
+// receive: the retry is gone and so is the room it held, but f0 is
+// still held and counted nowhere (fresh stays 0), so the receive hands
+// out h1 too: two messages received and unacknowledged with
+// max_ack_pending 1.
+func TestReview3BreakMaxAckPendingAfterAckOfRetry(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	g1 := b.enqueueAt(t, "g", 10, 0)
+	a, err := b.store.Claim(ctx, b.r3Pull(10, 1))
+	if err != nil || a == nil {
+		t.Fatal(a, err)
+	}
+	if res, err := b.store.PullNack(ctx, b.sinkID, refsOf(a, a.Messages...), time.Time{}, 0, "x"); err != nil || res.Nacked != 1 {
+		t.Fatalf("nack: %+v, %v", res, err)
+	}
+	f0 := b.enqueueAt(t, "g", 5, 0) // a replay, before the retry
+	held, err := b.store.Claim(ctx, b.r3Pull(10, 1))
+	if err != nil || held == nil || !slices.Equal(r3IDs(held.Messages), []int64{f0, g1}) {
+		t.Fatalf("receive: %+v, %v; want f0 %d, g1 %d", held, err, f0, g1)
+	}
+	b.enqueueAt(t, "h", 20, 0)
+	res, got := b.r3AckClaim(t, refsOf(held, held.Messages[1]), b.r3Pull(10, 1))
+	if len(res.Acked) != 1 {
+		t.Fatalf("ack of g1: %+v", res)
+	}
+	if n := len(b.r3Held(t)); n > 1 {
+		t.Fatalf("max_ack_pending 1, but %d messages are received and unacknowledged (f0 still held, and the receive that acked g1 handed out %v)", n, r3IDs(got.Messages))
 	}
 }
