@@ -208,14 +208,14 @@ func TestReview3BreakCutReceiveAcksMissingFromHistory(t *testing.T) {
 			t.Fatalf("ack %d: %d %s", i, status, out)
 		}
 		var n int
-		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 			if n = len(e.messages(t, "s", "?state=delivered")); n == acked {
 				break
 			}
 		}
 		if n != acked {
-			t.Fatalf("change %d: acked by a receive the client cut (cut %v, the ack after it: %d), but the delivered history has %d of the %d changes acked",
-				i, cut, status, n, acked)
+			t.Fatalf("change %d: acked by a receive the client cut (cut %v, the ack after it: %d), but 15 s later the delivered history has %d of the %d changes acked (walhook_messages_delivered_total: %v)",
+				i, cut, status, n, acked, deliveredMetric(t, e))
 		}
 	}
 }
