@@ -32,7 +32,10 @@ type job struct {
 	// is its message count.
 	lastFlushed chan struct{}
 	lastWritten int
-	lastLogs    time.Time
+	// written is the last page handed over to capture, until it is known
+	// to be committed: the next page is read while it is written.
+	written  *outbox.Page
+	lastLogs time.Time
 }
 
 func (j *job) fail(ctx context.Context, cause error) error {
@@ -94,6 +97,9 @@ func (j *job) run(ctx context.Context) error {
 		if err := j.copyTable(ctx, info); err != nil {
 			return err
 		}
+	}
+	if err := j.settle(ctx); err != nil {
+		return err
 	}
 	j.log.Info().Msg("backfill done")
 	return nil

@@ -75,8 +75,13 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		allDone := tableDone && nextIdx >= len(j.b.Tables)
 		page.Seq, page.SinkID, page.Rel = seq, j.b.sinkID, info.rel
 		page.Done = make(chan outbox.PageResult, 1)
-		page.Flushed = make(chan struct{})
+		page.Flushed, page.Failed = make(chan struct{}), make(chan error, 1)
 		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor, Rows: int64(n), Done: allDone}
+		// The page before this one was being written while this one was
+		// read; its position must be recorded before this one's.
+		if err := j.settle(ctx); err != nil {
+			return err
+		}
 		w.Submit(page)
 		if err := j.emit(ctx, w, seq, true); err != nil {
 			return err
@@ -114,6 +119,7 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 			return res.Err
 		}
 		retries = 0
+		j.written = page
 		j.backlog += res.Written
 		j.lastFlushed, j.lastWritten = page.Flushed, res.Written
 		j.b.RowsProcessed += int64(n)
@@ -126,6 +132,27 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		if tableDone {
 			return nil
 		}
+	}
+}
+
+// settle waits until the last page handed over is committed. A page
+// that failed to commit ends the run: its position was not recorded, so
+// the next run reads it again, and no later page may record one first.
+func (j *job) settle(ctx context.Context) error {
+	p := j.written
+	if p == nil {
+		return nil
+	}
+	select {
+	case <-p.Flushed:
+		j.written = nil
+		return nil
+	case err := <-p.Failed:
+		return fmt.Errorf("backfill %d: write page: %w", j.b.ID, err)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(pageTimeout):
+		return fmt.Errorf("backfill %d: a page was not written within %s", j.b.ID, pageTimeout)
 	}
 }
 
