@@ -32,9 +32,10 @@ type job struct {
 	// is its message count.
 	lastFlushed chan struct{}
 	lastWritten int
-	// written is the last page handed over to capture, until it is known
-	// to be committed: the next page is read while it is written.
-	written  *outbox.Page
+	// written are the pages handed over to capture and not yet known to
+	// be committed, oldest first: pages are read while earlier ones are
+	// written, up to maxWriting of them.
+	written  []*outbox.Page
 	lastLogs time.Time
 }
 
@@ -98,7 +99,7 @@ func (j *job) run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := j.settle(ctx); err != nil {
+	if err := j.settle(ctx, 0); err != nil {
 		return err
 	}
 	j.log.Info().Msg("backfill done")

@@ -77,9 +77,9 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		page.Done = make(chan outbox.PageResult, 1)
 		page.Flushed, page.Failed = make(chan struct{}), make(chan error, 1)
 		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor, Rows: int64(n), Done: allDone}
-		// The page before this one was being written while this one was
-		// read; its position must be recorded before this one's.
-		if err := j.settle(ctx); err != nil {
+		// Pages are written (in order) while the next ones are read, but
+		// only so many of them are held in memory.
+		if err := j.settle(ctx, maxWriting-1); err != nil {
 			return err
 		}
 		w.Submit(page)
@@ -119,7 +119,7 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 			return res.Err
 		}
 		retries = 0
-		j.written = page
+		j.written = append(j.written, page)
 		j.backlog += res.Written
 		j.lastFlushed, j.lastWritten = page.Flushed, res.Written
 		j.b.RowsProcessed += int64(n)
@@ -135,25 +135,30 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 	}
 }
 
-// settle waits until the last page handed over is committed. A page
-// that failed to commit ends the run: its position was not recorded, so
-// the next run reads it again, and no later page may record one first.
-func (j *job) settle(ctx context.Context) error {
-	p := j.written
-	if p == nil {
-		return nil
+// maxWriting bounds the pages of a backfill on their way into the
+// outbox: capture writes them one after the other while the runner reads
+// the next.
+const maxWriting = 2
+
+// settle waits until at most keep of the pages handed over are not yet
+// committed. A page that failed to commit ends the run: its position was
+// not recorded, so the next run reads it again (capture fails the pages
+// handed over after it, so none records a position first).
+func (j *job) settle(ctx context.Context, keep int) error {
+	for len(j.written) > keep {
+		p := j.written[0]
+		select {
+		case <-p.Flushed:
+			j.written = j.written[1:]
+		case err := <-p.Failed:
+			return fmt.Errorf("backfill %d: write page: %w", j.b.ID, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pageTimeout):
+			return fmt.Errorf("backfill %d: a page was not written within %s", j.b.ID, pageTimeout)
+		}
 	}
-	select {
-	case <-p.Flushed:
-		j.written = nil
-		return nil
-	case err := <-p.Failed:
-		return fmt.Errorf("backfill %d: write page: %w", j.b.ID, err)
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(pageTimeout):
-		return fmt.Errorf("backfill %d: a page was not written within %s", j.b.ID, pageTimeout)
-	}
+	return nil
 }
 
 // emit writes a watermark into the source's WAL, as its own transaction.

@@ -321,7 +321,8 @@ func (c *Capture) watermark(ctx context.Context, lsn uint64, content []byte) err
 // read behind the older changes of its sink and before the newer ones:
 // the sink's buffered messages (older than the page) are committed first,
 // and capture's flushes that carry messages of the sink wait for the page
-// (Flush). Pages commit one after the other, in order.
+// (Flush). Pages commit one after the other, in order; a page whose
+// predecessor failed fails too.
 func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int) (PageResult, error) {
 	var rt *sink.Route
 	if c.routerSeen != nil {
@@ -377,10 +378,15 @@ type pageWrite struct {
 	rows  []NewMessage
 	lease *leaseRef
 	// prev is the page handed over before this one (nil: none); done is
-	// closed once this one is committed or failed.
-	prev *pageWrite
-	done chan struct{}
+	// closed once this one is committed or failed (then failed is set).
+	prev   *pageWrite
+	done   chan struct{}
+	failed bool
 }
+
+// errEarlierPage fails a page handed over after one that failed: the
+// backfill reads both again, and its position must not pass the first.
+var errEarlierPage = errors.New("an earlier backfill page was not written")
 
 // pageWriteTimeout bounds a page's transaction.
 const pageWriteTimeout = time.Minute
@@ -391,14 +397,24 @@ const pageWriteTimeout = time.Minute
 // together, and its sink's newer changes are captured again after it).
 func (c *Capture) commitPageAfter(ctx context.Context, pw *pageWrite) {
 	defer close(pw.done)
+	var err error
 	if pw.prev != nil {
 		<-pw.prev.done
+		if pw.prev.failed {
+			err = errEarlierPage
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, pageWriteTimeout)
-	defer cancel()
 	p := pw.page
-	if err := c.store.commitPage(ctx, pw); err != nil {
-		c.log.Error().Err(err).Int64("sink", p.SinkID).Msg("backfill page not written; the backfill reads it again")
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, pageWriteTimeout)
+		err = c.store.commitPage(ctx, pw)
+		cancel()
+		if err != nil {
+			c.log.Error().Err(err).Int64("sink", p.SinkID).Msg("backfill page not written; the backfill reads it again")
+		}
+	}
+	if err != nil {
+		pw.failed = true
 		if p.Failed != nil {
 			p.Failed <- err
 		}

@@ -303,3 +303,32 @@ func TestPagesHandedOverInOrder(t *testing.T) {
 		t.Errorf("page 2 does not commit after page 1, or flushes of sink 7 do not wait for it")
 	}
 }
+
+// A page handed over after one that failed is not written either: its
+// backfill reads both again, and its position must not pass the first.
+func TestPageAfterAFailedPageFails(t *testing.T) {
+	t.Parallel()
+	f := newHookFixture(t)
+	prev := &pageWrite{done: make(chan struct{}), failed: true}
+	close(prev.done)
+	p := f.page(2, "3")
+	p.Flushed, p.Failed = make(chan struct{}), make(chan error, 1)
+	pw := &pageWrite{page: p, prev: prev, done: make(chan struct{})}
+	f.c.commitPageAfter(context.Background(), pw)
+	select {
+	case err := <-p.Failed:
+		if !errors.Is(err, errEarlierPage) {
+			t.Fatalf("failed with %v, want errEarlierPage", err)
+		}
+	default:
+		t.Fatal("page after a failed page not failed")
+	}
+	select {
+	case <-p.Flushed:
+		t.Fatal("page after a failed page announced as written")
+	case <-pw.done:
+	}
+	if !pw.failed {
+		t.Fatal("the next page would not know this one failed")
+	}
+}
