@@ -434,6 +434,13 @@ func (c *Capture) commitPageAfter(ctx context.Context, pw *pageWrite) {
 func (s *Store) commitPage(ctx context.Context, pw *pageWrite) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
+		// Asynchronous commit loses nothing the backfill relies on: the
+		// rows and the position are lost together in a Postgres crash (the
+		// page is read again), and any later synchronous commit, such as
+		// capture's flush of the sink's newer changes or of a stream
+		// position past the page, makes the page durable first (the WAL is
+		// flushed in order).
+		b.Queue(`SET LOCAL synchronous_commit = off`)
 		fenced := true
 		if pw.lease != nil {
 			b.Queue(fenceSQL, pw.lease.name, pw.lease.token).Query(func(rows pgx.Rows) error {
@@ -448,10 +455,8 @@ func (s *Store) commitPage(ctx context.Context, pw *pageWrite) error {
 		if len(pw.rows) > 0 {
 			b.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), joinIDs([]int64{pw.page.SinkID}))
 		}
-		if b.Len() > 0 {
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
-				return fmt.Errorf("record backfill position: %w", err)
-			}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("record backfill position: %w", err)
 		}
 		if !fenced {
 			return fmt.Errorf("write backfill page: %w", ErrLostLease)
