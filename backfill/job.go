@@ -35,7 +35,11 @@ type job struct {
 	// written are the pages handed over to capture and not yet known to
 	// be committed, oldest first: pages are read while earlier ones are
 	// written, up to maxWriting of them.
-	written  []*outbox.Page
+	written []*outbox.Page
+	// reach is how long the stream took to reach the last page's high
+	// watermark; paced counts the pages after which the backfill yielded.
+	reach    time.Duration
+	paced    int
 	lastLogs time.Time
 }
 
