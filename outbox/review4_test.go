@@ -202,3 +202,94 @@ func TestReview4BreakFailedPageForgottenByFlush(t *testing.T) {
 		t.Fatalf("page 2 failed with %v, want errEarlierPage", err)
 	}
 }
+
+// HELD (a), across a stream restart: a page blocked in its transaction
+// (here behind a lock on its backfill's row) holds back every flush that
+// carries its sink's newer changes, also after the stream restarted
+// (Position resets capture but keeps the pages being written), so the
+// newer change never commits (and so is never claimable) before the
+// read.
+func TestReview4FlushWaitsForBlockedPageAcrossRestart(t *testing.T) {
+	t.Parallel()
+	f := newR4Fixture(t)
+	ctx := t.Context()
+	lock, err := f.b.store.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(context.Background())
+	if _, err := lock.Exec(ctx, `SELECT 1 FROM backfills WHERE id = $1 FOR UPDATE`, f.bfID); err != nil {
+		t.Fatal(err)
+	}
+	p := f.page(1, "2", "1", "2")
+	// The stream restarts (an error, a reconnect) while the page commits.
+	if _, _, err := f.c.Position(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.tx(func(ctx context.Context) {
+		ch := &sink.Change{Rel: f.rel, Action: sink.Update, New: [][]byte{[]byte("1"), []byte(`"new"`)}, CommitLSN: f.lsn}
+		if err := f.c.Change(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	})
+	flushed := make(chan error, 1)
+	go func() { _, err := f.c.Flush(ctx); flushed <- err }()
+	select {
+	case err := <-flushed:
+		t.Fatalf("the flush of a newer change of the page's sink committed (%v) while the page was not written", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	var n int
+	if err := f.b.store.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("outbox rows visible while the page is blocked: %d (%v)", n, err)
+	}
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := settled(t, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	// The read (commit_lsn of its high watermark) sorts before the change
+	// and committed first (its xmin is older).
+	rows, err := f.b.store.Pool.Query(ctx, `SELECT payload::jsonb->>'action', xmin::text::bigint FROM outbox
+		WHERE payload::jsonb->'record'->>'id' = '1' ORDER BY commit_lsn, commit_idx, id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var xmins []int64
+	for rows.Next() {
+		var a string
+		var x int64
+		if err := rows.Scan(&a, &x); err != nil {
+			t.Fatal(err)
+		}
+		got, xmins = append(got, a), append(xmins, x)
+	}
+	rows.Close()
+	if len(got) != 2 || got[0] != "read" || got[1] != "update" || xmins[0] >= xmins[1] {
+		t.Fatalf("row 1 in group order: %v (xmins %v), want read then update", got, xmins)
+	}
+}
+
+// HELD (d): a page handed over by a leader whose term is over is not
+// written, nor its position recorded.
+func TestReview4PageOfLostTermNotWritten(t *testing.T) {
+	t.Parallel()
+	f := newR4Fixture(t)
+	ctx := t.Context()
+	if _, err := f.b.store.Pool.Exec(ctx, `INSERT INTO leases (name, holder, token, until) VALUES ('r4', 'me', 7, clock_timestamp() - interval '1 second')`); err != nil {
+		t.Fatal(err)
+	}
+	f.c.SetLease("r4", 7)
+	p := f.page(1, "2", "1", "2")
+	if err := settled(t, p); !errors.Is(err, ErrLostLease) {
+		t.Fatalf("page of a lost term: %v, want ErrLostLease", err)
+	}
+	if r := f.reads(); len(r) != 0 || f.cursor() != "" {
+		t.Fatalf("a lost term wrote reads %v, position %q", r, f.cursor())
+	}
+}
