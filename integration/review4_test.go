@@ -160,6 +160,9 @@ func TestReview4Kill9MidBackfillWithUpdates(t *testing.T) {
 		final[float64(id)] = float64(v)
 	}
 	rs.Close()
+	if len(final) != rows {
+		t.Fatalf("%d rows in t, want %d", len(final), rows)
+	}
 	var last map[float64]float64
 	waitFor(t, 120*time.Second, "every row's final state delivered last", func() bool {
 		last = map[float64]float64{}

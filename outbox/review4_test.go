@@ -21,14 +21,13 @@ import (
 // the way the stream drives it, with one sink on public.t and a running
 // backfill of it.
 type r4Fixture struct {
-	t     *testing.T
-	b     *testBundle
-	c     *Capture
-	w     *Window
-	rel   *sink.Relation
-	lsn   uint64
-	bfID  int64
-	cause string
+	t    *testing.T
+	b    *testBundle
+	c    *Capture
+	w    *Window
+	rel  *sink.Relation
+	lsn  uint64
+	bfID int64
 }
 
 func newR4Fixture(t *testing.T) *r4Fixture {
