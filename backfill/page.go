@@ -76,7 +76,8 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		page.Seq, page.SinkID, page.Rel = seq, j.b.sinkID, info.rel
 		page.Done = make(chan outbox.PageResult, 1)
 		page.Flushed, page.Failed = make(chan struct{}), make(chan error, 1)
-		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor, Rows: int64(n), Done: allDone}
+		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor,
+			FromTableIdx: j.b.tableIdx, FromCursor: j.b.cursor, Rows: int64(n), Done: allDone}
 		// Pages are written (in order) while the next ones are read, but
 		// only so many of them are held in memory.
 		if err := j.settle(ctx, maxWriting-1); err != nil {

@@ -16,7 +16,8 @@ import (
 // Fourth adversarial review: backfill pages committed in transactions of
 // their own, off the stream, end to end.
 
-// BREAK (b): one backfill page's transaction fails once (here a trigger
+// Found by review 4 as a break, now held by the compare-and-set of the
+// page's position: (b): one backfill page's transaction fails once (here a trigger
 // raising on the read of row 5000, once; in production: a failover, a
 // statement timeout, a lost connection). The runner has handed the next
 // page over before it learns of the failure, the stream's flush in
@@ -24,7 +25,7 @@ import (
 // next page commits its position past the failed one. The backfill then
 // resumes after it and ends `done` with the failed page's rows never
 // delivered.
-func TestReview4BreakFailedPageLosesRows(t *testing.T) {
+func TestReview4FailedPageLosesNoRows(t *testing.T) {
 	const rows = 20000
 	b := setup(t, `CREATE TABLE t (id int PRIMARY KEY, v text);
 		INSERT INTO t SELECT i, repeat(md5(i::text), 30) FROM generate_series(1, 20000) i;`, "public.t")

@@ -449,8 +449,9 @@ func (s *Store) commitPage(ctx context.Context, pw *pageWrite) error {
 				return rows.Err()
 			})
 		}
+		recorded := true
 		if pos := pw.page.Position; pos != nil {
-			pos.queue(b)
+			pos.queue(b, &recorded)
 		}
 		if len(pw.rows) > 0 {
 			b.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), joinIDs([]int64{pw.page.SinkID}))
@@ -460,6 +461,9 @@ func (s *Store) commitPage(ctx context.Context, pw *pageWrite) error {
 		}
 		if !fenced {
 			return fmt.Errorf("write backfill page: %w", ErrLostLease)
+		}
+		if !recorded {
+			return fmt.Errorf("write backfill page: %w", ErrPagePositionMoved)
 		}
 		return queueRows(ctx, tx, pw.rows)
 	})
