@@ -32,7 +32,15 @@ type job struct {
 	// is its message count.
 	lastFlushed chan struct{}
 	lastWritten int
-	lastLogs    time.Time
+	// written are the pages handed over to capture and not yet known to
+	// be committed, oldest first: pages are read while earlier ones are
+	// written, up to maxWriting of them.
+	written []*outbox.Page
+	// reach is how long the stream took to reach the last page's high
+	// watermark; paced counts the pages after which the backfill yielded.
+	reach    time.Duration
+	paced    int
+	lastLogs time.Time
 }
 
 func (j *job) fail(ctx context.Context, cause error) error {
@@ -94,6 +102,9 @@ func (j *job) run(ctx context.Context) error {
 		if err := j.copyTable(ctx, info); err != nil {
 			return err
 		}
+	}
+	if err := j.settle(ctx, 0); err != nil {
+		return err
 	}
 	j.log.Info().Msg("backfill done")
 	return nil

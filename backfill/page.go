@@ -75,18 +75,26 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		allDone := tableDone && nextIdx >= len(j.b.Tables)
 		page.Seq, page.SinkID, page.Rel = seq, j.b.sinkID, info.rel
 		page.Done = make(chan outbox.PageResult, 1)
-		page.Flushed = make(chan struct{})
-		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor, Rows: int64(n), Done: allDone}
+		page.Flushed, page.Failed = make(chan struct{}), make(chan error, 1)
+		page.Position = &outbox.BackfillPosition{BackfillID: j.b.ID, TableIdx: nextIdx, Cursor: nextCursor,
+			FromTableIdx: j.b.tableIdx, FromCursor: j.b.cursor, Rows: int64(n), Done: allDone}
+		// Pages are written (in order) while the next ones are read, but
+		// only so many of them are held in memory.
+		if err := j.settle(ctx, maxWriting-1); err != nil {
+			return err
+		}
 		w.Submit(page)
 		if err := j.emit(ctx, w, seq, true); err != nil {
 			return err
 		}
+		emitted := time.Now()
 		var res outbox.PageResult
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case res = <-page.Done:
-			j.log.Trace().Uint64("page", seq).Int("rows", len(page.Rows)).Dur("query", took).Dur("cycle", time.Since(cycle)).
+			j.reach = time.Since(emitted)
+			j.log.Trace().Uint64("page", seq).Int("rows", len(page.Rows)).Dur("query", took).Dur("reach", j.reach).Dur("cycle", time.Since(cycle)).
 				Int("written", res.Written).Int("dropped", res.Dropped).AnErr("retry", res.Err).Msg("backfill page")
 		case <-time.After(pageTimeout):
 			return fmt.Errorf("backfill %d: the stream did not reach the page's high watermark within %s", j.b.ID, pageTimeout)
@@ -114,6 +122,7 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 			return res.Err
 		}
 		retries = 0
+		j.written = append(j.written, page)
 		j.backlog += res.Written
 		j.lastFlushed, j.lastWritten = page.Flushed, res.Written
 		j.b.RowsProcessed += int64(n)
@@ -121,12 +130,54 @@ func (j *job) copyTable(ctx context.Context, info *tableInfo) error {
 		if time.Since(j.lastLogs) > 10*time.Second {
 			j.lastLogs = time.Now()
 			j.log.Debug().Str("table", info.schema+"."+info.name).Int64("rows", j.b.RowsProcessed).Int("page_size", j.pageSize).
-				Int("dropped", res.Dropped).Msg("backfill progress")
+				Int("dropped", res.Dropped).Int("paced", j.paced).Msg("backfill progress")
 		}
 		if tableDone {
 			return nil
 		}
+		if err := j.pace(ctx); err != nil {
+			return err
+		}
 	}
+}
+
+// pace yields to live changes when the stream took longer than PaceLag to
+// reach the last page's high watermark: the next page is half as large,
+// and starts after a pause as long as that delay, which lets the stream
+// and the walsender catch up.
+func (j *job) pace(ctx context.Context) error {
+	if j.reach <= j.r.cfg.PaceLag {
+		return nil
+	}
+	j.pageSize = max(min(j.pageSize/2, j.maxPage), j.r.cfg.MinPage, 1)
+	j.paced++
+	return sleep(ctx, min(j.reach, time.Second))
+}
+
+// maxWriting bounds the pages of a backfill on their way into the
+// outbox: capture writes them one after the other while the runner reads
+// the next.
+const maxWriting = 2
+
+// settle waits until at most keep of the pages handed over are not yet
+// committed. A page that failed to commit ends the run: its position was
+// not recorded, so the next run reads it again (capture fails the pages
+// handed over after it, so none records a position first).
+func (j *job) settle(ctx context.Context, keep int) error {
+	for len(j.written) > keep {
+		p := j.written[0]
+		select {
+		case <-p.Flushed:
+			j.written = j.written[1:]
+		case err := <-p.Failed:
+			return fmt.Errorf("backfill %d: write page: %w", j.b.ID, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pageTimeout):
+			return fmt.Errorf("backfill %d: a page was not written within %s", j.b.ID, pageTimeout)
+		}
+	}
+	return nil
 }
 
 // emit writes a watermark into the source's WAL, as its own transaction.
@@ -139,11 +190,12 @@ func (j *job) emit(ctx context.Context, w *outbox.Window, seq uint64, high bool)
 }
 
 // adapt moves the page size toward the query-time budget: doubling while
-// well under it, shrinking in proportion when over.
+// well under it (and while the stream keeps well under PaceLag), shrinking
+// in proportion when over.
 func (j *job) adapt(took time.Duration) {
 	budget := j.r.cfg.PageBudget
 	switch {
-	case took < budget/4:
+	case took < budget/4 && j.reach < j.r.cfg.PaceLag/2:
 		j.pageSize *= 2
 	case took > budget:
 		j.pageSize = max(j.pageSize/2, int(float64(j.pageSize)*float64(budget)/float64(took)))

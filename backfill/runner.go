@@ -28,6 +28,7 @@ const (
 	DefaultMinPage    = 100
 	DefaultMaxPage    = 5000
 	DefaultPoll       = time.Second
+	DefaultPaceLag    = 25 * time.Millisecond
 )
 
 // Config wires a Runner.
@@ -51,6 +52,14 @@ type Config struct {
 	// hold between MinPage and MaxPage rows, starting at FirstPage.
 	PageBudget                  time.Duration
 	FirstPage, MinPage, MaxPage int
+	// PaceLag is how long the stream may take to reach a page's high
+	// watermark before the backfill yields to live changes, which wait
+	// as long: above it, pages halve (down to MinPage) and the next one
+	// waits as long as the stream took; pages grow again only while it
+	// stays under half of it. The walsender decodes each page's outbox
+	// rows before anything committed after them, so on a busy server the
+	// page size is what live changes wait behind.
+	PaceLag time.Duration
 	// MaxBacklog pauses a backfill while its sink has more messages than
 	// this waiting in the outbox. Default: 100 × batch_size, within
 	// [2 × MaxPage, 100,000]. Live changes of the same sink queue behind
@@ -86,6 +95,9 @@ func NewRunner(cfg Config) *Runner {
 	cfg.FirstPage = min(max(cfg.FirstPage, cfg.MinPage), cfg.MaxPage)
 	if cfg.Poll <= 0 {
 		cfg.Poll = DefaultPoll
+	}
+	if cfg.PaceLag <= 0 {
+		cfg.PaceLag = DefaultPaceLag
 	}
 	return &Runner{cfg: cfg}
 }

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -709,7 +710,9 @@ func (s *suite) backfill() {
 		s.helper.waitUpTo(int64(k), s.cap)
 		return w, s.helper.stats(true)
 	}
-	idle := s.n(150)
+	// 500 live rows (10 s) without a backfill: the p99 of 100 was their
+	// second slowest, and swung from 11 to 117 ms between runs.
+	idle := s.n(500)
 	s.helper.reset(helperMode{Record: true})
 	s.helper.write(helperWrite{URL: src, Table: "ticks", From: 1, N: int64(idle), TPS: 50, Conns: 1})
 	w, hs := ticks()
@@ -718,6 +721,10 @@ func (s *suite) backfill() {
 	s.helper.reset(helperMode{Record: true})
 	s.helper.write(helperWrite{URL: src, Table: "ticks", From: 100_001, N: 50 * 600, TPS: 50, Conns: 1})
 	m := s.startMeter(db, cfg.Database.Slot)
+	stopWaits := func() {}
+	if os.Getenv("WALHOOK_BENCH_WAITS") != "" {
+		stopWaits = s.sampleWaits(db)
+	}
 	start := time.Now()
 	bf, err := backfill.Create(s.ctx, st, nil, "s", backfill.Request{Tables: []string{"public.orders"}})
 	if err != nil {
@@ -734,6 +741,7 @@ func (s *suite) backfill() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cpu, ws := m.perRow(rows)
+	stopWaits()
 	s.helper.stopWrite()
 	w, hs = ticks()
 	during, dMissing := latencies(w, hs, "/live", 100_001)
@@ -1020,4 +1028,47 @@ func (s *suite) pull() {
 		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)", s.partial(int64(got), rows, got >= rows), rate(serial)/rate(push))})
 	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer acking each batch with the receive of the next (ack_ids in the receive, as walhook receive --ack does)", rate: rate(ackNext), raw: raw.rate(), cpu: perRow(ackNext),
 		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)", s.partial(int64(got2), rows, got2 >= rows), rate(ackNext)/rate(push))})
+}
+
+// sampleWaits samples pg_stat_activity every 10 ms until the returned
+// func is called, then prints how often each backend was seen in each
+// state and wait event (WALHOOK_BENCH_WAITS=1: where a backfill's time
+// goes on the server).
+func (s *suite) sampleWaits(db *pgxpool.Pool) (stop func()) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	counts := map[string]int{}
+	samples := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			rows, err := db.Query(ctx, `SELECT backend_type || ':' || coalesce(nullif(application_name, ''), '-'), coalesce(state, ''),
+				coalesce(wait_event_type || ':' || wait_event, 'CPU')
+				FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (state IS NULL OR state <> 'idle') AND backend_type <> 'autovacuum launcher'`)
+			if err == nil {
+				for rows.Next() {
+					var app, state, wait string
+					if rows.Scan(&app, &state, &wait) == nil {
+						counts[app+" | "+state+" | "+wait]++
+					}
+				}
+				rows.Close()
+				samples++
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+		keys := make([]string, 0, len(counts))
+		for k := range counts {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return counts[keys[i]] > counts[keys[j]] })
+		fmt.Printf("bench: pg_stat_activity, %d samples (share of samples a backend was seen so):\n", samples)
+		for _, k := range keys {
+			fmt.Printf("bench:   %5.1f%%  %s\n", 100*float64(counts[k])/float64(max(samples, 1)), k)
+		}
+	}
 }

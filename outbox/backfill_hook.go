@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -23,10 +25,10 @@ import (
 // here. Between the low and the high watermark the keys of every change to the
 // table that the backfill's sink receives are recorded; at the high watermark
 // the rows whose key changed are dropped from the page (the stream carries
-// their newer state) and the others are written as `read` messages, into the
-// same state transaction as the surrounding stream and the backfill's new
-// position. So a `read` is never queued behind a newer change of its row, and a
-// page is written exactly once.
+// their newer state) and the others are written as `read` messages, in one
+// transaction with the backfill's new position, committed after the sink's
+// older messages and before its newer ones (writePage). So a `read` is never
+// queued behind a newer change of its row, and a page is written exactly once.
 //
 // One refinement over DBLog: a page's drop set starts at the low
 // watermark of the page before it (the runner writes an extra low
@@ -82,9 +84,11 @@ type Page struct {
 	// must have room for one value.
 	Done chan PageResult
 	// Flushed, when not nil, is closed once the page's rows and position
-	// are committed (a failed flush never closes it; the stream, and the
-	// backfill with it, start over then).
+	// are committed. Failed, when not nil, receives the error of a write
+	// that failed instead (it must have room for one value); the page's
+	// position is not recorded then, so the backfill must read it again.
 	Flushed chan struct{}
+	Failed  chan error
 }
 
 // PageResult is what became of a page.
@@ -305,10 +309,20 @@ func (c *Capture) watermark(ctx context.Context, lsn uint64, content []byte) err
 	return err
 }
 
-// writePage buffers the kept rows of a page as `read` messages for the
+// writePage renders the kept rows of a page as `read` messages for the
 // page's sink, at the high watermark's position: commit_lsn is the
 // watermark message's LSN (no commit record has that LSN, so idempotency
 // keys stay unique) and commit_idx the row's position among those kept.
+//
+// The page is committed by a transaction of its own, with the backfill's
+// new position, off the stream's goroutine: copying a page's thousands of
+// rows into the outbox took longer than anything else the stream did, and
+// live changes of every sink waited behind it. Commit order still keeps a
+// read behind the older changes of its sink and before the newer ones:
+// the sink's buffered messages (older than the page) are committed first,
+// and capture's flushes that carry messages of the sink wait for the page
+// (Flush). Pages commit one after the other, in order; a page whose
+// predecessor failed fails too.
 func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int) (PageResult, error) {
 	var rt *sink.Route
 	if c.routerSeen != nil {
@@ -318,46 +332,170 @@ func (c *Capture) writePage(ctx context.Context, lsn uint64, p *Page, keep []int
 		return PageResult{Err: ErrSinkNotRouted}, nil
 	}
 	res := PageResult{Dropped: len(p.Rows) - len(keep)}
+	pw := &pageWrite{page: p, lease: c.lease, done: make(chan struct{})}
+	pw.rows = make([]NewMessage, 0, len(keep))
+	var arena []byte
 	ch := sink.Change{Rel: p.Rel, Action: sink.Read, CommitLSN: lsn, CommitTime: c.txTime}
 	for i, row := range keep {
 		ch.New, ch.CommitIdx = p.Rows[row], i
-		if c.add(rt, &ch) {
-			res.Written++
-		} else {
+		if !rt.Match(&ch) {
 			res.Filtered++
+			continue
+		}
+		start := len(arena)
+		arena = rt.Render(arena, &ch)
+		if start == 0 { // one allocation for the page, from its first row's size
+			arena = append(make([]byte, 0, (len(arena)+16)*(len(keep)+1)), arena...)
+		}
+		pw.rows = append(pw.rows, NewMessage{SinkID: rt.Sink.ID, Group: rt.GroupKey(&ch), CommitLSN: lsn, CommitIdx: i,
+			Payload: arena[start:len(arena):len(arena)]})
+	}
+	res.Written = len(pw.rows)
+	if c.testPages == nil && c.touched[p.SinkID] > 0 {
+		// The sink's older messages commit before the page. The stream is
+		// inside the watermark's transaction, which holds nothing else:
+		// the position recorded is the end of the transaction before it.
+		if _, err := c.Flush(ctx); err != nil {
+			return PageResult{Err: ErrPageRetry}, err
 		}
 	}
-	c.persist = append(c.persist, persistStmt{pos: p.Position, flushed: p.Flushed})
-	if len(c.rows) >= chunkRows {
-		if err := c.spill(ctx); err != nil {
-			return res, err
-		}
+	if c.pending == nil {
+		c.pending = map[int64]*pageWrite{}
 	}
+	pw.prev = c.pendingPage
+	c.pending[p.SinkID], c.pendingPage = pw, pw
+	if c.testPages != nil {
+		c.testPages(pw)
+		return res, nil
+	}
+	go c.commitPageAfter(context.WithoutCancel(ctx), pw)
 	return res, nil
 }
 
-// persistStmt is a page's position, recorded in the next flush's state
-// transaction.
-type persistStmt struct {
-	pos     *BackfillPosition
-	flushed chan struct{}
+// pageWrite is a page on its way into the outbox.
+type pageWrite struct {
+	page  *Page
+	rows  []NewMessage
+	lease *leaseRef
+	// prev is the page handed over before this one (nil: none); done is
+	// closed once this one is committed or failed (then failed is set).
+	prev   *pageWrite
+	done   chan struct{}
+	failed bool
 }
 
-// queuePersist adds the pages' positions to the flush's batch.
-func (c *Capture) queuePersist(b *pgx.Batch) {
-	for _, p := range c.persist {
-		if p.pos != nil {
-			p.pos.queue(b)
+// errEarlierPage fails a page handed over after one that failed: the
+// backfill reads both again, and its position must not pass the first.
+var errEarlierPage = errors.New("an earlier backfill page was not written")
+
+// pageWriteTimeout bounds a page's transaction.
+const pageWriteTimeout = time.Minute
+
+// commitPageAfter commits a page once the page before it is settled.
+// Its context does not end with the stream's: a page committed after the
+// stream stopped is still consistent (its rows and its position commit
+// together, and its sink's newer changes are captured again after it).
+func (c *Capture) commitPageAfter(ctx context.Context, pw *pageWrite) {
+	defer close(pw.done)
+	var err error
+	if pw.prev != nil {
+		<-pw.prev.done
+		if pw.prev.failed {
+			err = errEarlierPage
 		}
+	}
+	p := pw.page
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, pageWriteTimeout)
+		err = c.store.commitPage(ctx, pw)
+		cancel()
+		if err != nil {
+			c.log.Error().Err(err).Int64("sink", p.SinkID).Msg("backfill page not written; the backfill reads it again")
+		}
+	}
+	if err != nil {
+		pw.failed = true
+		if p.Failed != nil {
+			p.Failed <- err
+		}
+		return
+	}
+	if p.Flushed != nil {
+		close(p.Flushed)
+	}
+	if c.OnCommit != nil && len(pw.rows) > 0 {
+		c.OnCommit(map[int64]int{p.SinkID: len(pw.rows)})
 	}
 }
 
-// persisted tells the backfills that their pages are committed.
-func (c *Capture) persisted() {
-	for _, p := range c.persist {
-		if p.flushed != nil {
-			close(p.flushed)
+// commitPage writes a page's rows and its backfill's new position in one
+// transaction, fenced by the leader's term like capture's flushes, and
+// wakes delivery.
+func (s *Store) commitPage(ctx context.Context, pw *pageWrite) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		// Asynchronous commit loses nothing the backfill relies on: the
+		// rows and the position are lost together in a Postgres crash (the
+		// page is read again), and any later synchronous commit, such as
+		// capture's flush of the sink's newer changes or of a stream
+		// position past the page, makes the page durable first (the WAL is
+		// flushed in order).
+		b.Queue(`SET LOCAL synchronous_commit = off`)
+		fenced := true
+		if pw.lease != nil {
+			b.Queue(fenceSQL, pw.lease.name, pw.lease.token).Query(func(rows pgx.Rows) error {
+				fenced = rows.Next()
+				rows.Close()
+				return rows.Err()
+			})
+		}
+		recorded := true
+		if pos := pw.page.Position; pos != nil {
+			pos.queue(b, &recorded)
+		}
+		if len(pw.rows) > 0 {
+			b.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), joinIDs([]int64{pw.page.SinkID}))
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("record backfill position: %w", err)
+		}
+		if !fenced {
+			return fmt.Errorf("write backfill page: %w", ErrLostLease)
+		}
+		if !recorded {
+			return fmt.Errorf("write backfill page: %w", ErrPagePositionMoved)
+		}
+		return queueRows(ctx, tx, pw.rows)
+	})
+}
+
+// waitPages waits until the pages handed over for the sinks that have
+// messages in this flush are settled, so none of those messages commits
+// before an older read.
+func (c *Capture) waitPages(ctx context.Context) error {
+	for id, pw := range c.pending {
+		select {
+		case <-pw.done:
+			delete(c.pending, id)
+			continue
+		default:
+		}
+		if c.touched[id] == 0 {
+			continue
+		}
+		select {
+		case <-pw.done:
+			delete(c.pending, id)
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
-	c.persist = nil
+	if c.pendingPage != nil {
+		select {
+		case <-c.pendingPage.done:
+			c.pendingPage = nil
+		default:
+		}
+	}
+	return nil
 }

@@ -21,6 +21,8 @@ type hookFixture struct {
 	c   *Capture
 	rel *sink.Relation
 	lsn uint64
+	// pages are the pages capture handed over for writing.
+	pages []*pageWrite
 }
 
 func newHookFixture(t *testing.T, opts ...func(*config.Sink)) *hookFixture {
@@ -33,7 +35,9 @@ func newHookFixture(t *testing.T, opts ...func(*config.Sink)) *hookFixture {
 	c := NewCapture(&Store{}, "slot", &router, zerolog.Nop())
 	c.reset(context.Background())
 	rel := &sink.Relation{Schema: "public", Table: "t", Columns: []sink.Column{{Name: "id", TypeOID: 23, Key: true}, {Name: "v", TypeOID: 25}}}
-	return &hookFixture{t: t, c: c, rel: rel, lsn: 100}
+	f := &hookFixture{t: t, c: c, rel: rel, lsn: 100}
+	c.testPages = func(pw *pageWrite) { f.pages = append(f.pages, pw) }
+	return f
 }
 
 // tx runs fn inside one source transaction.
@@ -100,12 +104,11 @@ func TestWindowDropsChangedRows(t *testing.T) {
 	f.update("3")
 	p1 := f.page(1, "1", "2", "3", "4")
 	w.Submit(p1)
-	before := len(f.c.rows)
 	f.mark(w, 1, true)
 	if r := result(t, p1); r.Err != nil || r.Written != 2 || r.Dropped != 2 {
 		t.Fatalf("page 1: %+v, want 2 written (1, 4), 2 dropped", r)
 	}
-	reads := f.c.rows[before:]
+	reads := f.pages[0].rows
 	for i, want := range []string{`"id":1`, `"id":4`} {
 		p := string(reads[i].Payload)
 		if !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) || reads[i].CommitLSN != f.lsn-10 || reads[i].CommitIdx != i {
@@ -124,15 +127,8 @@ func TestWindowDropsChangedRows(t *testing.T) {
 	if r := result(t, p2); r.Err != nil || r.Written != 2 || r.Dropped != 1 {
 		t.Fatalf("page 2: %+v, want 2 written, 1 dropped", r)
 	}
-	if len(f.c.persist) != 2 || f.c.persist[1].pos != p2.Position {
-		t.Errorf("persist: %v", f.c.persist)
-	}
-	// A committed flush tells the backfill.
-	f.c.persisted()
-	select {
-	case <-p2.Flushed:
-	default:
-		t.Error("page 2 not announced as flushed")
+	if len(f.pages) != 2 || f.pages[1].page != p2 || len(f.pages[1].rows) != 2 {
+		t.Errorf("pages handed over: %v", f.pages)
 	}
 }
 
@@ -172,13 +168,12 @@ func TestWindowRecordsOnlyWhatTheSinkReceives(t *testing.T) {
 		p.Keys = append(p.Keys, id)
 	}
 	w.Submit(p)
-	before := len(f.c.rows)
 	f.mark(w, 1, true)
 	if r := result(t, p); r.Err != nil || r.Written != 3 || r.Dropped != 1 {
 		t.Fatalf("page: %+v, want 3 written (1, 3, 4), 1 dropped (2)", r)
 	}
 	for i, want := range []string{`"id":1`, `"id":3`, `"id":4`} {
-		if p := string(f.c.rows[before+i].Payload); !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) {
+		if p := string(f.pages[0].rows[i].Payload); !strings.Contains(p, want) || !strings.Contains(p, `"action":"read"`) {
 			t.Errorf("read %d: %s, want %s", i, p, want)
 		}
 	}
@@ -255,5 +250,85 @@ func TestValuesJSONRoundTrip(t *testing.T) {
 		if (got[i] == nil) != (vals[i] == nil) || string(got[i]) != string(vals[i]) {
 			t.Errorf("value %d: %q, want %q", i, got[i], vals[i])
 		}
+	}
+}
+
+// A flush waits for the pages being written of the sinks it has messages
+// for (a read must commit before its sink's newer changes), and for no
+// other sink's.
+func TestFlushWaitsForItsSinksPages(t *testing.T) {
+	t.Parallel()
+	f := newHookFixture(t)
+	pw := &pageWrite{page: f.page(1, "1"), done: make(chan struct{})}
+	f.c.pending = map[int64]*pageWrite{7: pw}
+	f.c.pendingPage = pw
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	f.c.touched = map[int64]int{8: 1} // another sink's messages: no wait
+	if err := f.c.waitPages(cancelled); err != nil {
+		t.Fatalf("a flush without the page's sink waited: %v", err)
+	}
+	f.c.touched = map[int64]int{7: 1, 8: 1}
+	if err := f.c.waitPages(cancelled); err == nil {
+		t.Fatal("a flush with the page's sink did not wait for the page")
+	}
+	close(pw.done) // committed (or failed: its sink's changes go on)
+	if err := f.c.waitPages(cancelled); err != nil || len(f.c.pending) != 0 || f.c.pendingPage != nil {
+		t.Fatalf("after the page: err %v, pending %v, last %v", err, f.c.pending, f.c.pendingPage)
+	}
+}
+
+// Pages are handed over in order, each after the one before it, and
+// capture keeps the latest of each sink for its flushes to wait for.
+func TestPagesHandedOverInOrder(t *testing.T) {
+	t.Parallel()
+	f := newHookFixture(t)
+	w := f.c.OpenWindow(7, "public", "t", []string{"id"})
+	defer w.Close()
+	f.mark(w, 0, false)
+	for seq := uint64(1); seq <= 2; seq++ {
+		f.mark(w, seq, false)
+		p := f.page(seq, "1", "2")
+		w.Submit(p)
+		f.mark(w, seq, true)
+		if r := result(t, p); r.Err != nil || r.Written != 2 {
+			t.Fatalf("page %d: %+v", seq, r)
+		}
+	}
+	if len(f.pages) != 2 || f.pages[0].page.Seq != 1 || f.pages[1].page.Seq != 2 {
+		t.Fatalf("pages handed over: %v", f.pages)
+	}
+	if f.pages[1].prev != f.pages[0] || f.pages[0].prev != nil || f.c.pending[7] != f.pages[1] || f.c.pendingPage != f.pages[1] {
+		t.Errorf("page 2 does not commit after page 1, or flushes of sink 7 do not wait for it")
+	}
+}
+
+// A page handed over after one that failed is not written either: its
+// backfill reads both again, and its position must not pass the first.
+func TestPageAfterAFailedPageFails(t *testing.T) {
+	t.Parallel()
+	f := newHookFixture(t)
+	prev := &pageWrite{done: make(chan struct{}), failed: true}
+	close(prev.done)
+	p := f.page(2, "3")
+	p.Flushed, p.Failed = make(chan struct{}), make(chan error, 1)
+	pw := &pageWrite{page: p, prev: prev, done: make(chan struct{})}
+	f.c.commitPageAfter(context.Background(), pw)
+	select {
+	case err := <-p.Failed:
+		if !errors.Is(err, errEarlierPage) {
+			t.Fatalf("failed with %v, want errEarlierPage", err)
+		}
+	default:
+		t.Fatal("page after a failed page not failed")
+	}
+	select {
+	case <-p.Flushed:
+		t.Fatal("page after a failed page announced as written")
+	case <-pw.done:
+	}
+	if !pw.failed {
+		t.Fatal("the next page would not know this one failed")
 	}
 }

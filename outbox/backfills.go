@@ -48,7 +48,7 @@ type NewBackfill struct {
 }
 
 // BackfillPosition is where a backfill stands after a page. Capture
-// records it in the state transaction that writes the page's rows (see
+// records it in the transaction that writes the page's rows (see
 // backfill_hook.go), so the rows and the position commit together.
 type BackfillPosition struct {
 	BackfillID int64
@@ -56,28 +56,51 @@ type BackfillPosition struct {
 	// last row copied in it (nil: from its start).
 	TableIdx int
 	Cursor   []string
+	// FromTableIdx and FromCursor are where the page started. The
+	// position is recorded only over that one: a page whose predecessor
+	// never committed (it failed, or an asynchronous commit was lost in a
+	// crash) fails, rows and all, and the backfill reads on from what is
+	// recorded, so no position ever passes rows that were not written.
+	FromTableIdx int
+	FromCursor   []string
 	// Rows are the rows the page processed (written, dropped or filtered).
 	Rows int64
 	// Done says the page was the backfill's last.
 	Done bool
 }
 
-// positionSQL records a page's position. A backfill cancelled meanwhile
-// keeps its state (its last page is written anyway).
+// ErrPagePositionMoved is a page whose start is no longer the backfill's
+// recorded position: a page before it was not written.
+var ErrPagePositionMoved = errors.New("the backfill's recorded position is not where the page started: an earlier page was not written")
+
+// positionSQL records a page's position over its start (a compare and
+// set), and says whether the page may commit: when it was recorded, or
+// when the backfill is no longer running (a backfill cancelled meanwhile
+// keeps its state; its last page is written anyway).
 const positionSQL = `
+WITH u AS (
 	UPDATE backfills SET table_idx = $2, cursor = $3, rows_processed = rows_processed + $4,
 		state = CASE WHEN $5 THEN 'done' ELSE state END,
 		rows_total = CASE WHEN $5 THEN rows_processed + $4 ELSE GREATEST(rows_total, rows_processed + $4) END,
 		updated_at = now()
-	WHERE id = $1 AND state = 'running'`
+	WHERE id = $1 AND state = 'running' AND table_idx = $6 AND cursor IS NOT DISTINCT FROM $7::jsonb
+	RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM u) OR NOT EXISTS (SELECT 1 FROM backfills WHERE id = $1 AND state = 'running')`
 
-// queue adds the statement that records the position to a flush's batch.
-func (p *BackfillPosition) queue(b *pgx.Batch) {
-	var cursor []byte
-	if p.Cursor != nil {
-		cursor, _ = json.Marshal(p.Cursor) // strings always marshal
+// queue adds the statement that records the position to the page's
+// batch; ok says whether it was recorded over the page's start.
+func (p *BackfillPosition) queue(b *pgx.Batch, ok *bool) {
+	b.Queue(positionSQL, p.BackfillID, p.TableIdx, cursorJSON(p.Cursor), p.Rows, p.Done, p.FromTableIdx, cursorJSON(p.FromCursor)).
+		QueryRow(func(row pgx.Row) error { return row.Scan(ok) })
+}
+
+func cursorJSON(c []string) []byte {
+	if c == nil {
+		return nil
 	}
-	b.Queue(positionSQL, p.BackfillID, p.TableIdx, cursor, p.Rows, p.Done)
+	raw, _ := json.Marshal(c) // strings always marshal
+	return raw
 }
 
 const backfillSelect = `

@@ -38,12 +38,16 @@ type Capture struct {
 
 	// Backfills and retention (backfill_hook.go, retention.go): open
 	// watermark windows, the current transaction's commit time (for read
-	// messages), backfill positions to persist with the next flush, and
-	// the retained changes not yet copied.
-	wm      watermarks
-	txTime  time.Time
-	persist []persistStmt
-	ret     retentionState
+	// messages), the pages being written (the latest of each sink, and the
+	// latest of all), and the retained changes not yet copied.
+	wm          watermarks
+	txTime      time.Time
+	pending     map[int64]*pageWrite
+	pendingPage *pageWrite
+	ret         retentionState
+	// testPages, when set, takes the pages instead of the outbox: tests
+	// without a database.
+	testPages func(*pageWrite)
 
 	// lease is the leadership term capture writes for (SetLease); every
 	// flush checks it is still live before it commits.
@@ -105,7 +109,6 @@ func (c *Capture) reset(ctx context.Context) {
 	}
 	c.rows, c.arena, c.buffered = c.rows[:0], c.arena[:0], 0
 	c.touched, c.trunc = map[int64]int{}, map[string]int{}
-	c.persist = nil
 	c.ret.reset()
 }
 
@@ -228,6 +231,10 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	if c.lastEnd == c.durableEnd && c.buffered == 0 && len(c.trunc) == 0 {
 		return c.durableEnd, nil
 	}
+	if err := c.waitPages(ctx); err != nil {
+		c.reset(ctx)
+		return 0, fmt.Errorf("wait for backfill pages: %w", err)
+	}
 	if err := c.spill(ctx); err != nil {
 		c.reset(ctx)
 		return 0, err
@@ -247,7 +254,6 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	b.Queue(`INSERT INTO replication_state (slot, commit_lsn, end_lsn, updated_at) VALUES ($1, $2, $3, now())
 		ON CONFLICT (slot) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, end_lsn = EXCLUDED.end_lsn, updated_at = now()`,
 		c.slot, int64(c.lastCommit), int64(c.lastEnd))
-	c.queuePersist(b) // backfill positions, with their pages' rows
 	for table, n := range c.trunc {
 		b.Queue(`INSERT INTO truncates (table_name, count) VALUES ($1, $2)
 			ON CONFLICT (table_name) DO UPDATE SET count = truncates.count + EXCLUDED.count, last_at = now()`, table, n)
@@ -278,7 +284,6 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 	}
 	c.durableEnd = c.lastEnd
 	c.buffered = 0
-	c.persisted()
 	c.touched, c.trunc = map[int64]int{}, map[string]int{}
 	return c.durableEnd, nil
 }
