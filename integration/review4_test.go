@@ -120,7 +120,12 @@ func TestReview4Kill9MidBackfillWithUpdates(t *testing.T) {
 				t.Errorf("update: %v", err)
 				return
 			}
-			time.Sleep(2 * time.Millisecond)
+			// About 1k changed rows/s: enough to race every page, and
+			// within what the 2-core CI machine captures and delivers next
+			// to the backfill. At 10k/s (every 2 ms) the stream fell behind
+			// the pages' watermarks under CI load, and the backfill waited
+			// out its page timeout again and again (no loss, no progress).
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 	for i := range 2 {
