@@ -472,7 +472,15 @@ func r2Walk(t *testing.T, seed uint64) {
 		}
 		b.r2Reachable(t, fmt.Sprint("step ", step))
 	}
-	// Everything in flight ends: push acks, pull acks of what is held.
+	b.r2Finish(t, held, pulled, queued, acked)
+}
+
+// r2Finish ends a random walk: everything in flight ends (push acks, pull
+// acks of what is held), the rest is drained, and every message queued
+// must have been acked (I5).
+func (b *testBundle) r2Finish(t *testing.T, held, pulled []*Batch, queued, acked map[int64]bool) {
+	t.Helper()
+	ctx := t.Context()
 	for _, batch := range held {
 		if err := b.store.Ack(ctx, batch); err == nil {
 			for _, m := range batch.Messages {

@@ -544,32 +544,7 @@ func r3Walk(t *testing.T, seed uint64, steps int) {
 		}
 		b.r2Reachable(t, fmt.Sprint("step ", step))
 	}
-	for _, batch := range held {
-		if err := b.store.Ack(ctx, batch); err == nil {
-			for _, m := range batch.Messages {
-				acked[m.ID] = true
-			}
-		} else if !IsClaimEnded(err) {
-			t.Fatal(err)
-		}
-	}
-	for _, batch := range pulled {
-		res, err := b.store.PullAck(ctx, b.sinkID, refsOf(batch, batch.Messages...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range res.Acked {
-			acked[m.ID] = true
-		}
-	}
-	for _, id := range b.r2Drain(t, ClaimRequest{BatchSize: 2, MaxAckPending: 3, Batches: 3}, 10*time.Second) {
-		acked[id] = true
-	}
-	for id := range queued {
-		if !acked[id] {
-			t.Fatalf("I5: message %d never acked", id)
-		}
-	}
+	b.r2Finish(t, held, pulled, queued, acked)
 }
 
 // r3Held is the ids of the sink's messages live claims hold.
