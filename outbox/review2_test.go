@@ -367,37 +367,11 @@ func r2Walk(t *testing.T, seed uint64) {
 	ctx := t.Context()
 	rnd := rand.New(rand.NewPCG(seed, 7))
 	groups := []string{"a", "b", "c", "d"}
-	queued := map[int64]bool{}
+	w := &r2Queue{b: b, rnd: rnd, groups: groups, lsn: 1000, queued: map[int64]bool{}}
+	queued, queue := w.queued, func() { w.queue(t) }
 	acked := map[int64]bool{}
 	var held []*Batch
 	var pulled []*Batch
-	lsn := uint64(1000)
-	var maxID int64
-	queue := func() {
-		g := groups[rnd.IntN(len(groups))]
-		n := 1 + rnd.IntN(3)
-		rows := make([]NewMessage, n)
-		at := lsn
-		if rnd.IntN(3) == 0 {
-			at = uint64(rnd.IntN(int(lsn))) // a replay: an older position
-		} else {
-			lsn += 10
-		}
-		for i := range rows {
-			rows[i] = NewMessage{SinkID: b.sinkID, Group: g, CommitLSN: at, CommitIdx: i, Payload: []byte(`{}`)}
-		}
-		if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error { return queueRows(ctx, tx, rows) }); err != nil {
-			t.Fatal(err)
-		}
-		var ids []int64
-		if err := b.store.Pool.QueryRow(ctx, `SELECT array_agg(id) FROM outbox WHERE id > $1`, maxID).Scan(&ids); err != nil {
-			t.Fatal(err)
-		}
-		for _, id := range ids {
-			queued[id] = true
-			maxID = max(maxID, id)
-		}
-	}
 	for step := range r2Steps {
 		switch op := rnd.IntN(10); {
 		case op < 3:
@@ -473,6 +447,44 @@ func r2Walk(t *testing.T, seed uint64) {
 		b.r2Reachable(t, fmt.Sprint("step ", step))
 	}
 	b.r2Finish(t, held, pulled, queued, acked)
+}
+
+// r2Queue is a random walk's writer: each queue is 1–3 messages of a
+// random group, a third of them at an older commit position (a replay),
+// and it remembers every id queued.
+type r2Queue struct {
+	b      *testBundle
+	rnd    *rand.Rand
+	groups []string
+	lsn    uint64
+	maxID  int64
+	queued map[int64]bool
+}
+
+func (w *r2Queue) queue(t *testing.T) {
+	t.Helper()
+	ctx := t.Context()
+	g := w.groups[w.rnd.IntN(len(w.groups))]
+	rows, at := make([]NewMessage, 1+w.rnd.IntN(3)), w.lsn
+	if w.rnd.IntN(3) == 0 {
+		at = uint64(w.rnd.IntN(int(w.lsn))) // a replay: an older position
+	} else {
+		w.lsn += 10
+	}
+	for i := range rows {
+		rows[i] = NewMessage{SinkID: w.b.sinkID, Group: g, CommitLSN: at, CommitIdx: i, Payload: []byte(`{}`)}
+	}
+	if err := pgx.BeginFunc(ctx, w.b.store.Pool, func(tx pgx.Tx) error { return queueRows(ctx, tx, rows) }); err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	if err := w.b.store.Pool.QueryRow(ctx, `SELECT array_agg(id) FROM outbox WHERE id > $1`, w.maxID).Scan(&ids); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		w.queued[id] = true
+		w.maxID = max(w.maxID, id)
+	}
 }
 
 // r2Finish ends a random walk: everything in flight ends (push acks, pull

@@ -414,36 +414,10 @@ func r3Walk(t *testing.T, seed uint64, steps int) {
 	old := r3OldClaimSQL(t)
 	rnd := rand.New(rand.NewPCG(seed, 99))
 	groups := []string{"a", "b", "c", "d"}
-	queued := map[int64]bool{}
+	w := &r2Queue{b: b, rnd: rnd, groups: groups, lsn: 1000, queued: map[int64]bool{}}
+	queued, queue := w.queued, func() { w.queue(t) }
 	acked := map[int64]bool{}
 	var held, pulled []*Batch
-	lsn := uint64(1000)
-	var maxID int64
-	queue := func() {
-		g := groups[rnd.IntN(len(groups))]
-		n := 1 + rnd.IntN(3)
-		rows := make([]NewMessage, n)
-		at := lsn
-		if rnd.IntN(3) == 0 {
-			at = uint64(rnd.IntN(int(lsn))) // a replay: an older position
-		} else {
-			lsn += 10
-		}
-		for i := range rows {
-			rows[i] = NewMessage{SinkID: b.sinkID, Group: g, CommitLSN: at, CommitIdx: i, Payload: []byte(`{}`)}
-		}
-		if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error { return queueRows(ctx, tx, rows) }); err != nil {
-			t.Fatal(err)
-		}
-		var ids []int64
-		if err := b.store.Pool.QueryRow(ctx, `SELECT array_agg(id) FROM outbox WHERE id > $1`, maxID).Scan(&ids); err != nil {
-			t.Fatal(err)
-		}
-		for _, id := range ids {
-			queued[id] = true
-			maxID = max(maxID, id)
-		}
-	}
 	pullReq := func() ClaimRequest {
 		lease := time.Minute
 		if rnd.IntN(6) == 0 {
@@ -477,8 +451,8 @@ func r3Walk(t *testing.T, seed uint64, steps int) {
 			}
 		}
 		if len(refs) > 0 && rnd.IntN(4) == 0 {
-			refs = append(refs, refs[0])                                                 // twice
-			refs = append(refs, PullRef{ClaimID: refs[0].ClaimID + 2, MessageID: maxID}) // no such claim
+			refs = append(refs, refs[0])                                                   // twice
+			refs = append(refs, PullRef{ClaimID: refs[0].ClaimID + 2, MessageID: w.maxID}) // no such claim
 		}
 		return refs
 	}
