@@ -18,6 +18,12 @@ import (
 // once, with its stream position.
 const chunkRows = 5000
 
+// smallFlush is the most messages a flush writes in one round trip
+// (Flush): light traffic, where the round trips of a transaction opened,
+// copied into and committed apart are most of the latency. Larger
+// flushes COPY, which is cheaper per row.
+const smallFlush = 64
+
 // Capture writes the replication stream into the outbox. It groups several
 // source transactions into one state transaction (group commit) and
 // records the stream position in that same transaction, so after a crash
@@ -235,13 +241,23 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 		c.reset(ctx)
 		return 0, fmt.Errorf("wait for backfill pages: %w", err)
 	}
-	if err := c.spill(ctx); err != nil {
+	b := &pgx.Batch{}
+	// Small: nothing spilled yet and few rows. The whole flush is then one
+	// pipeline, one implicit transaction committed at its end, and a lost
+	// lease fails its first statement (fenceOrFailSQL) and so all of it,
+	// where a large flush checks the fence before it commits.
+	small := c.tx == nil && len(c.ret.rows) == 0 && len(c.rows) <= smallFlush
+	if small {
+		if c.lease != nil {
+			b.Queue(fenceOrFailSQL, c.lease.name, c.lease.token)
+		}
+		queueInsert(b, c.rows)
+	} else if err := c.spill(ctx); err != nil {
 		c.reset(ctx)
 		return 0, err
 	}
-	b := &pgx.Batch{}
 	fenced := true
-	if c.lease != nil {
+	if c.lease != nil && !small {
 		// From here the transaction holds the lease row: a process frozen
 		// before its commit must not keep a successor waiting for good.
 		b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '` + idleInTransactionTimeout + `'`)
@@ -265,20 +281,32 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 		}
 		b.Queue(`SELECT pg_notify($1, $2)`, c.store.Channel(), joinIDs(ids))
 	}
-	if err := c.tx.SendBatch(ctx, b).Close(); err != nil {
-		c.reset(ctx)
-		return 0, fmt.Errorf("record stream position: %w", err)
-	}
-	if !fenced {
-		c.reset(ctx)
-		return 0, fmt.Errorf("flush stream position: %w", ErrLostLease)
-	}
-	if err := c.tx.Commit(ctx); err != nil {
+	if small {
+		err := c.store.pool.SendBatch(ctx, b).Close()
+		if isFenceFailed(err) {
+			err = ErrLostLease
+		}
+		if err != nil {
+			c.reset(ctx)
+			return 0, fmt.Errorf("commit %d messages with the stream position: %w", len(c.rows), err)
+		}
+		c.rows, c.arena = c.rows[:0], c.arena[:0]
+	} else {
+		if err := c.tx.SendBatch(ctx, b).Close(); err != nil {
+			c.reset(ctx)
+			return 0, fmt.Errorf("record stream position: %w", err)
+		}
+		if !fenced {
+			c.reset(ctx)
+			return 0, fmt.Errorf("flush stream position: %w", ErrLostLease)
+		}
+		if err := c.tx.Commit(ctx); err != nil {
+			c.tx = nil
+			c.reset(ctx)
+			return 0, fmt.Errorf("commit outbox transaction: %w", err)
+		}
 		c.tx = nil
-		c.reset(ctx)
-		return 0, fmt.Errorf("commit outbox transaction: %w", err)
 	}
-	c.tx = nil
 	if c.OnCommit != nil && len(c.touched) > 0 {
 		c.OnCommit(c.touched)
 	}

@@ -72,6 +72,15 @@ func (s *Store) ReleaseLease(ctx context.Context, name string, token int64) erro
 // between (AcquireLease's update waits for the row).
 const fenceSQL = `SELECT 1 FROM leases WHERE name = $1 AND token = $2 AND until > clock_timestamp() FOR SHARE`
 
+// fenceOrFailSQL is fenceSQL for a pipeline that commits at its end with
+// no round trip in between (a small capture flush): it fails when the
+// term is over, division by zero being the error plain SQL can raise at
+// run time, and the failure rolls back the whole pipeline.
+const fenceOrFailSQL = `SELECT 1 / count(*)::int FROM (` + fenceSQL + `) held`
+
+// isFenceFailed reports whether err is fenceOrFailSQL's failure.
+func isFenceFailed(err error) bool { return pgErrCode(err) == "22012" }
+
 // ErrLostLease is returned by a write of a leader whose term is over. The
 // write was rolled back.
 var ErrLostLease = errors.New("leadership lease lost")

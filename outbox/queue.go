@@ -33,6 +33,17 @@ func queueRows(ctx context.Context, tx pgx.Tx, rows []NewMessage) error {
 	if len(rows) == 0 {
 		return nil
 	}
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload", "head"},
+		&rowSource{rows: rows, head: heads(rows), i: -1})
+	if err != nil {
+		return fmt.Errorf("copy into outbox: %w", err)
+	}
+	return nil
+}
+
+// heads is each row's head flag as queued: false for a row behind another
+// of its group among rows (no claim needs to look at it), else NULL.
+func heads(rows []NewMessage) []*bool {
 	first := make(map[groupRef]int, len(rows))
 	for i, r := range rows {
 		g := groupRef{r.SinkID, r.Group}
@@ -47,12 +58,24 @@ func queueRows(ctx context.Context, tx pgx.Tx, rows []NewMessage) error {
 			head[i] = &behind
 		}
 	}
-	_, err := tx.CopyFrom(ctx, pgx.Identifier{"outbox"}, []string{"sink_id", "group_key", "commit_lsn", "commit_idx", "payload", "head"},
-		&rowSource{rows: rows, head: head, i: -1})
-	if err != nil {
-		return fmt.Errorf("copy into outbox: %w", err)
+	return head
+}
+
+// insertSQL is queueRows as one statement, for a batch (a small flush).
+const insertSQL = `INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, head)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::int[], $5::text[], $6::bool[])`
+
+// queueInsert queues rows into b as queueRows copies them.
+func queueInsert(b *pgx.Batch, rows []NewMessage) {
+	if len(rows) == 0 {
+		return
 	}
-	return nil
+	sinks, groups, lsns := make([]int64, len(rows)), make([]string, len(rows)), make([]int64, len(rows))
+	idxs, payloads := make([]int32, len(rows)), make([]string, len(rows))
+	for i, r := range rows {
+		sinks[i], groups[i], lsns[i], idxs[i], payloads[i] = r.SinkID, r.Group, int64(r.CommitLSN), int32(r.CommitIdx), string(r.Payload)
+	}
+	b.Queue(insertSQL, sinks, groups, lsns, idxs, payloads, heads(rows))
 }
 
 // before reports whether m comes before o in commit order.

@@ -3,13 +3,9 @@ package outbox
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/sink"
 )
@@ -35,13 +31,7 @@ func newR4Fixture(t *testing.T) *r4Fixture {
 	t.Helper()
 	b := setup(t)
 	ctx := t.Context()
-	var router atomic.Pointer[sink.Router]
-	router.Store(sink.NewRouter([]*sink.Sink{{ID: b.sinkID, UUID: "u", Name: "s", Config: config.Sink{Name: "s", Tables: []string{"public.t"}}}}))
-	c := NewCapture(b.store.Store, "slot", &router, zerolog.Nop())
-	if _, _, err := c.Position(ctx); err != nil {
-		t.Fatal(err)
-	}
-	rel := &sink.Relation{Schema: "public", Table: "t", Columns: []sink.Column{{Name: "id", TypeOID: 23, Key: true}, {Name: "v", TypeOID: 25}}}
+	c, rel := newTestCapture(t, b)
 	f := &r4Fixture{t: t, b: b, c: c, rel: rel, lsn: 1000}
 	if err := b.store.Pool.QueryRow(ctx, `INSERT INTO backfills (sink_id, tables, resolved) VALUES ($1, '{public.t}', true) RETURNING id`, b.sinkID).Scan(&f.bfID); err != nil {
 		t.Fatal(err)

@@ -4,13 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/walhook/walhook/config"
 	"github.com/walhook/walhook/sink"
 )
 
@@ -205,13 +201,7 @@ func TestLongSourceTransactionFlushes(t *testing.T) {
 	}
 	b := setup(t)
 	ctx := t.Context()
-	var router atomic.Pointer[sink.Router]
-	router.Store(sink.NewRouter([]*sink.Sink{{ID: b.sinkID, UUID: "u", Name: "s", Config: config.Sink{Name: "s", Tables: []string{"public.t"}}}}))
-	c := NewCapture(b.store.Store, "slot", &router, zerolog.Nop())
-	if _, _, err := c.Position(ctx); err != nil {
-		t.Fatal(err)
-	}
-	rel := &sink.Relation{Schema: "public", Table: "t", Columns: []sink.Column{{Name: "id", TypeOID: 23, Key: true}, {Name: "v", TypeOID: 25}}}
+	c, rel := newTestCapture(t, b)
 	const lsn = 1000
 	if err := c.Begin(ctx, lsn, time.Now()); err != nil {
 		t.Fatal(err)
