@@ -25,8 +25,10 @@ type Config struct {
 	// FlushDelay bounds how long a committed transaction may wait in the
 	// handler's buffer before a flush, under load; small values trade
 	// throughput for latency. Default 10ms. A transaction that arrives
-	// alone, more than idleGap after the last flush, is flushed at once:
-	// light traffic pays no batching delay.
+	// alone, more than idleGap after the last flush, is flushed at once,
+	// and buffered ones are flushed once the slot has sent nothing for
+	// idleGap: light traffic pays no batching delay, and only a stream
+	// that keeps coming is batched up to FlushDelay.
 	FlushDelay time.Duration
 	// MaxBuffered flushes early once this many changes wait. Default 10000.
 	MaxBuffered int
@@ -36,7 +38,9 @@ type Config struct {
 	Log            zerolog.Logger
 }
 
-// idleGap is how long after a flush the stream counts as quiet again.
+// idleGap is how long without WAL from the slot (or since the last
+// flush) the stream counts as quiet: whoever waits in the buffer then
+// waits for nothing.
 const idleGap = time.Millisecond
 
 // Status is what the stream reports for health checks and metrics.
@@ -147,6 +151,11 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 	lastStatus := time.Now()
 	var dirtySince time.Time // first commit not yet flushed; zero when clean
 	var lastFlush time.Time  // when the last flush ended
+	var lastData time.Time   // when the slot last sent WAL
+	// quietCheck is when to look whether the slot has gone quiet
+	// (lastData more than idleGap ago): it moves by whole idleGaps, not
+	// with every message, so the receive deadline changes seldom.
+	var quietCheck time.Time
 
 	sendStatus := func() error {
 		lastStatus = time.Now()
@@ -161,7 +170,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 		if err != nil {
 			return fmt.Errorf("flush to outbox: %w", err)
 		}
-		dirtySince = time.Time{}
+		dirtySince, quietCheck = time.Time{}, time.Time{}
 		lastFlush = time.Now()
 		if lsn > confirmed {
 			confirmed = lsn
@@ -174,14 +183,22 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 	recv := &receiveContext{parent: ctx}
 	defer recv.stop()
 	for {
-		if !dirtySince.IsZero() && !dec.inTx && time.Since(dirtySince) >= s.cfg.FlushDelay {
-			if err := flush(); err != nil {
-				return err
+		if !dirtySince.IsZero() && !dec.inTx {
+			now := time.Now()
+			if now.Sub(dirtySince) >= s.cfg.FlushDelay || now.Sub(lastData) >= idleGap {
+				if err := flush(); err != nil {
+					return err
+				}
+			} else if !now.Before(quietCheck) {
+				quietCheck = lastData.Add(idleGap)
 			}
 		}
 		deadline := lastStatus.Add(s.cfg.StatusInterval)
 		if !dirtySince.IsZero() && !dec.inTx {
 			deadline = dirtySince.Add(s.cfg.FlushDelay)
+			if quietCheck.Before(deadline) {
+				deadline = quietCheck
+			}
 		}
 		raw, err := conn.ReceiveMessage(recv.until(deadline))
 		if err != nil {
@@ -237,6 +254,7 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 				return fmt.Errorf("parse XLogData: %w", err)
 			}
 			s.received.Store(max(s.received.Load(), uint64(xld.ServerWALEnd)))
+			lastData = time.Now()
 			wasInTx := dec.inTx
 			if err := dec.handle(ctx, uint64(xld.WALStart), xld.WALData); err != nil {
 				return err
@@ -245,7 +263,8 @@ func (s *Stream) Run(ctx context.Context, h Handler) error {
 				s.lag.Store(int64(max(xld.ServerTime.Sub(dec.commitTime), 0)))
 				alone := dirtySince.IsZero()
 				if alone {
-					dirtySince = time.Now()
+					dirtySince = lastData
+					quietCheck = lastData.Add(idleGap)
 				}
 				// Alone and after a quiet spell: nobody to batch with, so
 				// flush now. Under load the next commit is already
