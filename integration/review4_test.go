@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,17 +171,33 @@ func TestReview4Kill9MidBackfillWithUpdates(t *testing.T) {
 	if len(final) != rows {
 		t.Fatalf("%d rows in t, want %d", len(final), rows)
 	}
-	var last map[float64]float64
-	waitFor(t, 120*time.Second, "every row's final state delivered last", func() bool {
-		last = map[float64]float64{}
+	var wrong []string
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		last := map[float64]float64{}
 		for _, m := range b.recv.acked() {
 			last[m.Record["id"].(float64)] = m.Record["v"].(float64)
 		}
+		wrong = wrong[:0]
 		for id, v := range final {
 			if l, ok := last[id]; !ok || l != v {
-				return false
+				wrong = append(wrong, fmt.Sprintf("row %.0f: last delivered v=%v (ok %v), final v=%v", id, l, ok, v))
 			}
 		}
-		return true
-	})
+		if len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Where the missing states are: still waiting in the outbox (and why),
+	// or gone.
+	var waiting, failed, claimed int
+	mustScan(t, b.db.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE failed_at IS NOT NULL),
+		(SELECT count(*) FROM walhook.claims) FROM walhook.outbox`), &waiting, &failed, &claimed)
+	slices.Sort(wrong)
+	t.Fatalf("after 120s, %d rows' last delivered state is not their final one (outbox: %d waiting, %d failed, %d claims), e.g.:\n%s",
+		len(wrong), waiting, failed, claimed, strings.Join(wrong[:min(len(wrong), 10)], "\n"))
 }
