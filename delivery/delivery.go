@@ -18,5 +18,11 @@ const UserAgent = "walhook/1"
 // that dies mid-request loses its claim after that.
 const claimMargin = 15 * time.Second
 
+// retryMargin is how long after its backoff a worker looks for a retry.
+// The backoff runs on the server's clock from the nack and the timer
+// from its return, so the retry is ready by then; the margin only covers
+// timers that fire a little early.
+const retryMargin = 200 * time.Microsecond
+
 // errorSnippet bounds how much of a failing response body is kept.
 const errorSnippet = 512

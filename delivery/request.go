@@ -51,9 +51,8 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch, c *cohort) {
 		msg = redactError(err, r.url)
 	}
 	nackStart := time.Now()
-	notBefore := time.Now().Add(wait)
 	failed, nerr := r.m.cfg.Store.Nack(bg, b, outbox.Failure{
-		AttemptStart: start, Status: status, Error: msg, NotBefore: notBefore, MaxAge: cfg.Retry.MaxAge.D(),
+		AttemptStart: start, Status: status, Error: msg, Backoff: wait, MaxAge: cfg.Retry.MaxAge.D(),
 	})
 	metrics.AckDuration.WithLabelValues(r.sink.Name, "nack").Observe(time.Since(nackStart).Seconds())
 	if outbox.IsClaimEnded(nerr) {
@@ -65,8 +64,11 @@ func (r *runner) deliver(ctx context.Context, b *outbox.Batch, c *cohort) {
 		return
 	}
 	// The retry goes on time, not at the next poll (other processes'
-	// backoffs are found by theirs).
-	time.AfterFunc(time.Until(notBefore)+2*time.Millisecond, r.wake.ring)
+	// backoffs are found by theirs). The backoff ran from the nack on the
+	// server's clock, and this timer starts after it: it never fires
+	// before the messages are ready (retryMargin covers the two clocks'
+	// rates).
+	time.AfterFunc(wait+retryMargin, r.wake.ring)
 	ev := r.log.Warn()
 	ev.Int("status", status).Str("error", msg).Int("messages", len(msgs)).Int("attempt", attempt).Dur("retry_in", wait).Msg("delivery failed")
 	if failed > 0 {

@@ -174,7 +174,7 @@ func TestRedeliverWhileGroupInFlight(t *testing.T) {
 	b.queueCommitted(t, "g", 2)
 	first := b.claim(t, 1)
 	failed, err := b.store.Nack(ctx, first, Failure{AttemptStart: time.Now().Add(-time.Hour), Status: 500, Error: "boom",
-		NotBefore: time.Now(), MaxAge: time.Minute})
+		MaxAge: time.Minute})
 	if err != nil || failed != 1 {
 		t.Fatalf("nack: %d failed, %v", failed, err)
 	}
@@ -254,7 +254,7 @@ func (b *testBundle) nack(t *testing.T, batch *Batch, notBefore time.Time, maxAg
 	if maxAge > 0 {
 		start = start.Add(-time.Hour)
 	}
-	if _, err := b.store.Nack(t.Context(), batch, Failure{AttemptStart: start, Status: 500, Error: "boom", NotBefore: notBefore, MaxAge: maxAge}); err != nil {
+	if _, err := b.store.Nack(t.Context(), batch, Failure{AttemptStart: start, Status: 500, Error: "boom", Backoff: time.Until(notBefore), MaxAge: maxAge}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -313,5 +313,34 @@ func TestClaimBatchesKeepGroupsWhole(t *testing.T) {
 	b.ack(t, bs[0])
 	for _, batch := range bs[1:] {
 		b.ack(t, batch)
+	}
+}
+
+// A nack's backoff runs from the nack on the server's clock: the
+// messages are not handed out before it ends, and are right after.
+func TestNackBackoffRunsOnServerClock(t *testing.T) {
+	t.Parallel() // 400 ms of backoff; a loaded machine only delays the second claim
+	b := setup(t)
+	ctx := t.Context()
+	b.queueCommitted(t, "g", 1)
+	batch := b.claim(t, 1)
+	const backoff = 400 * time.Millisecond
+	if _, err := b.store.Nack(ctx, batch, Failure{AttemptStart: time.Now(), Status: 500, Error: "boom", Backoff: backoff}); err != nil {
+		t.Fatal(err)
+	}
+	var left time.Duration
+	if err := b.store.Pool.QueryRow(ctx, `SELECT not_before - clock_timestamp() FROM outbox`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left <= 0 || left > backoff {
+		t.Fatalf("backoff left right after the nack: %s, want in (0, %s]", left, backoff)
+	}
+	req := ClaimRequest{SinkID: b.sinkID, BatchSize: 1, MaxAckPending: 10, Lease: time.Minute, Worker: "w"}
+	if early, err := b.store.Claim(ctx, req); err != nil || early != nil {
+		t.Fatalf("claim during the backoff: %v, %v; want nothing", early, err)
+	}
+	time.Sleep(left)
+	if late, err := b.store.Claim(ctx, req); err != nil || late == nil || late.Messages[0].DeliverCount != 1 {
+		t.Fatalf("claim after the backoff: %+v, %v; want the retry", late, err)
 	}
 }

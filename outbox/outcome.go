@@ -93,7 +93,12 @@ type Failure struct {
 	AttemptStart time.Time
 	Status       int // 0 when there was no response
 	Error        string
-	NotBefore    time.Time
+	// Backoff is how long the messages wait before their next attempt,
+	// from the nack, on the server's clock (as leases are): the claim that
+	// retries them compares with that clock, and a worker's timer for the
+	// retry, started when the nack returns, then never fires before it,
+	// whatever the two clocks say.
+	Backoff time.Duration
 	// MaxAge, when set, fails messages first attempted longer ago.
 	MaxAge time.Duration
 }
@@ -101,14 +106,16 @@ type Failure struct {
 // nackSQL records the attempt on the claim's messages if the claim is
 // live, and ends it.
 const nackSQL = `
-WITH c AS (
+WITH nb AS MATERIALIZED (
+	SELECT clock_timestamp() + make_interval(secs => $5::bigint / 1e6::float8) AS at
+), c AS (
 	DELETE FROM claims WHERE id = $1 AND until > clock_timestamp() RETURNING ids
 ), o AS (
 	-- An attempted message is a retry: its flag is reset (rule Q) and
 	-- no claim clears it again (rule C).
 	UPDATE outbox SET deliver_count = deliver_count + 1, head = NULL,
 		first_attempt_at = COALESCE(first_attempt_at, $2),
-		last_attempt_at = $2, last_status = $3, last_error = $4, not_before = $5, ready_at = $5,
+		last_attempt_at = $2, last_status = $3, last_error = $4, not_before = (SELECT at FROM nb), ready_at = (SELECT at FROM nb),
 		failed_at = CASE WHEN $6::bigint > 0 AND COALESCE(first_attempt_at, $2) + make_interval(secs => $6::bigint / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END
 	WHERE id = ANY ((SELECT ids FROM c)::bigint[]) AND failed_at IS NULL
 	RETURNING failed_at IS NOT NULL AS failed
@@ -116,7 +123,7 @@ WITH c AS (
 SELECT (SELECT count(*) FROM c)::int, count(*) FILTER (WHERE failed)::int FROM o`
 
 // Nack records a failed attempt and ends the claim: the messages back off
-// until NotBefore (their groups with them), or become failed once MaxAge
+// for Backoff (their groups with them), or become failed once MaxAge
 // has passed since their first attempt, leaving their group's queue to
 // the messages behind them. It returns how many became failed, or
 // ErrClaimEnded, having changed nothing, when the claim is not live.
@@ -128,7 +135,7 @@ func (s *Store) Nack(ctx context.Context, b *Batch, f Failure) (failed int, err 
 	var live int
 	err = s.batch(ctx, func(pb *pgx.Batch) {
 		pb.Queue(claimLockPlanSQL, b.SinkID)
-		pb.Queue(nackSQL, b.ClaimID, f.AttemptStart, status, f.Error, f.NotBefore, f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
+		pb.Queue(nackSQL, b.ClaimID, f.AttemptStart, status, f.Error, f.Backoff.Microseconds(), f.MaxAge.Microseconds()).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&live, &failed)
 		})
 		pb.Queue(promoteSQL, b.SinkID, b.groups())

@@ -394,7 +394,7 @@ func r2Walk(t *testing.T, seed uint64) {
 			batch := held[i]
 			held = slices.Delete(held, i, i+1)
 			if rnd.IntN(3) == 0 {
-				_, err := b.store.Nack(ctx, batch, Failure{AttemptStart: time.Now(), Status: 500, Error: "x", NotBefore: time.Now().Add(time.Duration(rnd.IntN(50)) * time.Millisecond)})
+				_, err := b.store.Nack(ctx, batch, Failure{AttemptStart: time.Now(), Status: 500, Error: "x", Backoff: time.Duration(rnd.IntN(50)) * time.Millisecond})
 				if err != nil && !IsClaimEnded(err) {
 					t.Fatal(err)
 				}
@@ -575,7 +575,7 @@ func TestReview2LostClaimIDReusedAfterCrash(t *testing.T) {
 		t.Errorf("I4: the ack of a claim lost in the crash took effect (err %v) on claim %d of another worker: %d of its 2 messages left, b1 deleted undelivered", err, fresh.ClaimID, left)
 	}
 	// B's receiver fails b1.
-	if _, err := b.store.Nack(ctx, fresh, Failure{AttemptStart: time.Now(), Status: 500, Error: "boom", NotBefore: time.Now()}); err != nil {
+	if _, err := b.store.Nack(ctx, fresh, Failure{AttemptStart: time.Now(), Status: 500, Error: "boom"}); err != nil {
 		t.Fatalf("I5: B's nack: %v; message b1 was never delivered and is gone", err)
 	}
 }

@@ -491,7 +491,7 @@ func r3Walk(t *testing.T, seed uint64, steps int) {
 			batch := held[i]
 			held = slices.Delete(held, i, i+1)
 			if rnd.IntN(3) == 0 {
-				_, err := b.store.Nack(ctx, batch, Failure{AttemptStart: time.Now(), Status: 500, Error: "x", NotBefore: time.Now().Add(time.Duration(rnd.IntN(50)) * time.Millisecond)})
+				_, err := b.store.Nack(ctx, batch, Failure{AttemptStart: time.Now(), Status: 500, Error: "x", Backoff: time.Duration(rnd.IntN(50)) * time.Millisecond})
 				if err != nil && !IsClaimEnded(err) {
 					t.Fatal(err)
 				}

@@ -400,7 +400,7 @@ func (tt *torture) handle(ctx context.Context, r *rand.Rand, name string, wp **W
 			w = nw
 			return true
 		case chaos && r.IntN(5) == 0:
-			f := Failure{AttemptStart: time.Now(), Status: 500, Error: "boom", NotBefore: time.Now().Add(time.Duration(r.IntN(40)) * time.Millisecond)}
+			f := Failure{AttemptStart: time.Now(), Status: 500, Error: "boom", Backoff: time.Duration(r.IntN(40)) * time.Millisecond}
 			if r.IntN(3) == 0 {
 				f.AttemptStart, f.MaxAge = time.Now().Add(-time.Hour), time.Minute // fails them
 			}
