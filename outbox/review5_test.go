@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -792,5 +793,61 @@ func TestR5NewConnectionWhileOutboxLocked(t *testing.T) {
 		_ = errors.As(err, &pgErr)
 		t.Fatalf("lease renewal on a new connection while the outbox is locked: ok %v, %v after %s; it waited for the pool's new "+
 			"connection, whose warm-up waits for the outbox lock", ok, err, took.Round(time.Millisecond))
+	}
+}
+
+// A small flush is one Bind message, all its payloads in one text[]
+// parameter, and neither pgx nor Postgres takes a message over 1 GB. A
+// source transaction of three rows with 380 MiB values (a field may hold
+// up to 1 GB) is then a small flush that can never be written: the stream
+// fails, resumes from the same position and fails again, for good. The
+// COPY of a large flush ("copy", the control: the same rows spilled
+// first) sends each row on its own and writes them. Each variant takes
+// about 7 GB of memory and a minute or two: run with WALHOOK_R5_BIG=1.
+func TestR5SmallFlushOverOneGigabyte(t *testing.T) {
+	if os.Getenv("WALHOOK_R5_BIG") == "" {
+		t.Skip("needs about 7 GB of memory: set WALHOOK_R5_BIG=1")
+	}
+	for _, path := range []string{"small", "copy"} {
+		t.Run(path, func(t *testing.T) {
+			if only := os.Getenv("WALHOOK_R5_BIG"); only != "1" && only != path {
+				t.Skip()
+			}
+			r5FlushOverOneGigabyte(t, path == "copy")
+		})
+	}
+}
+
+func r5FlushOverOneGigabyte(t *testing.T, spill bool) {
+	b := setup(t)
+	ctx := t.Context()
+	c, rel := newTestCapture(t, b)
+	value := sink.AppendJSONString(nil, strings.Repeat("x", 380<<20))
+	if err := c.Begin(ctx, 1000, time.Unix(1700000000, 0)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		ch := &sink.Change{Rel: rel, Action: sink.Update, New: [][]byte{[]byte(fmt.Sprint(i)), value},
+			CommitLSN: 1000, CommitIdx: i, CommitTime: time.Unix(1700000000, 0)}
+		if err := c.Change(ctx, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	value = nil
+	if err := c.Commit(ctx, 1000, 1001); err != nil {
+		t.Fatal(err)
+	}
+	if spill {
+		if err := c.spill(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end, err := c.Flush(ctx)
+	if err != nil || end != 1001 {
+		t.Fatalf("flush of 3 messages of 380 MiB: %d, %v; want 1001 (as a COPY writes them)", end, err)
+	}
+	var n int
+	if err := b.store.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil || n != 3 {
+		t.Fatalf("%d messages, %v", n, err)
 	}
 }
