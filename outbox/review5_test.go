@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/migrations"
@@ -849,5 +851,90 @@ func r5FlushOverOneGigabyte(t *testing.T, spill bool) {
 	var n int
 	if err := b.store.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&n); err != nil || n != 3 {
 		t.Fatalf("%d messages, %v", n, err)
+	}
+}
+
+// Open on a schema one migration behind (00006), so warm caches the
+// claim, ack and promote statements on it; then 00007 runs (as another
+// process's migrate would) and every warmed connection claims, acks and
+// promotes on the new schema without "cached plan must not change result
+// type" or any other error.
+func TestR5WarmThenMigrate(t *testing.T) {
+	t.Parallel()
+	url := pgtest.NewDB(t)
+	ctx := t.Context()
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["search_path"] = "walhook"
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE SCHEMA walhook`); err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, os.DirFS("../migrations/sql"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	store, err := Open(ctx, url, "walhook", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var sinkID int64
+	if err := store.pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s', '{}') RETURNING id`).Scan(&sinkID); err != nil {
+		t.Fatal(err)
+	}
+	conns := make([]*pgxpool.Conn, 0, minConns)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for range minConns {
+		c, err := store.pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for i, c := range conns {
+		var prepared int
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%claims%'`).Scan(&prepared); err != nil {
+			t.Fatal(err)
+		}
+		if prepared == 0 {
+			t.Fatalf("connection %d: warm prepared nothing on the older schema", i)
+		}
+	}
+	if _, err := migrations.Up(ctx, url, "walhook"); err != nil {
+		t.Fatal(err)
+	}
+	for i, conn := range conns {
+		if _, err := conn.Exec(ctx, `INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload) VALUES ($1, $2, 1, 0, '{}')`, sinkID, fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+		var cl claimed
+		pb := &pgx.Batch{}
+		pb.Queue(claimLockPlanSQL, sinkID)
+		queueClaim(pb, ClaimRequest{SinkID: sinkID, BatchSize: 10, MaxAckPending: 100, Lease: time.Minute}, &cl)
+		if err := conn.SendBatch(ctx, pb).Close(); err != nil {
+			t.Fatalf("connection %d, warmed before 00007: claim: %v", i, err)
+		}
+		if len(cl.batches) != 1 {
+			t.Fatalf("connection %d: claimed %d batches", i, len(cl.batches))
+		}
+		var live []int64
+		pb = &pgx.Batch{}
+		pb.Queue(claimLockPlanSQL, sinkID)
+		pb.Queue(ackSQL, []int64{cl.batches[0].ClaimID}).QueryRow(func(row pgx.Row) error { return row.Scan(&live) })
+		pb.Queue(promoteSQL, sinkID, []string{fmt.Sprint(i)})
+		if err := conn.SendBatch(ctx, pb).Close(); err != nil || len(live) != 1 {
+			t.Fatalf("connection %d, warmed before 00007: ack: %v, %v", i, live, err)
+		}
 	}
 }
