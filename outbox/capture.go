@@ -18,11 +18,16 @@ import (
 // once, with its stream position.
 const chunkRows = 5000
 
-// smallFlush is the most messages a flush writes in one round trip
+// smallFlush and smallFlushBytes bound a flush written in one round trip
 // (Flush): light traffic, where the round trips of a transaction opened,
 // copied into and committed apart are most of the latency. Larger
-// flushes COPY, which is cheaper per row.
-const smallFlush = 64
+// flushes COPY, which is cheaper per row and has no bound on the size of
+// one protocol message (1 GB), as the payloads of one statement's
+// parameters do.
+const (
+	smallFlush      = 64
+	smallFlushBytes = 1 << 20
+)
 
 // Capture writes the replication stream into the outbox. It groups several
 // source transactions into one state transaction (group commit) and
@@ -242,16 +247,22 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("wait for backfill pages: %w", err)
 	}
 	b := &pgx.Batch{}
-	// Small: nothing spilled yet and few rows. The whole flush is then one
-	// pipeline, one implicit transaction committed at its end, and a lost
-	// lease fails its first statement (fenceOrFailSQL) and so all of it,
-	// where a large flush checks the fence before it commits.
-	small := c.tx == nil && len(c.ret.rows) == 0 && len(c.rows) <= smallFlush
+	// Small: nothing spilled yet, few rows, few bytes. The whole flush is
+	// then one pipeline, one implicit transaction committed at its end,
+	// and a lost term fails its fence (fenceOrFailSQL) and so all of it,
+	// where a large flush checks the fence before it commits. The fence
+	// comes after the rows and before the position: a leader frozen while
+	// it sends the rows holds no lock a successor needs (the server waits
+	// for the rest of a pipeline with no timeout, unlike for the commit of
+	// an open transaction), and one frozen after the fence has only a few
+	// hundred bytes left to send.
+	n := len(c.rows)
+	small := c.tx == nil && len(c.ret.rows) == 0 && n <= smallFlush && len(c.arena) <= smallFlushBytes
 	if small {
+		queueInsert(b, c.rows)
 		if c.lease != nil {
 			b.Queue(fenceOrFailSQL, c.lease.name, c.lease.token)
 		}
-		queueInsert(b, c.rows)
 	} else if err := c.spill(ctx); err != nil {
 		c.reset(ctx)
 		return 0, err
@@ -288,7 +299,7 @@ func (c *Capture) Flush(ctx context.Context) (uint64, error) {
 		}
 		if err != nil {
 			c.reset(ctx)
-			return 0, fmt.Errorf("commit %d messages with the stream position: %w", len(c.rows), err)
+			return 0, fmt.Errorf("commit %d messages with the stream position: %w", n, err)
 		}
 		c.rows, c.arena = c.rows[:0], c.arena[:0]
 	} else {

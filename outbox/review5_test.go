@@ -426,8 +426,11 @@ type r5Proxy struct {
 	target   string
 	throttle atomic.Bool
 	frozen   atomic.Bool
-	mu       sync.Mutex
-	conns    []net.Conn
+	// freezeAt, when set, freezes the proxy once that many bytes from the
+	// client have been forwarded while throttled (sent counts them).
+	freezeAt, sent atomic.Int64
+	mu             sync.Mutex
+	conns          []net.Conn
 }
 
 func newR5Proxy(t *testing.T, target string) *r5Proxy {
@@ -471,6 +474,9 @@ func (p *r5Proxy) pipe(dst, src net.Conn, fromClient bool) {
 			// COMMIT of a large flush).
 			if p.throttle.Load() {
 				if fromClient {
+					if at := p.freezeAt.Load(); at > 0 && p.sent.Add(int64(n)) >= at {
+						p.frozen.Store(true)
+					}
 					time.Sleep(5 * time.Millisecond)
 				} else {
 					time.Sleep(200 * time.Millisecond)
@@ -502,14 +508,14 @@ func (p *r5Proxy) close() {
 	}
 }
 
-// A leader stopped (SIGSTOP) while it sends a small flush's pipeline: the
-// fence has run (the lease row is held FOR SHARE) and the rows are still
-// on their way. The session is then not idle in a transaction (no
+// A leader stopped (SIGSTOP) while it sends a small flush's pipeline, its
+// rows half sent. The session is then not idle in a transaction (no
 // ReadyForQuery was sent: the server waits inside the pipeline), so
-// idle_in_transaction_session_timeout, which frees a leader frozen
-// mid-flush in the COPY path (flushes set it right before their fence),
-// never fires, and keepalives are answered: the successor must still get
-// the lease once the term is over and that timeout has passed.
+// idle_in_transaction_session_timeout never fires, and keepalives are
+// answered: the pipeline must hold no lock a successor needs (the fence
+// and the position come after the rows), and the successor gets the
+// lease as soon as the term is over. (Found by review 5 as a break: the
+// fence came first, and held the lease row for good.)
 //
 // The flush of 65 messages (COPY, then the fence) is the control: frozen
 // once its fence holds the row, it is freed by that timeout.
@@ -518,15 +524,22 @@ func TestR5FrozenMidPipelineSuccessorTakesOver(t *testing.T) {
 		t.Skip("waits out idle_in_transaction_session_timeout (30s)")
 	}
 	t.Parallel()
-	for _, n := range []int{smallFlush, smallFlush + 1} {
-		t.Run(fmt.Sprintf("%d messages", n), func(t *testing.T) {
-			t.Parallel()
-			r5FrozenMidFlush(t, n)
-		})
-	}
+	t.Run("small flush, frozen mid-rows", func(t *testing.T) {
+		t.Parallel()
+		// 64 rows of 15 KiB: under smallFlushBytes, one pipeline.
+		r5FrozenMidFlush(t, smallFlush, 15<<10, smallFlush*15<<10/2, 5*time.Second)
+	})
+	t.Run("COPY flush, frozen at its fence", func(t *testing.T) {
+		t.Parallel()
+		r5FrozenMidFlush(t, smallFlush+1, 128<<10, 0, 40*time.Second)
+	})
 }
 
-func r5FrozenMidFlush(t *testing.T, n int) {
+// r5FrozenMidFlush freezes a leader's flush of n messages of size bytes:
+// after freezeAt bytes of it reached the server, or (0) once its fence
+// holds the lease row. The successor must get the lease within late of
+// the term's end.
+func r5FrozenMidFlush(t *testing.T, n, size int, freezeAt int64, late time.Duration) {
 	b := setup(t)
 	ctx := t.Context()
 	// The leader's state pool goes through the proxy, to the bundle's database.
@@ -555,9 +568,13 @@ func r5FrozenMidFlush(t *testing.T, n int) {
 	}
 	rows := make([]r5Row, n)
 	for i := range rows {
-		rows[i] = r5Row{id: i, v: strings.Repeat("z", 128<<10)}
+		rows[i] = r5Row{id: i, v: strings.Repeat("z", size)}
 	}
 	r5Stage(t, c, rel, 3000, rows)
+	if small := c.tx == nil && len(c.arena) <= smallFlushBytes && n <= smallFlush; small != (freezeAt > 0) {
+		t.Fatalf("the flush of %d messages of %d bytes is small: %v; this case wants it %v", n, size, small, freezeAt > 0)
+	}
+	p.freezeAt.Store(freezeAt)
 	p.throttle.Store(true)
 	flushCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -567,7 +584,7 @@ func r5FrozenMidFlush(t *testing.T, n int) {
 		flushed <- err
 	}()
 	// Freeze once the fence holds the lease row.
-	for {
+	for freezeAt == 0 {
 		select {
 		case err := <-flushed:
 			t.Fatalf("the flush ended before it could be frozen: %v", err)
@@ -591,8 +608,15 @@ func r5FrozenMidFlush(t *testing.T, n int) {
 	if got := r5Read(t, b.store.Pool); got.rows != 1 {
 		t.Fatalf("frozen mid-pipeline, yet the outbox holds %d messages", got.rows)
 	}
+	for !p.frozen.Load() {
+		select {
+		case err := <-flushed:
+			t.Fatalf("the flush ended before it could be frozen: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
 	// The successor campaigns as the leader package does, once a second.
-	give := time.Until(leaseEnd) + 30*time.Second + 10*time.Second
+	give := time.Until(leaseEnd) + late
 	deadline := time.Now().Add(give)
 	for {
 		tok, ok, err := b.store.AcquireLease(ctx, "t", "successor", time.Minute)

@@ -77,8 +77,14 @@ const minConns = 6
 // connection, for a sink that does not exist (ids start at 1), so that
 // their prepared statements and generic plans are cached before the
 // first real claim needs them. Best effort: on a schema not migrated yet
-// it fails, caches nothing, and the connection is used as it is.
+// it fails, caches nothing, and the connection is used as it is. It gives
+// up at once on a locked table (a migration, VACUUM FULL): a connection
+// is wanted now, not warm.
 func warm(ctx context.Context, conn *pgx.Conn) error {
+	if err := conn.PgConn().Exec(ctx, `SET lock_timeout = '100ms'; SET statement_timeout = '2s'`).Close(); err != nil {
+		return nil // the connection's first use reports what is wrong
+	}
+	defer func() { _ = conn.PgConn().Exec(ctx, `RESET lock_timeout; RESET statement_timeout`).Close() }()
 	b := &pgx.Batch{}
 	b.Queue(claimLockPlanSQL, 0)
 	queueClaim(b, ClaimRequest{BatchSize: 1, MaxAckPending: 1, Lease: time.Second}, &claimed{})
