@@ -137,7 +137,10 @@
 // A capture flush commits only if its term is live, and holds the lease
 // row (FOR SHARE) until it commits, so a new term cannot begin between the
 // check and the commit. A leader that was frozen or cut off and comes back
-// finds its term over before it writes anything, and stands by.
+// finds its term over before it writes anything, and stands by. A small
+// flush is one pipeline whose fence fails it when the term is over; the
+// fence comes after the rows, so a leader frozen while it sends them holds
+// no lock (the server waits for the rest of a pipeline with no timeout).
 //
 // # Durability
 //
