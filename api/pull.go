@@ -263,6 +263,11 @@ func writeReceived(w http.ResponseWriter, sinkID int64, b *outbox.Batch, acks *a
 	buf = append(buf, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	// Its length, not chunks (net/http chunks what it cannot hold, 2 KB):
+	// a client that stops reading at the end of the JSON value (as a
+	// json.Decoder does) then still reads the body to its end, and its
+	// connection is kept for the next receive instead of closed.
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(buf)
 }
