@@ -137,7 +137,11 @@ WITH req AS MATERIALIZED (
 // that is one comparison; a claim whose ids were not in order would be
 // left to pullHeldSQL, which takes whatever whole does not.
 var pullAckSQL = fmt.Sprintf(pullHeldFmt, "c.ids = n.ids", `, whole AS MATERIALIZED (
-	DELETE FROM claims WHERE id = ANY (ARRAY(SELECT id FROM found WHERE live AND whole)) RETURNING id, ids
+	-- Rule F in the statement that deletes: a claim that ended since
+	-- found is not deleted, and its ids are then not held (c has left
+	-- it out too).
+	DELETE FROM claims WHERE id = ANY (ARRAY(SELECT id FROM found WHERE live AND whole)) AND until > clock_timestamp()
+	RETURNING id, ids
 )`) + `, d AS (
 	DELETE FROM outbox o WHERE o.id = ANY (ARRAY(SELECT unnest(ids) FROM whole UNION ALL SELECT id FROM hit)) AND o.sink_id = $1
 	RETURNING o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
