@@ -244,7 +244,7 @@ func writeReceived(w http.ResponseWriter, sinkID int64, b *outbox.Batch, acks *a
 			buf = append(buf, ',')
 		}
 		buf = append(buf, `{"ack_id":"`...)
-		buf = append(buf, encodeAckID(sinkID, claimID, m.ID)...) // base64url: nothing to escape
+		buf = appendAckID(buf, sinkID, claimID, m.ID) // base64url: nothing to escape
 		buf = append(buf, `","message":`...)
 		buf = append(buf, m.Payload...)
 		buf = append(buf, '}')
@@ -263,6 +263,11 @@ func writeReceived(w http.ResponseWriter, sinkID int64, b *outbox.Batch, acks *a
 	buf = append(buf, "}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	// Its length, not chunks (net/http chunks what it cannot hold, 2 KB):
+	// a client that stops reading at the end of the JSON value (as a
+	// json.Decoder does) then still reads the body to its end, and its
+	// connection is kept for the next receive instead of closed.
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(buf)
 }
@@ -298,7 +303,20 @@ func receiveParams(req receiveRequest, sink config.Sink) (batch int, wait, vis t
 }
 
 func encodeAckID(sinkID, claimID, messageID int64) string {
-	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "v1.%d.%d.%d", sinkID, claimID, messageID))
+	return string(appendAckID(nil, sinkID, claimID, messageID))
+}
+
+// appendAckID appends the ack id to dst: a receive writes one per
+// message, without building each as a string of its own.
+func appendAckID(dst []byte, sinkID, claimID, messageID int64) []byte {
+	var raw [64]byte // "v1." and three int64s with their dots: 62 at most
+	r := append(raw[:0], "v1."...)
+	r = strconv.AppendInt(r, sinkID, 10)
+	r = append(r, '.')
+	r = strconv.AppendInt(r, claimID, 10)
+	r = append(r, '.')
+	r = strconv.AppendInt(r, messageID, 10)
+	return base64.RawURLEncoding.AppendEncode(dst, r)
 }
 
 // decodeAckID reads an ack id; ok is false when it is not one walhook

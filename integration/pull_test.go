@@ -4,6 +4,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptrace"
 	"os"
 	"slices"
 	"strconv"
@@ -541,4 +543,43 @@ func deliveredMetric(t *testing.T, e *apiEnv) float64 {
 		}
 	}
 	return 0
+}
+
+// A receive's answer says its length (no chunks), so a consumer that
+// stops reading at the end of the JSON value, as a json.Decoder does,
+// keeps its connection for the next receive: with chunks it never read
+// the last one, and every receive opened a connection of its own.
+func TestPullReceiveKeepsConnection(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`, "public.t")
+	e := startAPI(t, b)
+	b.exec(t, `INSERT INTO t SELECT g, repeat('x', 3000) FROM generate_series(1, 2) g`)
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	var reused []bool
+	for range 2 {
+		var got bool
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { got = info.Reused }}
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), trace), "POST", e.base+"/api/sinks/s/receive",
+			strings.NewReader(`{"wait": "10s", "batch_size": 1, "visibility_timeout": "1m"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+apiToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			Data []pulled `json:"data"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || len(out.Data) != 1 || resp.ContentLength < 3000 {
+			t.Fatalf("receive: %d, %d messages, length %d, %v", resp.StatusCode, len(out.Data), resp.ContentLength, err)
+		}
+		reused = append(reused, got)
+	}
+	if !reused[1] {
+		t.Errorf("the second receive opened a new connection: the first answer was not read to its end")
+	}
 }

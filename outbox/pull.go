@@ -30,7 +30,16 @@ import (
 //     counted, not counted nowhere.
 //
 // An ack deletes its messages; a nack records an attempt on them as a push
-// nack does (backoff until not_before, failed past retry.max_age). A claim
+// nack does (backoff until not_before, failed past retry.max_age). An ack
+// that names exactly the messages a live claim holds (each at least once,
+// nothing else of that claim) ends the claim as a push ack does: the row
+// and its messages deleted in one statement, and P for the row's groups.
+// By the rules above this is the same outcome (every message leaves, so
+// the row empties and every group leaves), so pullAckSQL takes such
+// claims by that shorter path (whole), and the rules above for the rest
+// of what an ack names, in the same statement. A claim's ids are kept in
+// order (claimSQL records them so, and a partial outcome keeps them so)
+// for that comparison. A claim
 // whose lease ends first is reaped (rule R) after lapseSQL has recorded
 // an attempt on what it still held.
 //
@@ -73,12 +82,27 @@ WHERE o.id = ANY (e.ids) AND o.failed_at IS NULL`
 // pullHeldSQL is the part of pull ack and nack that finds what is held and
 // shrinks the claims: $1 the sink, $2/$3 the claim and message ids named.
 // hit is each named message a live claim of the sink still holds.
-const pullHeldSQL = `
+var pullHeldSQL = fmt.Sprintf(pullHeldFmt, "false", "")
+
+// pullHeldFmt is pullHeldSQL with room for pullAckSQL's whole-claim
+// path: %[1]s says whether found is a claim to end whole, %[2]s are CTEs
+// that do it (whole); c is then what is left to pullHeldSQL.
+//
+// found looks the named claims up by primary key, and checks their sink
+// and lease after: on the sink's claims (claims_sink_idx, which the
+// generic plan prefers) it would read every claims row the sink ended
+// since the last vacuum, and a consumer ends one per receive.
+const pullHeldFmt = `
 WITH req AS MATERIALIZED (
 	SELECT DISTINCT r.claim_id, r.id FROM unnest($2::bigint[], $3::bigint[]) AS r(claim_id, id)
-), c AS MATERIALIZED (
-	SELECT c.id, c.ids, c.claimed_at FROM claims c
-	WHERE c.id IN (SELECT claim_id FROM req) AND c.sink_id = $1 AND c.until > clock_timestamp()
+), named AS MATERIALIZED (
+	SELECT claim_id, array_agg(id ORDER BY id) AS ids FROM req GROUP BY claim_id
+), found AS MATERIALIZED (
+	SELECT c.id, c.ids, c.claimed_at, c.sink_id = $1 AND c.until > clock_timestamp() AS live, %[1]s AS whole
+	FROM claims c JOIN named n ON n.claim_id = c.id
+	WHERE c.id = ANY (ARRAY(SELECT claim_id FROM named))
+)%[2]s, c AS MATERIALIZED (
+	SELECT id, ids, claimed_at FROM found WHERE live AND NOT whole
 ), held AS MATERIALIZED (
 	SELECT c.id AS claim_id, u.id, c.claimed_at FROM c, unnest(c.ids) AS u(id)
 ), hit AS MATERIALIZED (
@@ -86,7 +110,8 @@ WITH req AS MATERIALIZED (
 	-- receive holds up to 1000).
 	SELECT req.claim_id, req.id, held.claimed_at FROM req JOIN held ON held.claim_id = req.claim_id AND held.id = req.id
 ), k AS MATERIALIZED (
-	SELECT c.id, ARRAY(SELECT unnest(c.ids) EXCEPT SELECT h.id FROM hit h WHERE h.claim_id = c.id) AS rest
+	-- In order, as claimSQL records ids (pullAckSQL's whole path needs it).
+	SELECT c.id, ARRAY(SELECT x.id FROM (SELECT unnest(c.ids) EXCEPT SELECT h.id FROM hit h WHERE h.claim_id = c.id) AS x(id) ORDER BY x.id) AS rest
 	FROM c WHERE EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = c.id)
 ), u AS (
 	UPDATE claims cl SET ids = k.rest,
@@ -104,8 +129,21 @@ WITH req AS MATERIALIZED (
 
 // pullAckSQL deletes the held messages among those named. One row per
 // named message: whether it was held, and what was deleted.
-const pullAckSQL = pullHeldSQL + `, d AS (
-	DELETE FROM outbox o WHERE o.id IN (SELECT id FROM hit) AND o.sink_id = $1
+//
+// Most acks name every message of a claim, and nothing else of it: such
+// a live claim ends whole, as a push ack ends its claim (ackSQL), without
+// pullHeldSQL's search (whole). A claim's ids are in order (claimSQL
+// records them so, and pullHeldSQL keeps them so), as named's are, so
+// that is one comparison; a claim whose ids were not in order would be
+// left to pullHeldSQL, which takes whatever whole does not.
+var pullAckSQL = fmt.Sprintf(pullHeldFmt, "c.ids = n.ids", `, whole AS MATERIALIZED (
+	-- Rule F in the statement that deletes: a claim that ended since
+	-- found is not deleted, and its ids are then not held (c has left
+	-- it out too).
+	DELETE FROM claims WHERE id = ANY (ARRAY(SELECT id FROM found WHERE live AND whole)) AND until > clock_timestamp()
+	RETURNING id, ids
+)`) + `, d AS (
+	DELETE FROM outbox o WHERE o.id = ANY (ARRAY(SELECT unnest(ids) FROM whole UNION ALL SELECT id FROM hit)) AND o.sink_id = $1
 	RETURNING o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 ), gs AS (
 	SELECT set_config('walhook.left_groups', COALESCE(array_to_json(array_agg(DISTINCT d.group_key))::text, '[]'), true) FROM d
@@ -116,13 +154,13 @@ SELECT 0::bigint, d.id, true, d.group_key, d.commit_lsn, d.commit_idx, d.payload
 FROM (SELECT 1 FROM gs) one CROSS JOIN d
 UNION ALL
 SELECT req.claim_id, req.id, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM req WHERE NOT EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = req.claim_id AND h.id = req.id)`
+FROM req WHERE req.claim_id NOT IN (SELECT id FROM whole) AND NOT EXISTS (SELECT 1 FROM hit h WHERE h.claim_id = req.claim_id AND h.id = req.id)`
 
 // pullNackSQL records a failed attempt on the held messages among those
 // named, as nackSQL does for a whole claim: $4 the error, $5 not before
 // (NULL: at once), $6 max_age in microseconds. The attempt started when
 // the claim was made.
-const pullNackSQL = pullHeldSQL + `, o AS (
+var pullNackSQL = pullHeldSQL + `, o AS (
 	UPDATE outbox o SET deliver_count = o.deliver_count + 1, head = NULL,
 		first_attempt_at = COALESCE(o.first_attempt_at, h.claimed_at),
 		last_attempt_at = h.claimed_at, last_status = NULL, last_error = $4,
