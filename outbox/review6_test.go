@@ -296,9 +296,16 @@ func TestR6MixedAck(t *testing.T) {
 	if more == nil {
 		t.Fatal("nothing received after the ack")
 	}
+	gotGroups := map[string]bool{}
 	for _, m := range more.Messages {
+		gotGroups[m.Group] = true
 		if slices.Contains(wantGroups, m.Group) {
 			t.Errorf("received %d of group %s, which part still holds", m.ID, m.Group)
+		}
+	}
+	for _, m := range whole.Messages {
+		if !gotGroups[m.Group] {
+			t.Errorf("group %s of the claim acked whole was not handed on to the receive after it: %+v", m.Group, more.Messages)
 		}
 	}
 	b.r6CheckI1(t)
