@@ -309,7 +309,7 @@ func encodeAckID(sinkID, claimID, messageID int64) string {
 // appendAckID appends the ack id to dst: a receive writes one per
 // message, without building each as a string of its own.
 func appendAckID(dst []byte, sinkID, claimID, messageID int64) []byte {
-	var raw [64]byte // "v1." and three int64s with their dots: 62 at most
+	var raw [80]byte // "v1." and three int64s with their dots: 62 bytes for ids ≥ 0, 65 at most
 	r := append(raw[:0], "v1."...)
 	r = strconv.AppendInt(r, sinkID, 10)
 	r = append(r, '.')
