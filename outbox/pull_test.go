@@ -223,18 +223,26 @@ func TestFreshBeforeRetriesWithRoomFullDoesNotStall(t *testing.T) {
 // compared too (pullHeldSQL looks claims up by primary key now and keeps
 // their ids in order).
 func TestPullAckWholeClaimDifferential(t *testing.T) {
+	states := 250
+	if testing.Short() {
+		states = 50
+	}
+	pullAckDifferential(t, 0, states)
+}
+
+// pullAckDifferential compares the ack and nack statements with the
+// statements before the whole-claim path on states random states, drawn
+// from seeds base, base+1, ...
+func pullAckDifferential(t *testing.T, base uint64, states int) {
 	b := setup(t)
 	ctx := t.Context()
 	var other int64
 	if err := b.store.Pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s2', '{}') RETURNING id`).Scan(&other); err != nil {
 		t.Fatal(err)
 	}
-	states := 250
-	if testing.Short() {
-		states = 50
-	}
 	whole := 0
-	for seed := range uint64(states) {
+	for i := range uint64(states) {
+		seed := base + i
 		rnd := rand.New(rand.NewPCG(seed, 41))
 		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM outbox; DELETE FROM claims`); err != nil {
 			t.Fatal(err)

@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -534,145 +533,16 @@ func TestR6DifferentialOddStates(t *testing.T) {
 // TestR6DifferentialMoreSeeds is TestPullAckWholeClaimDifferential on seeds it
 // does not try (WALHOOK_R6_DIFF_BASE picks others).
 func TestR6DifferentialMoreSeeds(t *testing.T) {
-	b := setup(t)
-	ctx := t.Context()
-	var other int64
-	if err := b.store.Pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s2', '{}') RETURNING id`).Scan(&other); err != nil {
-		t.Fatal(err)
-	}
 	states := 400
 	if testing.Short() {
 		states = 50
 	}
-	whole := 0
 	base := uint64(1_000_000)
 	if v, err := strconv.ParseUint(os.Getenv("WALHOOK_R6_DIFF_BASE"), 10, 64); err == nil {
 		base = v
 	}
 	t.Logf("seeds from %d (WALHOOK_R6_DIFF_BASE)", base)
-	for i := range uint64(states) {
-		seed := base + i
-		rnd := rand.New(rand.NewPCG(seed, 41))
-		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM outbox; DELETE FROM claims`); err != nil {
-			t.Fatal(err)
-		}
-		var claims [][]int64 // of this sink, then one of the other sink
-		var free []int64     // messages no claim holds
-		for _, sink := range []int64{b.sinkID, other} {
-			var ids []int64
-			var gs []string
-			for range 3 + rnd.IntN(25) {
-				var id int64
-				g := []string{"a", "b", "c", "d", "e"}[rnd.IntN(5)]
-				if err := b.store.Pool.QueryRow(ctx, `INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, deliver_count, head)
-					VALUES ($1, $2, $3, $4, '{"p":1}', $5, $6) RETURNING id`,
-					sink, g, rnd.IntN(4), rnd.IntN(3), rnd.IntN(3)/2, []any{nil, true, false}[rnd.IntN(3)]).Scan(&id); err != nil {
-					t.Fatal(err)
-				}
-				ids, gs = append(ids, id), append(gs, g)
-			}
-			nc := 1
-			if sink == b.sinkID {
-				nc = 1 + rnd.IntN(4)
-			}
-			taken := map[int64]bool{}
-			for range nc {
-				var cids []int64
-				cgs := map[string]bool{}
-				for i, id := range ids {
-					if !taken[id] && rnd.IntN(3) == 0 {
-						taken[id] = true
-						cids = append(cids, id)
-						cgs[gs[i]] = true
-					}
-				}
-				if len(cids) == 0 {
-					continue
-				}
-				if rnd.IntN(5) == 0 { // not in order: left to the general path
-					slices.Reverse(cids)
-				}
-				until, lapse := "1 hour", "NULL"
-				switch rnd.IntN(5) {
-				case 0:
-					until = "-1 hour" // ended
-				case 1:
-					until, lapse = "-1 hour", "0" // lapsed, not recorded yet
-				}
-				if sink == other {
-					until, lapse = "1 hour", "NULL"
-				}
-				var id int64
-				if err := b.store.Pool.QueryRow(ctx, fmt.Sprintf(`INSERT INTO claims (sink_id, worker, until, fresh, ids, groups, lapse_max_age)
-					VALUES ($1, 'x', now() + interval '%s', $2, $3, $4, %s) RETURNING id`, until, lapse),
-					sink, rnd.IntN(len(cids)+1), cids, slices.Sorted(maps.Keys(cgs))).Scan(&id); err != nil {
-					t.Fatal(err)
-				}
-				claims = append(claims, append([]int64{id}, cids...))
-			}
-			for _, id := range ids {
-				if !taken[id] {
-					free = append(free, id)
-				}
-			}
-		}
-		for round := range 4 {
-			var refs []PullRef
-			for _, c := range claims {
-				id, cids := c[0], c[1:]
-				switch rnd.IntN(7) {
-				case 0: // not named
-				case 1, 2: // whole
-					for _, m := range cids {
-						refs = append(refs, PullRef{id, m})
-					}
-					whole++
-				case 3: // whole, some twice
-					for _, m := range cids {
-						refs = append(refs, PullRef{id, m})
-						if rnd.IntN(2) == 0 {
-							refs = append(refs, PullRef{id, m})
-						}
-					}
-				case 4: // whole and one more
-					for _, m := range cids {
-						refs = append(refs, PullRef{id, m})
-					}
-					extra := claims[rnd.IntN(len(claims))][1:]
-					if len(free) > 0 && rnd.IntN(2) == 0 {
-						extra = free
-					}
-					refs = append(refs, PullRef{id, extra[rnd.IntN(len(extra))]})
-				default: // a part
-					for _, m := range cids {
-						if rnd.IntN(2) == 0 {
-							refs = append(refs, PullRef{id, m})
-						}
-					}
-				}
-			}
-			if rnd.IntN(3) == 0 && len(free) > 0 { // a forged claim id
-				refs = append(refs, PullRef{rnd.Int64N(1 << 62), free[rnd.IntN(len(free))]})
-			}
-			rnd.Shuffle(len(refs), func(i, j int) { refs[i], refs[j] = refs[j], refs[i] })
-			if round%2 == 1 && len(refs) > 0 {
-				// Another state: a part of each claim is acked first.
-				half := refs[:rnd.IntN(len(refs))]
-				if _, err := b.store.PullAck(ctx, b.sinkID, half); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if o, n := b.pullDigest(t, prePullAckSQL, refs, false), b.pullDigest(t, pullAckSQL, refs, false); o != n {
-				t.Fatalf("seed %d round %d: pullAckSQL differs from the general path alone for refs %v:\nbefore:\n%s\nnow:\n%s", seed, round, refs, o, n)
-			}
-			if o, n := b.pullDigest(t, prePullNackSQL, refs, true), b.pullDigest(t, pullNackSQL, refs, true); o != n {
-				t.Fatalf("seed %d round %d: pullNackSQL differs from before for refs %v:\nbefore:\n%s\nnow:\n%s", seed, round, refs, o, n)
-			}
-		}
-	}
-	if whole < states {
-		t.Fatalf("only %d whole-claim acks in %d states", whole, states)
-	}
+	pullAckDifferential(t, base, states)
 }
 
 // A receive's ack of a claim whose lease ended (not lapsed yet): nothing
