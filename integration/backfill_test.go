@@ -160,21 +160,7 @@ func TestBackfillConcurrentChanges(t *testing.T) {
 	t.Logf("%d writes during the backfill", writes.Load())
 
 	// The final state, then wait until every row's last message matches.
-	final := map[float64]float64{}
-	rs, err := b.db.Query(context.Background(), `SELECT id, v FROM t`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rs.Next() {
-		var id, v int
-		if err := rs.Scan(&id, &v); err != nil {
-			t.Fatal(err)
-		}
-		final[float64(id)] = float64(v)
-	}
-	if rs.Err() != nil {
-		t.Fatal(rs.Err())
-	}
+	final := finalValues(t, b)
 	type state struct {
 		v       float64
 		deleted bool
@@ -625,4 +611,27 @@ func TestBackfillAPIAndCLI(t *testing.T) {
 	e.must(t, 404, "POST", "/api/sinks/nope/replays", `{"from": "2024-01-01T00:00:00Z"}`)
 	c.fails(t, "--from is required", "replay", "s")
 	c.fails(t, `--from "soon"`, "replay", "s", "--from", "soon")
+}
+
+// finalValues reads table t's rows as id → v (as float64, the JSON
+// numbers delivered messages carry), to compare with what was delivered.
+func finalValues(t *testing.T, b *testBundle) map[float64]float64 {
+	t.Helper()
+	final := map[float64]float64{}
+	rs, err := b.db.Query(context.Background(), `SELECT id, v FROM t`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var id, v int
+		if err := rs.Scan(&id, &v); err != nil {
+			t.Fatal(err)
+		}
+		final[float64(id)] = float64(v)
+	}
+	if rs.Err() != nil {
+		t.Fatal(rs.Err())
+	}
+	return final
 }

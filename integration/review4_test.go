@@ -155,19 +155,7 @@ func TestReview4Kill9MidBackfillWithUpdates(t *testing.T) {
 	if done.State != backfill.Done {
 		t.Fatalf("backfill ended %+v", done)
 	}
-	final := map[float64]float64{}
-	rs, err := b.db.Query(ctx, `SELECT id, v FROM t`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rs.Next() {
-		var id, v int
-		if err := rs.Scan(&id, &v); err != nil {
-			t.Fatal(err)
-		}
-		final[float64(id)] = float64(v)
-	}
-	rs.Close()
+	final := finalValues(t, b)
 	if len(final) != rows {
 		t.Fatalf("%d rows in t, want %d", len(final), rows)
 	}
