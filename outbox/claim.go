@@ -157,15 +157,21 @@ WITH t AS MATERIALIZED (
 	-- fresh messages before it in its group (a replay queued them), which
 	-- it must take first; retries are few (max_ack_pending bounds them).
 	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE NOT cretry AND (busy OR cid <> first_id))) RETURNING 1
-), h AS (
-	SELECT cid, cready, cretry FROM (
-		SELECT DISTINCT ON (group_key) cid, group_key, cready, cretry FROM cls
-		WHERE NOT busy AND first_ready
-		ORDER BY group_key, cready, cid
-	) d ORDER BY cready, cid LIMIT $2::int * $8::int
+), hx AS (
+	-- The batch heads: per group, its candidate first by (ready_at, id)
+	-- of those whose group no live claim names and whose first message
+	-- is ready; of those heads, the first $2 * $8 by (ready_at, id). The
+	-- choice is made in windows over x, not by joining x to a list of
+	-- heads: the planner, which expects a row or two of each CTE, joins
+	-- them in a nested loop, a cost quadratic in the candidates.
+	SELECT x.*, first_value(cid) OVER (PARTITION BY group_key ORDER BY cready, cid) AS group_head
+	FROM (SELECT x.*, bool_or(ready) FILTER (WHERE pos = 1) OVER (PARTITION BY cid) AS first_ready FROM x) x
+	WHERE NOT busy AND first_ready
+), hy AS (
+	SELECT hx.*, dense_rank() OVER (ORDER BY cready, cid) AS head_rank FROM hx WHERE cid = group_head
 ), g AS (
-	SELECT x.id, x.group_key, x.deliver_count, x.commit_lsn, x.commit_idx, x.ready, h.cready AS head_ready, h.cid AS head_id, h.cretry AS head_retry
-	FROM h JOIN x ON x.cid = h.cid
+	SELECT id, group_key, deliver_count, commit_lsn, commit_idx, ready, cready AS head_ready, cid AS head_id, cretry AS head_retry
+	FROM hy WHERE head_rank <= $2::int * $8::int
 ), q AS (
 	-- Every window from here on sorts by (head_ready, head_id, commit
 	-- order): a batch's groups are partitioned by (head_ready, head_id),
@@ -256,7 +262,11 @@ type claimed struct {
 
 // queueClaim queues claimSQL for req into a pipeline that holds the
 // sink's claim lock already, reading its result into c.
-func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
+func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) { queueClaimSQL(pb, claimSQL, req, c) }
+
+// queueClaimSQL is queueClaim with another statement of claimSQL's
+// parameters and results: a differential test's oracle.
+func queueClaimSQL(pb *pgx.Batch, sql string, req ClaimRequest, c *claimed) {
 	var workerID, lapse *int64
 	if req.WorkerID != 0 {
 		workerID = &req.WorkerID
@@ -265,7 +275,7 @@ func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
 		us := max(req.MaxAge.Microseconds(), 0)
 		lapse = &us
 	}
-	pb.Queue(claimSQL, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse, max(req.Batches, 1)).Query(func(rows pgx.Rows) error {
+	pb.Queue(sql, req.SinkID, req.BatchSize, req.MaxAckPending, req.Lease.Seconds(), req.Worker, workerID, lapse, max(req.Batches, 1)).Query(func(rows pgx.Rows) error {
 		*c = claimed{}
 		var b *Batch
 		for rows.Next() {
