@@ -300,11 +300,9 @@ func (m *Manager) housekeep(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		n++
 		if err := m.history.flush(ctx, m.cfg.Store); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("record delivery history")
-		}
-		if n++; n%4 != 0 {
-			continue
 		}
 		if dead, err := m.cfg.Store.ReapDeadWorkers(ctx, m.worker.Load().ID); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("revoke claims of dead workers")
@@ -316,17 +314,17 @@ func (m *Manager) housekeep(ctx context.Context) {
 		} else if len(sinks) > 0 {
 			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out or whose worker died; their messages are delivered again")
 		}
-		if n%8 != 0 {
+		if n%2 != 0 {
 			continue
 		}
 		m.checkWorker(ctx)
-		if n%40 == 0 {
+		if n%10 == 0 {
 			if _, err := m.cfg.Store.PruneDelivered(ctx, historyKeep); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("prune delivered history")
 			}
 			m.purgeDeleted(ctx)
 		}
-		if n%16 == 0 {
+		if n%4 == 0 {
 			if _, err := m.cfg.Store.VacuumQueues(ctx, vacuumAfter); err != nil && ctx.Err() == nil {
 				m.cfg.Log.Warn().Err(err).Msg("vacuum the outbox")
 			}

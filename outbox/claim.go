@@ -208,16 +208,20 @@ WITH t AS MATERIALIZED (
 		count(*) FILTER (WHERE NOT pending), array_agg(id ORDER BY id), array_agg(DISTINCT group_key), (SELECT now FROM t), $7::bigint
 	FROM pick GROUP BY bn
 	RETURNING id, ids[1] AS first
-), bf AS (
-	-- Which claims row is which batch: by the batch's least id.
-	SELECT bn, min(id) AS first FROM pick GROUP BY bn
+), pf AS (
+	-- Which claims row is which batch, without a join (the planner nests
+	-- joins of CTEs in loops, a cost quadratic in the batches): batches
+	-- ranked by their least id, as cm ranks the claims rows by ids[1].
+	SELECT p.*, dense_rank() OVER (ORDER BY first) AS fr FROM (SELECT pick.*, min(id) OVER (PARTITION BY bn) AS first FROM pick) p
+), cm AS (
+	SELECT array_agg(id ORDER BY first) AS cids FROM c
 )
 -- Payloads are read last, for the picked messages only. One row even when
 -- nothing is picked: it says how many flags were cleared.
-SELECT (SELECT count(*) FROM demote), c.id, o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
+SELECT (SELECT count(*) FROM demote), (SELECT cids FROM cm)[pf.fr], o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 FROM (SELECT 1) one
-LEFT JOIN (pick JOIN bf ON bf.bn = pick.bn JOIN c ON c.first = bf.first JOIN outbox o ON o.id = pick.id) ON true
-ORDER BY pick.bn, pick.head_ready, pick.head_id, pick.commit_lsn, pick.commit_idx, pick.id`
+LEFT JOIN (pf JOIN outbox o ON o.id = pf.id) ON true
+ORDER BY pf.bn, pf.head_ready, pf.head_id, pf.commit_lsn, pf.commit_idx, pf.id`
 
 // Claim takes one batch for one worker (ClaimBatches with Batches 1).
 // It returns nil when there is nothing to take.

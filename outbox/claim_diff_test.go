@@ -142,10 +142,20 @@ func claimOutcome(t *testing.T, b *testBundle, sql string, req ClaimRequest) str
 	fmt.Fprintf(&sb, "demoted %d;", c.demoted)
 	for _, bt := range c.batches {
 		sb.WriteString(" batch")
+		var mids []int64
 		for _, m := range bt.Messages {
 			fmt.Fprintf(&sb, " %d/%s/%d", m.ID, m.Group, m.DeliverCount)
+			mids = append(mids, m.ID)
 		}
 		sb.WriteString(";")
+		// Each batch comes with the id of its own claims row.
+		var held []int64
+		if err := tx.QueryRow(ctx, `SELECT ids FROM claims WHERE id = $1`, bt.ClaimID).Scan(&held); err != nil {
+			t.Fatalf("claim %d of batch %v: %v", bt.ClaimID, mids, err)
+		}
+		if slices.Sort(mids); !slices.Equal(held, mids) {
+			t.Fatalf("batch %v came with claim %d, which holds %v", mids, bt.ClaimID, held)
+		}
 	}
 	rows, err := tx.Query(ctx, `SELECT format('%s fresh %s groups %s worker %s lapse %s', ids, fresh, groups, worker, lapse_max_age)
 		FROM claims WHERE NOT id = ANY($1) ORDER BY ids`, before)
