@@ -108,6 +108,7 @@ func newSuite(b *testing.B) *suite {
 			b.Fatalf("start a durable cluster: %v", err)
 		}
 		b.Cleanup(func() {
+			keepPlans(c.LogFile())
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			_ = c.Stop(ctx)

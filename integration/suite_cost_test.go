@@ -13,7 +13,7 @@ import (
 
 // The suite's cost accounting (WALHOOK_BENCH_COSTS=1, own cluster only):
 // what a delivered row costs outside walhook's process. It loads
-// pg_stat_statements into the bench cluster and, for rows 1 and 2,
+// pg_stat_statements into the bench cluster and, for rows 1, 2, 3 and 3b,
 // prints after the row the CPU per delivered row of every Postgres
 // process (backends, walsenders, background workers: the postmaster's
 // children, the exited ones included) and of the helper (receiver and
@@ -25,13 +25,54 @@ const benchCostsEnv = "WALHOOK_BENCH_COSTS"
 func benchCosts() bool { return os.Getenv(benchCostsEnv) != "" }
 
 // costSettings are the bench cluster's extra settings for cost
-// accounting.
+// accounting and for plans (benchExplainEnv).
 func costSettings() map[string]string {
-	if !benchCosts() {
-		return nil
+	set := map[string]string{}
+	if benchCosts() {
+		set["shared_preload_libraries"] = "pg_stat_statements"
+		set["pg_stat_statements.track"] = "all"
+		set["pg_stat_statements.max"] = "2000"
 	}
-	return map[string]string{"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all",
-		"pg_stat_statements.max": "2000"}
+	if ms := benchExplainMS(); ms != "" {
+		set["session_preload_libraries"] = "auto_explain"
+		set["auto_explain.log_min_duration"] = ms
+		set["auto_explain.log_analyze"] = "on"
+		set["auto_explain.log_buffers"] = "on"
+		set["auto_explain.log_nested_statements"] = "on"
+	}
+	return set
+}
+
+// benchExplainEnv (WALHOOK_BENCH_EXPLAIN=<ms>, own cluster only) logs
+// the plan, with actual times and buffers, of every statement that runs
+// at least that long (auto_explain); the server log is copied to
+// benchPlansFile when the suite ends, since the cluster's folder goes.
+// How the claim statement's time splits: grep its plans there.
+const benchExplainEnv = "WALHOOK_BENCH_EXPLAIN"
+
+var benchPlansFile = filepath.Join(os.TempDir(), "walhook-bench-plans.log")
+
+func benchExplainMS() string {
+	if _, err := strconv.ParseFloat(os.Getenv(benchExplainEnv), 64); err != nil {
+		return ""
+	}
+	return os.Getenv(benchExplainEnv)
+}
+
+// keepPlans copies the server log, with its plans, to benchPlansFile.
+func keepPlans(logFile string) {
+	if benchExplainMS() == "" {
+		return
+	}
+	raw, err := os.ReadFile(logFile)
+	if err == nil {
+		err = os.WriteFile(benchPlansFile, raw, 0o644)
+	}
+	if err != nil {
+		fmt.Printf("bench: keep plans: %v\n", err)
+		return
+	}
+	fmt.Printf("bench: plans of statements over %s ms: %s\n", benchExplainMS(), benchPlansFile)
 }
 
 // costMeter is a window of cost accounting.
