@@ -78,9 +78,13 @@ const claimLockSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1
 // per connection rather than at every execution (their plans do not
 // depend on the values, and planning the claim costs about as much as
 // running it), and commits them without waiting for the WAL flush (doc.go,
-// "Durability"): the lock is then held for no disk write.
+// "Durability"): the lock is then held for no disk write. No bitmap
+// scans: a plain index scan marks the entries of deleted rows dead as it
+// passes them, and the next one skips them; a bitmap scan never does, so
+// each claim would visit every claims row acked since the last vacuum.
 const claimLockPlanSQL = `SELECT pg_advisory_xact_lock(hashtext('walhook.claim'), $1::int),
-	set_config('plan_cache_mode', 'force_generic_plan', true), set_config('synchronous_commit', 'off', true)`
+	set_config('plan_cache_mode', 'force_generic_plan', true), set_config('synchronous_commit', 'off', true),
+	set_config('enable_bitmapscan', 'off', true)`
 
 // firstOfGroupSQL is the oldest unfailed message of group %s of sink $1,
 // in commit order (see groupOrder). %s is an expression naming the group.
