@@ -2,7 +2,9 @@ package outbox
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -342,5 +344,51 @@ func TestNackBackoffRunsOnServerClock(t *testing.T) {
 	time.Sleep(left)
 	if late, err := b.store.Claim(ctx, req); err != nil || late == nil || late.Messages[0].DeliverCount != 1 {
 		t.Fatalf("claim after the backoff: %+v, %v; want the retry", late, err)
+	}
+}
+
+// TestClaimPlanWalksGroupIndex: the generic plan of the claim, with
+// statistics taken while the outbox was empty (as a new or drained queue
+// has them), uses no bitmap scan (claimLockPlanSQL) and reads each
+// candidate's group by walking outbox_group_idx (see groupOrder). A
+// bitmap scan of claims_sink_idx visits every claims row acked since the
+// last vacuum at each claim; one of a candidate's group reads and sorts
+// the whole group for every candidate, which review 7 saw take over a
+// second for a claim of 100 × 4 over four groups of 5,000.
+func TestClaimPlanWalksGroupIndex(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	if _, err := b.store.Pool.Exec(ctx, `VACUUM ANALYZE outbox`); err != nil {
+		t.Fatal(err)
+	}
+	rows := make([]NewMessage, 0, 4*5000)
+	for g := range 4 {
+		for i := range 5000 {
+			rows = append(rows, NewMessage{SinkID: b.sinkID, Group: fmt.Sprint("g", g), CommitLSN: 1, CommitIdx: i, Payload: []byte(`{}`)})
+		}
+	}
+	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error { return queueRows(ctx, tx, rows) }); err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	if err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, claimLockPlanSQL, b.sinkID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `PREPARE claim_plan(bigint, int, int, float8, text, bigint, bigint, int) AS `+claimSQL); err != nil {
+			return err
+		}
+		r, err := tx.Query(ctx, `EXPLAIN EXECUTE claim_plan(`+fmt.Sprint(b.sinkID)+`, 100, 1000, 30, 'w', NULL, NULL, 4)`)
+		if err != nil {
+			return err
+		}
+		plan, err = pgx.CollectRows(r, pgx.RowTo[string])
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(plan, "\n")
+	if strings.Contains(text, "Bitmap") || !strings.Contains(text, "Index Scan using outbox_group_idx") {
+		t.Fatalf("the claim's generic plan has a bitmap scan or does not walk outbox_group_idx:\n%s", text)
 	}
 }
