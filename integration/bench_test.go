@@ -470,7 +470,11 @@ func BenchmarkClaim(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			url := pgtest.NewDB(b)
 			store, _ := benchStore(ctx, b, url, "http://127.0.0.1:1", 100)
-			n := tc.groups * tc.perGrp
+			// The backlog outlasts b.N × cycles claims of 100: deeper groups
+			// when b.N asks for more than the case's own backlog.
+			const cycles = 50
+			perGrp := max(tc.perGrp, (b.N*cycles*100+tc.groups-1)/tc.groups)
+			n := tc.groups * perGrp
 			if _, err := stateDB(b, url).Exec(ctx, `
 				INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, head)
 				SELECT s.id, 'g' || (i % $1), i, 0, '{"record":{"id":' || i || '}}', i <= $1
@@ -486,7 +490,6 @@ func BenchmarkClaim(b *testing.B) {
 			_ = stateDB(b, url).QueryRow(ctx, `SELECT id FROM sinks`).Scan(&sinkID)
 			req := outbox.ClaimRequest{SinkID: sinkID, BatchSize: 100, MaxAckPending: 10000, Lease: time.Minute, Worker: "bench"}
 			var claimT, ackT time.Duration
-			const cycles = 50
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				for k := 0; k < cycles; k++ {

@@ -140,42 +140,43 @@ WITH t AS MATERIALIZED (
 		AND o.ready_at <= (SELECT now FROM t) AND (SELECT active AND room > 0 FROM st)
 		AND o.id NOT IN (SELECT unnest(ids) FROM live)
 	ORDER BY o.ready_at, o.id LIMIT $2::int * $8::int)
-), x AS MATERIALIZED (
-	-- Each candidate's group from its first message on, in commit order:
-	-- a fair share of the batch per group (twice it, for slack), so many
-	-- deep groups do not make the claim read batch² rows.
-	SELECT c.id AS cid, c.group_key, c.ready_at AS cready, c.retry AS cretry, c.group_key IN (SELECT unnest(groups) FROM live) AS busy, y.*
+), cls AS MATERIALIZED (
+	-- Each candidate's group's first message, in commit order (see
+	-- groupOrder).
+	SELECT c.id AS cid, c.group_key, c.ready_at AS cready, c.retry AS cretry, c.group_key IN (SELECT unnest(groups) FROM live) AS busy,
+		f.id AS first_id, f.ready_at <= (SELECT now FROM t) AS first_ready
 	FROM cand c CROSS JOIN LATERAL (
-		SELECT z.*, row_number() OVER (ORDER BY z.gk, z.commit_lsn, z.commit_idx, z.id) AS pos FROM (
-			SELECT id, group_key AS gk, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
-			FROM outbox
-			WHERE sink_id = $1 AND group_key >= c.group_key AND group_key <= c.group_key AND failed_at IS NULL -- see groupOrder
-			ORDER BY group_key, commit_lsn, commit_idx, id
-			LIMIT LEAST($2, CEIL(2.0 * $2::int * $8::int / (SELECT count(*) FROM cand))::int)
-		) z
-	) y
-), cls AS (
-	SELECT cid, group_key, cready, cretry, busy, id AS first_id, ready AS first_ready FROM x WHERE pos = 1
+		SELECT id, ready_at FROM outbox
+		WHERE sink_id = $1 AND group_key >= c.group_key AND group_key <= c.group_key AND failed_at IS NULL
+		ORDER BY group_key, commit_lsn, commit_idx, id LIMIT 1
+	) f
 ), demote AS (
 	-- A retry keeps its flag: without room it is how a claim reaches the
 	-- fresh messages before it in its group (a replay queued them), which
 	-- it must take first; retries are few (max_ack_pending bounds them).
 	UPDATE outbox SET head = false WHERE id = ANY (ARRAY(SELECT cid FROM cls WHERE NOT cretry AND (busy OR cid <> first_id))) RETURNING 1
-), hx AS (
-	-- The batch heads: per group, its candidate first by (ready_at, id)
-	-- of those whose group no live claim names and whose first message
-	-- is ready; of those heads, the first $2 * $8 by (ready_at, id). The
-	-- choice is made in windows over x, not by joining x to a list of
-	-- heads: the planner, which expects a row or two of each CTE, joins
-	-- them in a nested loop, a cost quadratic in the candidates.
-	SELECT x.*, first_value(cid) OVER (PARTITION BY group_key ORDER BY cready, cid) AS group_head
-	FROM (SELECT x.*, bool_or(ready) FILTER (WHERE pos = 1) OVER (PARTITION BY cid) AS first_ready FROM x) x
-	WHERE NOT busy AND first_ready
-), hy AS (
-	SELECT hx.*, dense_rank() OVER (ORDER BY cready, cid) AS head_rank FROM hx WHERE cid = group_head
+), h AS (
+	SELECT cid, group_key, cready, cretry FROM (
+		SELECT DISTINCT ON (group_key) cid, group_key, cready, cretry FROM cls
+		WHERE NOT busy AND first_ready
+		ORDER BY group_key, cready, cid
+	) d ORDER BY cready, cid LIMIT $2::int * $8::int
 ), g AS (
-	SELECT id, group_key, deliver_count, commit_lsn, commit_idx, ready, cready AS head_ready, cid AS head_id, cretry AS head_retry
-	FROM hy WHERE head_rank <= $2::int * $8::int
+	-- Each head's group from its first message on, in commit order: a
+	-- fair share of the batch per group (twice it, for slack), so many
+	-- deep groups do not make the claim read batch² rows. Read for the
+	-- heads only, after they are chosen: the group's first message is
+	-- read twice, but no join (which the planner, expecting a row or two
+	-- of each CTE, runs as a nested loop, quadratic in the candidates)
+	-- brings the heads and their groups together.
+	SELECT y.id, h.group_key, y.deliver_count, y.commit_lsn, y.commit_idx, y.ready, h.cready AS head_ready, h.cid AS head_id, h.cretry AS head_retry
+	FROM h CROSS JOIN LATERAL (
+		SELECT id, deliver_count, commit_lsn, commit_idx, ready_at <= (SELECT now FROM t) AS ready
+		FROM outbox
+		WHERE sink_id = $1 AND group_key >= h.group_key AND group_key <= h.group_key AND failed_at IS NULL -- see groupOrder
+		ORDER BY group_key, commit_lsn, commit_idx, id
+		LIMIT LEAST($2, CEIL(2.0 * $2::int * $8::int / (SELECT count(*) FROM cand))::int)
+	) y
 ), q AS (
 	-- Every window from here on sorts by (head_ready, head_id, commit
 	-- order): a batch's groups are partitioned by (head_ready, head_id),
