@@ -15,9 +15,10 @@ import (
 )
 
 // TestClaimHeadsDifferential compares claimSQL with the statement before
-// its batch heads were chosen in windows (claimHeadsJoinSQL, below, as
-// it was): on random states, both must pick the same batches, write the
-// same claims rows and clear the same flags. WALHOOK_CLAIM_DIFF_STATES
+// it lost its nested-loop joins (oldClaimHeadsJoinSQL, below, as it
+// was): on random states, both must pick the same batches, write the
+// same claims rows and clear the same flags, and each batch must come
+// with its own claims row. WALHOOK_CLAIM_DIFF_STATES
 // sets how many states (default 400), WALHOOK_CLAIM_DIFF_SEED the first
 // seed.
 func TestClaimHeadsDifferential(t *testing.T) {
@@ -174,9 +175,11 @@ func claimOutcome(t *testing.T, b *testBundle, sql string, req ClaimRequest) str
 	return sb.String()
 }
 
-// oldClaimHeadsJoinSQL is claimSQL as it was before its batch heads were
-// chosen in windows: it joined x to the heads, which the planner did in
-// a nested loop. Kept as the oracle of TestClaimHeadsDifferential.
+// oldClaimHeadsJoinSQL is claimSQL as it was before it lost its
+// nested-loop joins: it joined every candidate's group window (x) to the
+// chosen heads, and the messages to their claims rows, which the planner
+// did in nested loops. Kept as the oracle of TestClaimHeadsDifferential
+// and review 7's tests.
 const oldClaimHeadsJoinSQL = `
 WITH t AS MATERIALIZED (
 	SELECT clock_timestamp() AS now
