@@ -221,11 +221,16 @@ WITH t AS MATERIALIZED (
 ), cm AS (
 	SELECT array_agg(id ORDER BY first) AS cids FROM c
 )
--- Payloads are read last, for the picked messages only. One row even when
--- nothing is picked: it says how many flags were cleared.
+-- Payloads are read last, for the picked messages only, each by its id
+-- (a lateral the planner cannot flatten: as a join, a plan made while
+-- the outbox looked empty scanned all of outbox_pkey for each message).
+-- One row even when nothing is picked: it says how many flags were
+-- cleared.
 SELECT (SELECT count(*) FROM demote), (SELECT cids FROM cm)[pf.fr], o.id, o.group_key, o.commit_lsn, o.commit_idx, o.payload, o.deliver_count, o.first_attempt_at, o.created_at
 FROM (SELECT 1) one
-LEFT JOIN (pf JOIN outbox o ON o.id = pf.id) ON true
+LEFT JOIN (pf CROSS JOIN LATERAL (
+	SELECT id, group_key, commit_lsn, commit_idx, payload, deliver_count, first_attempt_at, created_at FROM outbox WHERE id = pf.id LIMIT 1
+) o) ON true
 ORDER BY pf.bn, pf.head_ready, pf.head_id, pf.commit_lsn, pf.commit_idx, pf.id`
 
 // Claim takes one batch for one worker (ClaimBatches with Batches 1).
