@@ -206,7 +206,13 @@ func newReceiver(t testing.TB) *receiver {
 func (r *receiver) URL() string { return r.srv.URL }
 
 func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
-	body, _ := io.ReadAll(req.Body)
+	body, err := io.ReadAll(req.Body)
+	if err != nil {
+		// The sender went away mid-body (a test killed it): nothing was
+		// delivered, as for any receiver that did not read a whole request.
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	rq := request{Path: req.URL.Path, Query: req.URL.RawQuery, Header: req.Header.Clone(), Body: body, Started: time.Now()}
 	var env struct {
 		Data []json.RawMessage `json:"data"`
