@@ -48,16 +48,9 @@ func TestR7ClaimHeadsDifferentialShapes(t *testing.T) {
 	}
 	b := setup(t)
 	ctx := t.Context()
-	cfg := b.store.Pool.Config()
-	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
-	cfg.MaxConns = 2
-	gp, err := r7Pool(t, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	generic := &testBundle{store: &testStore{Store: b.store.Store, Pool: gp}, sinkID: b.sinkID}
+	generic := r7Generic(t, b, 2)
 	var mode string
-	if err := gp.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode); err != nil || mode != "force_generic_plan" {
+	if err := generic.store.Pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode); err != nil || mode != "force_generic_plan" {
 		t.Fatalf("the generic pool's plan_cache_mode is %q (%v)", mode, err)
 	}
 	var other int64
@@ -124,14 +117,19 @@ func r7HeadsCut(t *testing.T, b *testBundle, req ClaimRequest) bool {
 	return heads > req.BatchSize*req.Batches
 }
 
-// r7Pool opens a pool like cfg's, closed with the test.
-func r7Pool(t *testing.T, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
+// r7Generic is b with a pool of its own whose connections plan every
+// statement generically, as claims run (claimLockPlanSQL).
+func r7Generic(t *testing.T, b *testBundle, maxConns int32) *testBundle {
+	t.Helper()
+	cfg := b.store.Pool.Config()
+	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+	cfg.MaxConns = maxConns
 	p, err := pgxpool.NewWithConfig(t.Context(), cfg)
 	if err != nil {
-		return nil, fmt.Errorf("generic pool: %w", err)
+		t.Fatalf("generic pool: %v", err)
 	}
 	t.Cleanup(p.Close)
-	return p, nil
+	return &testBundle{store: &testStore{Store: b.store.Store, Pool: p}, sinkID: b.sinkID}
 }
 
 // r7State writes the state of seed (outbox, claims, the sink's status)
@@ -321,14 +319,7 @@ func r7State(t *testing.T, b *testBundle, other int64, seed uint64) (ClaimReques
 func TestR7HeadLimit(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
-	cfg := b.store.Pool.Config()
-	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
-	cfg.MaxConns = 1
-	gp, err := r7Pool(t, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	generic := &testBundle{store: &testStore{Store: b.store.Store, Pool: gp}, sinkID: b.sinkID}
+	generic := r7Generic(t, b, 1)
 	msg := func(g string, lsn, count int, ready string) int64 {
 		t.Helper()
 		var id int64

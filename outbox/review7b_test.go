@@ -18,14 +18,7 @@ import (
 func TestR7bGroupWindowAfterDemote(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
-	cfg := b.store.Pool.Config()
-	cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
-	cfg.MaxConns = 1
-	gp, err := r7Pool(t, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	generic := &testBundle{store: &testStore{Store: b.store.Store, Pool: gp}, sinkID: b.sinkID}
+	generic := r7Generic(t, b, 1)
 	msg := func(g string, lsn, count int, ready string, failed bool) int64 {
 		t.Helper()
 		f := "NULL"
