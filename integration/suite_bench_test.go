@@ -952,7 +952,7 @@ func (s *suite) consume(e *apiEnv, sink string, ackNext bool, n int, deadline ti
 }
 
 func (s *suite) pull() {
-	rows := s.n(20_000)
+	rows := s.n(40_000)
 	src, db := s.sourceDB(true)
 	defer s.drop(src)
 	defer db.Close()
@@ -989,20 +989,27 @@ func (s *suite) pull() {
 	// takes its share.
 	const rounds = 4
 	type tally struct {
-		rows int
-		took time.Duration
-		cpu  time.Duration
+		rows    int
+		took    time.Duration
+		cpu, pg time.Duration // this process's, and Postgres's (own cluster only)
 	}
 	var push, serial, ackNext tally
-	// Push keeps a margin: batches in flight at a pause are delivered
-	// unmeasured, from the same backlog.
-	pushShare := int64(rows/rounds - 4*100)
-	for range rounds {
+	// Push keeps a margin: batches in flight at a pause (its workers'
+	// and those claimed for them) are delivered unmeasured, from the same
+	// backlog.
+	pushShare := int64(rows/rounds - 10*100)
+	for round := range rounds {
 		before := s.helper.stats(false).N
-		cpu0, start := selfCPU(), time.Now()
+		var costs *costMeter
+		if round == rounds-1 {
+			costs = s.startCosts(db) // WALHOOK_BENCH_COSTS: the last round of each
+		}
+		cpu0, pg0, start := selfCPU(), s.postgresCPU(), time.Now()
 		e.must(s.b, 200, "POST", "/api/sinks/push/resume", nil)
 		st, _ := s.helper.waitUpTo(before+pushShare, s.cap)
 		push.cpu += selfCPU() - cpu0
+		push.pg += s.postgresCPU() - pg0
+		costs.report("push", st.N-before)
 		e.must(s.b, 200, "POST", "/api/sinks/push/pause", nil)
 		push.rows += int(st.N - before)
 		push.took += time.Duration(st.Last - start.UnixNano())
@@ -1011,24 +1018,36 @@ func (s *suite) pull() {
 			sink string
 			t    *tally
 		}{{"pull1", &serial}, {"pull2", &ackNext}} {
-			cpu0, start := selfCPU(), time.Now()
+			var costs *costMeter
+			if round == rounds-1 {
+				costs = s.startCosts(db)
+			}
+			cpu0, pg0, start := selfCPU(), s.postgresCPU(), time.Now()
 			got := s.consume(e, c.sink, c.t == &ackNext, rows/rounds, start.Add(s.cap))
+			costs.report(c.sink, int64(got))
 			c.t.cpu += selfCPU() - cpu0
+			c.t.pg += s.postgresCPU() - pg0
 			c.t.took += time.Since(start)
 			c.t.rows += got
 		}
 	}
 	rate := func(t tally) float64 { return float64(t.rows) / t.took.Seconds() }
 	perRow := func(t tally) float64 { return float64(t.cpu.Microseconds()) / float64(max(t.rows, 1)) }
+	pgNote := func(t tally) string {
+		if t.pg == 0 {
+			return ""
+		}
+		return fmt.Sprintf("; Postgres CPU %.0f µs/row", float64(t.pg.Microseconds())/float64(max(t.rows, 1)))
+	}
 	all := push.rows >= int(pushShare)*rounds
 	got, got2 := serial.rows, ackNext.rows
 	stop()
 	s.add(suiteRow{id: "pull", workload: "push, batch_size 100, backlog already in the outbox", rate: rate(push), raw: raw.rate(), cpu: perRow(push), rawCPU: raw.cpu, rawWS: raw.ws,
-		note: fmt.Sprintf("%s, concurrency %d, %d rounds interleaved with the consumers below; capture not in rows/s", s.partial(int64(push.rows), int(pushShare)*rounds, all), tb.cfg.Sinks[0].Concurrency, rounds)})
+		note: fmt.Sprintf("%s, concurrency %d, %d rounds interleaved with the consumers below; capture not in rows/s%s", s.partial(int64(push.rows), int(pushShare)*rounds, all), tb.cfg.Sinks[0].Concurrency, rounds, pgNote(push))})
 	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer receiving batches of 100 and acking each", rate: rate(serial), raw: raw.rate(), cpu: perRow(serial),
-		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)", s.partial(int64(got), rows, got >= rows), rate(serial)/rate(push))})
+		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)%s", s.partial(int64(got), rows, got >= rows), rate(serial)/rate(push), pgNote(serial))})
 	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer acking each batch with the receive of the next (ack_ids in the receive, as walhook receive --ack does)", rate: rate(ackNext), raw: raw.rate(), cpu: perRow(ackNext),
-		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)", s.partial(int64(got2), rows, got2 >= rows), rate(ackNext)/rate(push))})
+		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)%s", s.partial(int64(got2), rows, got2 >= rows), rate(ackNext)/rate(push), pgNote(ackNext))})
 }
 
 // sampleWaits samples pg_stat_activity every 10 ms until the returned

@@ -13,8 +13,9 @@ import (
 
 // The suite's cost accounting (WALHOOK_BENCH_COSTS=1, own cluster only):
 // what a delivered row costs outside walhook's process. It loads
-// pg_stat_statements into the bench cluster and, for rows 1, 2, 3 and 3b,
-// prints after the row the CPU per delivered row of every Postgres
+// pg_stat_statements into the bench cluster and, for rows 1, 2, 3 and 3b
+// and for the last round of the pull row's push and consumers, prints
+// after the row the CPU per delivered row of every Postgres
 // process (backends, walsenders, background workers: the postmaster's
 // children, the exited ones included) and of the helper (receiver and
 // writer), and the statements Postgres ran per delivered row, most
