@@ -989,10 +989,11 @@ func (s *suite) pull() {
 	// takes its share.
 	const rounds = 4
 	type tally struct {
-		rows    int
-		took    time.Duration
-		cpu, pg time.Duration // this process's, and Postgres's (own cluster only)
+		rows        int
+		took        time.Duration
+		cpu, pg, ws time.Duration // this process's, Postgres's (own cluster only), walhook's walsender's
 	}
+	wsPID := s.walsenderPID(db, tb.cfg.Database.Slot)
 	var push, serial, ackNext tally
 	// Push keeps a margin: batches in flight at a pause (its workers'
 	// and those claimed for them) are delivered unmeasured, from the same
@@ -1004,11 +1005,12 @@ func (s *suite) pull() {
 		if round == rounds-1 {
 			costs = s.startCosts(db) // WALHOOK_BENCH_COSTS: the last round of each
 		}
-		cpu0, pg0, start := selfCPU(), s.postgresCPU(), time.Now()
+		cpu0, pg0, ws0, start := selfCPU(), s.postgresCPU(), procCPU(wsPID), time.Now()
 		e.must(s.b, 200, "POST", "/api/sinks/push/resume", nil)
 		st, _ := s.helper.waitUpTo(before+pushShare, s.cap)
 		push.cpu += selfCPU() - cpu0
 		push.pg += s.postgresCPU() - pg0
+		push.ws += procCPU(wsPID) - ws0
 		costs.report("push", st.N-before)
 		e.must(s.b, 200, "POST", "/api/sinks/push/pause", nil)
 		push.rows += int(st.N - before)
@@ -1022,17 +1024,19 @@ func (s *suite) pull() {
 			if round == rounds-1 {
 				costs = s.startCosts(db)
 			}
-			cpu0, pg0, start := selfCPU(), s.postgresCPU(), time.Now()
+			cpu0, pg0, ws0, start := selfCPU(), s.postgresCPU(), procCPU(wsPID), time.Now()
 			got := s.consume(e, c.sink, c.t == &ackNext, rows/rounds, start.Add(s.cap))
 			costs.report(c.sink, int64(got))
 			c.t.cpu += selfCPU() - cpu0
 			c.t.pg += s.postgresCPU() - pg0
+			c.t.ws += procCPU(wsPID) - ws0
 			c.t.took += time.Since(start)
 			c.t.rows += got
 		}
 	}
 	rate := func(t tally) float64 { return float64(t.rows) / t.took.Seconds() }
 	perRow := func(t tally) float64 { return float64(t.cpu.Microseconds()) / float64(max(t.rows, 1)) }
+	wsPerRow := func(t tally) float64 { return float64(t.ws.Microseconds()) / float64(max(t.rows, 1)) }
 	pgNote := func(t tally) string {
 		if t.pg == 0 {
 			return ""
@@ -1042,11 +1046,11 @@ func (s *suite) pull() {
 	all := push.rows >= int(pushShare)*rounds
 	got, got2 := serial.rows, ackNext.rows
 	stop()
-	s.add(suiteRow{id: "pull", workload: "push, batch_size 100, backlog already in the outbox", rate: rate(push), raw: raw.rate(), cpu: perRow(push), rawCPU: raw.cpu, rawWS: raw.ws,
+	s.add(suiteRow{id: "pull", workload: "push, batch_size 100, backlog already in the outbox", rate: rate(push), raw: raw.rate(), cpu: perRow(push), ws: wsPerRow(push), rawCPU: raw.cpu, rawWS: raw.ws,
 		note: fmt.Sprintf("%s, concurrency %d, %d rounds interleaved with the consumers below; capture not in rows/s%s", s.partial(int64(push.rows), int(pushShare)*rounds, all), tb.cfg.Sinks[0].Concurrency, rounds, pgNote(push))})
-	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer receiving batches of 100 and acking each", rate: rate(serial), raw: raw.rate(), cpu: perRow(serial),
+	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer receiving batches of 100 and acking each", rate: rate(serial), raw: raw.rate(), cpu: perRow(serial), ws: wsPerRow(serial),
 		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)%s", s.partial(int64(got), rows, got >= rows), rate(serial)/rate(push), pgNote(serial))})
-	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer acking each batch with the receive of the next (ack_ids in the receive, as walhook receive --ack does)", rate: rate(ackNext), raw: raw.rate(), cpu: perRow(ackNext),
+	s.add(suiteRow{id: "pull", workload: "pull, 1 consumer acking each batch with the receive of the next (ack_ids in the receive, as walhook receive --ack does)", rate: rate(ackNext), raw: raw.rate(), cpu: perRow(ackNext), ws: wsPerRow(ackNext),
 		note: fmt.Sprintf("%s; %.2f× push; CPU includes the consumer's HTTP client (in process)%s", s.partial(int64(got2), rows, got2 >= rows), rate(ackNext)/rate(push), pgNote(ackNext))})
 }
 
