@@ -990,12 +990,20 @@ func (s *suite) pull() {
 	// in the same round: the median of those ratios is the figure a drift
 	// of the machine's load moves least.
 	const rounds = 8
-	type tally struct {
-		rows        int
-		took        time.Duration
-		cpu, pg, ws time.Duration // this process's, Postgres's (own cluster only), walhook's walsender's
-	}
+	// CPU: this process's, Postgres's (own cluster only), walhook's
+	// walsender's.
+	type cpus struct{ cpu, pg, ws time.Duration }
 	wsPID := s.walsenderPID(db, tb.cfg.Database.Slot)
+	cpuNow := func() cpus { return cpus{selfCPU(), s.postgresCPU(), procCPU(wsPID)} }
+	type tally struct {
+		rows int
+		took time.Duration
+		cpus
+	}
+	charge := func(t *tally, from cpus) {
+		now := cpuNow()
+		t.cpu, t.pg, t.ws = t.cpu+now.cpu-from.cpu, t.pg+now.pg-from.pg, t.ws+now.ws-from.ws
+	}
 	var push, serial, ackNext tally
 	ratios := map[*tally][]float64{}
 	// Push keeps a margin: batches in flight at a pause (its workers'
@@ -1008,12 +1016,10 @@ func (s *suite) pull() {
 		if round == rounds-1 {
 			costs = s.startCosts(db) // WALHOOK_BENCH_COSTS: the last round of each
 		}
-		cpu0, pg0, ws0, start := selfCPU(), s.postgresCPU(), procCPU(wsPID), time.Now()
+		cpu0, start := cpuNow(), time.Now()
 		e.must(s.b, 200, "POST", "/api/sinks/push/resume", nil)
 		st, _ := s.helper.waitUpTo(before+pushShare, s.cap)
-		push.cpu += selfCPU() - cpu0
-		push.pg += s.postgresCPU() - pg0
-		push.ws += procCPU(wsPID) - ws0
+		charge(&push, cpu0)
 		costs.report("push", st.N-before)
 		e.must(s.b, 200, "POST", "/api/sinks/push/pause", nil)
 		push.rows += int(st.N - before)
@@ -1028,12 +1034,10 @@ func (s *suite) pull() {
 			if round == rounds-1 {
 				costs = s.startCosts(db)
 			}
-			cpu0, pg0, ws0, start := selfCPU(), s.postgresCPU(), procCPU(wsPID), time.Now()
+			cpu0, start := cpuNow(), time.Now()
 			got := s.consume(e, c.sink, c.t == &ackNext, rows/rounds, start.Add(s.cap))
 			costs.report(c.sink, int64(got))
-			c.t.cpu += selfCPU() - cpu0
-			c.t.pg += s.postgresCPU() - pg0
-			c.t.ws += procCPU(wsPID) - ws0
+			charge(c.t, cpu0)
 			took := time.Since(start)
 			c.t.took += took
 			c.t.rows += got
