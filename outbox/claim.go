@@ -256,6 +256,12 @@ func (s *Store) ClaimBatches(ctx context.Context, req ClaimRequest) ([]*Batch, e
 			pb.Queue(claimLockPlanSQL, req.SinkID)
 			queueClaim(pb, req, &c)
 		})
+		if err == nil && c.demoted == freshMissed {
+			err = s.batch(ctx, func(pb *pgx.Batch) {
+				pb.Queue(claimLockPlanSQL, req.SinkID)
+				queueClaimSQL(pb, claimSQL, req, &c)
+			})
+		}
 		if err != nil {
 			return nil, fmt.Errorf("claim batches for sink %d: %w", req.SinkID, err)
 		}
@@ -274,9 +280,13 @@ type claimed struct {
 	demoted int64
 }
 
-// queueClaim queues claimSQL for req into a pipeline that holds the
-// sink's claim lock already, reading its result into c.
-func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) { queueClaimSQL(pb, claimSQL, req, c) }
+// queueClaim queues claimFreshSQL for req into a pipeline that holds the
+// sink's claim lock already, reading its result into c; c.demoted is
+// freshMissed when claimSQL must run instead.
+func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) { queueClaimSQL(pb, claimFreshSQL, req, c) }
+
+// freshMissed is claimFreshSQL's answer when it does not apply.
+const freshMissed = -1
 
 // queueClaimSQL is queueClaim with another statement of claimSQL's
 // parameters and results: a differential test's oracle.

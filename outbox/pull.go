@@ -222,7 +222,7 @@ func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimReque
 	if err != nil {
 		return nil, nil, fmt.Errorf("ack %d received messages of sink %d and receive more: %w", len(refs), req.SinkID, err)
 	}
-	if len(c.batches) == 0 && c.demoted > 0 {
+	if len(c.batches) == 0 && c.demoted != 0 {
 		// As ClaimBatches: look again, past the candidates it cleared.
 		b, err := s.Claim(ctx, req)
 		if err != nil {
