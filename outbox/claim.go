@@ -283,7 +283,9 @@ type claimed struct {
 // queueClaim queues claimFreshSQL for req into a pipeline that holds the
 // sink's claim lock already, reading its result into c; c.demoted is
 // freshMissed when claimSQL must run instead.
-func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) { queueClaimSQL(pb, claimFreshSQL, req, c) }
+func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
+	queueClaimSQL(pb, claimFreshSQL, req, c)
+}
 
 // freshMissed is claimFreshSQL's answer when it does not apply.
 const freshMissed = -1
