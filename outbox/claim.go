@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -254,9 +255,10 @@ func (s *Store) ClaimBatches(ctx context.Context, req ClaimRequest) ([]*Batch, e
 		var c claimed
 		err := s.batch(ctx, func(pb *pgx.Batch) {
 			pb.Queue(claimLockPlanSQL, req.SinkID)
-			queueClaim(pb, req, &c)
+			s.queueClaim(pb, req, &c)
 		})
 		if err == nil && c.demoted == freshMissed {
+			s.freshMiss(req.SinkID)
 			err = s.batch(ctx, func(pb *pgx.Batch) {
 				pb.Queue(claimLockPlanSQL, req.SinkID)
 				queueClaimSQL(pb, claimSQL, req, &c)
@@ -280,15 +282,34 @@ type claimed struct {
 	demoted int64
 }
 
-// queueClaim queues claimFreshSQL for req into a pipeline that holds the
-// sink's claim lock already, reading its result into c; c.demoted is
-// freshMissed when claimSQL must run instead.
-func queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
+// queueClaim queues a claim for req into a pipeline that holds the
+// sink's claim lock already, reading its result into c: claimFreshSQL,
+// unless it recently did not apply for the sink (a sink with hot groups
+// would run it in vain before every claim), then claimSQL. c.demoted is
+// freshMissed when claimFreshSQL did not apply: the caller notes it
+// (freshMiss) and runs claimSQL.
+func (s *Store) queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
+	v, _ := s.freshSkips.LoadOrStore(req.SinkID, new(atomic.Int32))
+	if skips := v.(*atomic.Int32); skips.Load() > 0 {
+		skips.Add(-1)
+		queueClaimSQL(pb, claimSQL, req, c)
+		return
+	}
 	queueClaimSQL(pb, claimFreshSQL, req, c)
 }
 
 // freshMissed is claimFreshSQL's answer when it does not apply.
 const freshMissed = -1
+
+// freshSkipsAfterMiss is how many claims of a sink go straight to
+// claimSQL after claimFreshSQL did not apply.
+const freshSkipsAfterMiss = 16
+
+// freshMiss notes that claimFreshSQL did not apply for the sink.
+func (s *Store) freshMiss(sinkID int64) {
+	v, _ := s.freshSkips.LoadOrStore(sinkID, new(atomic.Int32))
+	v.(*atomic.Int32).Store(freshSkipsAfterMiss)
+}
 
 // queueClaimSQL is queueClaim with another statement of claimSQL's
 // parameters and results: a differential test's oracle.

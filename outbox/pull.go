@@ -217,10 +217,13 @@ func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimReque
 	res := &PullAckResult{}
 	var c claimed
 	err := s.pullOutcome(ctx, req.SinkID, pullAckSQL, pullAckArgs(req.SinkID, refs), res.scan, func(pb *pgx.Batch) {
-		queueClaim(pb, req, &c)
+		s.queueClaim(pb, req, &c)
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("ack %d received messages of sink %d and receive more: %w", len(refs), req.SinkID, err)
+	}
+	if c.demoted == freshMissed {
+		s.freshMiss(req.SinkID)
 	}
 	if len(c.batches) == 0 && c.demoted != 0 {
 		// As ClaimBatches: look again, past the candidates it cleared.

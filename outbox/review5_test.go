@@ -737,7 +737,7 @@ func TestR5WarmBeforeMigrations(t *testing.T) {
 		var cl claimed
 		pb := &pgx.Batch{}
 		pb.Queue(claimLockPlanSQL, sinkID)
-		queueClaim(pb, ClaimRequest{SinkID: sinkID, BatchSize: 10, MaxAckPending: 100, Lease: time.Minute}, &cl)
+		queueClaimSQL(pb, claimSQL, ClaimRequest{SinkID: sinkID, BatchSize: 10, MaxAckPending: 100, Lease: time.Minute}, &cl)
 		pb.Queue(ackSQL, []int64{1})
 		pb.Queue(promoteSQL, sinkID, []string{"x"})
 		if err := conn.SendBatch(ctx, pb).Close(); err != nil {
@@ -945,7 +945,7 @@ func TestR5WarmThenMigrate(t *testing.T) {
 		var cl claimed
 		pb := &pgx.Batch{}
 		pb.Queue(claimLockPlanSQL, sinkID)
-		queueClaim(pb, ClaimRequest{SinkID: sinkID, BatchSize: 10, MaxAckPending: 100, Lease: time.Minute}, &cl)
+		queueClaimSQL(pb, claimSQL, ClaimRequest{SinkID: sinkID, BatchSize: 10, MaxAckPending: 100, Lease: time.Minute}, &cl)
 		if err := conn.SendBatch(ctx, pb).Close(); err != nil {
 			t.Fatalf("connection %d, warmed before 00007: claim: %v", i, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,9 @@ type Store struct {
 	// Box seals sinks' signing secrets (and opens them on read). Without
 	// a key they are stored in clear, as before encryption_key existed.
 	Box *secrets.Box
+	// freshSkips counts, per sink, the claims left to make with claimSQL
+	// alone after claimFreshSQL last did not apply (claim_fresh.go).
+	freshSkips sync.Map // int64 -> *atomic.Int32
 }
 
 // idleInTransactionTimeout ends the session of a process frozen inside a
@@ -87,7 +91,8 @@ func warm(ctx context.Context, conn *pgx.Conn) error {
 	defer func() { _ = conn.PgConn().Exec(ctx, `RESET lock_timeout; RESET statement_timeout`).Close() }()
 	b := &pgx.Batch{}
 	b.Queue(claimLockPlanSQL, 0)
-	queueClaim(b, ClaimRequest{BatchSize: 1, MaxAckPending: 1, Lease: time.Second}, &claimed{})
+	queueClaimSQL(b, claimFreshSQL, ClaimRequest{BatchSize: 1, MaxAckPending: 1, Lease: time.Second}, &claimed{})
+	queueClaimSQL(b, claimSQL, ClaimRequest{BatchSize: 1, MaxAckPending: 1, Lease: time.Second}, &claimed{})
 	b.Queue(ackSQL, []int64{})
 	b.Queue(promoteSQL, 0, []string{})
 	_ = conn.SendBatch(ctx, b).Close()
