@@ -85,6 +85,14 @@
 // row of its own, and a group goes whole into one of them (cut to a
 // prefix that fits, never split across two).
 //
+// C has a second statement for the state most claims of a backlog meet
+// (claim_fresh.go): every candidate fresh, the only unfailed message of
+// its group, in a group no live claim names, no retry to take, and room
+// for all. There C takes the candidates as they come and clears no flag,
+// which claimFreshSQL does without reading group windows; in any other
+// state it changes nothing and claimSQL runs. It must do what claimSQL
+// does wherever it applies (TestClaimFreshDifferential).
+//
 // P (promote). After every ack and nack (and reap, R), under L, first(g)
 // of each of the batch's groups is flagged true. Setting first(g) to
 // true is always safe, so this runs whether or not the outcome took
