@@ -48,7 +48,7 @@ WITH t AS MATERIALIZED (
 ), ok AS MATERIALIZED (
 	SELECT NOT EXISTS (SELECT 1 FROM retry)
 		AND (SELECT count(*) FROM one) <= GREATEST((SELECT room FROM st), 0)
-		AND NOT EXISTS (SELECT 1 FROM one WHERE busy OR ids[1] <> id OR cardinality(ids) <> 1) AS applies
+		AND NOT EXISTS (SELECT 1 FROM one WHERE busy IS NOT FALSE OR ids[1] <> id OR cardinality(ids) <> 1) AS applies
 ), pick AS MATERIALIZED (
 	SELECT id, group_key, ready_at, (row_number() OVER (ORDER BY ready_at, id) - 1) / $2 AS bn
 	FROM one WHERE (SELECT applies FROM ok)

@@ -137,7 +137,9 @@
 // the consumer's next receive (PullAckClaim): the claim runs after the
 // ack and its P in the same transaction, under the same turn of L, so it
 // sees the groups the ack handed on exactly as a claim right after the
-// ack's commit would; nothing else can run between them.
+// ack's commit would. When that claim is claimFreshSQL and it does not
+// apply, claimSQL runs after the commit, under another turn of L: a
+// claim right after the ack's commit, which others may precede.
 //
 // T (term). One process streams the replication slot: the holder of a
 // lease row (leases) with a token that grows with every term and an end

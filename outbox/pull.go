@@ -210,9 +210,11 @@ func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*Pul
 // PullAckClaim is PullAck and then Claim(req) for the same sink, in one
 // transaction and one turn of the claim lock: a consumer acknowledges
 // what it handled and receives more in one round trip, and the claim
-// sees the groups the ack handed on. The batch is nil when there is
-// nothing to take. A non-nil result says the acks took effect, even
-// with an error (of a second look, after the transaction).
+// sees the groups the ack handed on (a second look after the commit
+// when the claim cleared flags or claimFreshSQL did not apply: doc.go,
+// rule U). The batch is nil when there is nothing to take. A non-nil
+// result says the acks took effect, even with an error (of a second
+// look, after the transaction).
 func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimRequest) (*PullAckResult, *Batch, error) {
 	res := &PullAckResult{}
 	var c claimed
