@@ -74,32 +74,7 @@ func TestClaimHeadsDifferential(t *testing.T) {
 				}
 			}
 		}
-		taken := map[int64]bool{}
-		for range rnd.IntN(4) {
-			var cids []int64
-			cgs := map[string]bool{}
-			for i, id := range ids {
-				if !taken[id] && rnd.IntN(4) == 0 {
-					taken[id], cgs[gs[i]] = true, true
-					cids = append(cids, id)
-				}
-			}
-			if len(cids) == 0 {
-				continue
-			}
-			until, lapse := "1 hour", "NULL"
-			switch rnd.IntN(5) {
-			case 0:
-				until = "-1 hour" // ended
-			case 1:
-				until, lapse = "-1 hour", "0" // lapsed, not recorded yet
-			}
-			if _, err := b.store.Pool.Exec(ctx, fmt.Sprintf(`INSERT INTO claims (sink_id, worker, until, fresh, ids, groups, lapse_max_age)
-				VALUES ($1, 'x', now() + interval '%s', $2, $3, $4, %s)`, until, lapse),
-				b.sinkID, rnd.IntN(len(cids)+1), cids, slices.Sorted(maps.Keys(cgs))); err != nil {
-				t.Fatal(err)
-			}
-		}
+		b.randomClaims(t, rnd, ids, gs, rnd.IntN(4), 4)
 		req := ClaimRequest{SinkID: b.sinkID, BatchSize: 1 + rnd.IntN(6), MaxAckPending: 1 + rnd.IntN(30), Lease: time.Minute,
 			Worker: "w", Batches: 1 + rnd.IntN(4), Pull: rnd.IntN(4) == 0}
 		want := claimOutcome(t, b, oldClaimHeadsJoinSQL, req)
@@ -115,6 +90,39 @@ func TestClaimHeadsDifferential(t *testing.T) {
 		t.Fatalf("only %d of %d states gave a batch: the states do not test the claim", took, states)
 	}
 	t.Logf("%d states, %d with batches", states, took)
+}
+
+// randomClaims inserts up to n claims rows of b's sink, each holding
+// about one in oneIn of the messages ids (of groups gs) no row holds
+// yet: live, ended, or lapsed without its attempt recorded.
+func (b *testBundle) randomClaims(t *testing.T, rnd *rand.Rand, ids []int64, gs []string, n, oneIn int) {
+	t.Helper()
+	taken := map[int64]bool{}
+	for range n {
+		var cids []int64
+		cgs := map[string]bool{}
+		for i, id := range ids {
+			if !taken[id] && rnd.IntN(oneIn) == 0 {
+				taken[id], cgs[gs[i]] = true, true
+				cids = append(cids, id)
+			}
+		}
+		if len(cids) == 0 {
+			continue
+		}
+		until, lapse := "1 hour", "NULL"
+		switch rnd.IntN(5) {
+		case 0:
+			until = "-1 hour" // ended
+		case 1:
+			until, lapse = "-1 hour", "0" // lapsed, not recorded yet
+		}
+		if _, err := b.store.Pool.Exec(t.Context(), fmt.Sprintf(`INSERT INTO claims (sink_id, worker, until, fresh, ids, groups, lapse_max_age)
+			VALUES ($1, 'x', now() + interval '%s', $2, $3, $4, %s)`, until, lapse),
+			b.sinkID, rnd.IntN(len(cids)+1), cids, slices.Sorted(maps.Keys(cgs))); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // claimOutcome runs sql as claimSQL for req in a transaction it rolls

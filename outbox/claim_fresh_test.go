@@ -2,10 +2,8 @@ package outbox
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -66,55 +64,42 @@ func TestClaimFreshDifferential(t *testing.T) {
 				}
 			}
 		}
-		taken := map[int64]bool{}
-		for range rnd.IntN(3) {
-			var cids []int64
-			cgs := map[string]bool{}
-			for i, id := range ids {
-				if !taken[id] && rnd.IntN(6) == 0 {
-					taken[id], cgs[gs[i]] = true, true
-					cids = append(cids, id)
-				}
-			}
-			if len(cids) == 0 {
-				continue
-			}
-			until, lapse := "1 hour", "NULL"
-			switch rnd.IntN(5) {
-			case 0:
-				until = "-1 hour"
-			case 1:
-				until, lapse = "-1 hour", "0"
-			}
-			if _, err := b.store.Pool.Exec(ctx, fmt.Sprintf(`INSERT INTO claims (sink_id, worker, until, fresh, ids, groups, lapse_max_age)
-				VALUES ($1, 'x', now() + interval '%s', $2, $3, $4, %s)`, until, lapse),
-				b.sinkID, rnd.IntN(len(cids)+1), cids, slices.Sorted(maps.Keys(cgs))); err != nil {
-				t.Fatal(err)
-			}
-		}
+		b.randomClaims(t, rnd, ids, gs, rnd.IntN(3), 6)
 		req := ClaimRequest{SinkID: b.sinkID, BatchSize: 1 + rnd.IntN(8), MaxAckPending: 1 + rnd.IntN(60), Lease: time.Minute,
 			Worker: "w", Batches: 1 + rnd.IntN(4), Pull: rnd.IntN(4) == 0}
-		want := claimOutcome(t, b, claimSQL, req)
-		got := claimOutcome(t, b, claimFreshSQL, req)
-		if strings.HasPrefix(got, "demoted -1;") {
-			// Not applied: nothing changed.
-			none := claimOutcome(t, b, `SELECT -1::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::int, NULL::bytea, NULL::int, NULL::timestamptz, NULL::timestamptz
-				FROM (SELECT $1::bigint, $2::int, $3::int, $4::float8, $5::text, $6::bigint, $7::bigint, $8::int) p`, req)
-			if got != none {
-				t.Fatalf("seed %d: claimFreshSQL did not apply but changed something:\n%s\nnothing: %s", seed, got, none)
-			}
-			continue
+		ok, withBatches := checkFreshContract(t, b, req, fmt.Sprintf("seed %d", seed))
+		if ok {
+			applied++
 		}
-		applied++
-		if strings.Contains(got, "batch") {
+		if withBatches {
 			took++
-		}
-		if got != want {
-			t.Fatalf("seed %d, request %+v:\nclaimSQL:      %s\nclaimFreshSQL: %s", seed, req, want, got)
 		}
 	}
 	if took < states/10 {
 		t.Fatalf("claimFreshSQL took batches in only %d of %d states (applied in %d)", took, states, applied)
 	}
 	t.Logf("%d states, claimFreshSQL applied in %d, %d of them with batches", states, applied, took)
+}
+
+// checkFreshContract checks claimFreshSQL's contract for req in b's
+// state: it either says -1 and changes nothing, or does exactly what
+// claimSQL does (claimOutcome). It says which, and whether batches were
+// taken.
+func checkFreshContract(t *testing.T, b *testBundle, req ClaimRequest, what string) (applied, took bool) {
+	t.Helper()
+	want := claimOutcome(t, b, claimSQL, req)
+	got := claimOutcome(t, b, claimFreshSQL, req)
+
+	if strings.HasPrefix(got, "demoted -1;") {
+		none := claimOutcome(t, b, `SELECT -1::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::int, NULL::bytea, NULL::int, NULL::timestamptz, NULL::timestamptz
+			FROM (SELECT $1::bigint, $2::int, $3::int, $4::float8, $5::text, $6::bigint, $7::bigint, $8::int) p`, req)
+		if got != none {
+			t.Fatalf("%s: claimFreshSQL did not apply but changed something:\n%s\nnothing: %s", what, got, none)
+		}
+		return false, false
+	}
+	if got != want {
+		t.Fatalf("%s, request %+v:\nclaimSQL:      %s\nclaimFreshSQL: %s", what, req, want, got)
+	}
+	return true, strings.Contains(got, "batch")
 }

@@ -10,32 +10,6 @@ import (
 	"time"
 )
 
-// checkFreshContract: claimFreshSQL either says -1 and changes nothing, or
-// does exactly what claimSQL does (claimOutcome).
-func checkFreshContract(t *testing.T, b *testBundle, req ClaimRequest, what string) (applied, took bool) {
-	t.Helper()
-	return checkFreshContractOf(t, b, claimFreshSQL, req, what)
-}
-
-func checkFreshContractOf(t *testing.T, b *testBundle, fresh string, req ClaimRequest, what string) (applied, took bool) {
-	t.Helper()
-	want := claimOutcome(t, b, claimSQL, req)
-	got := claimOutcome(t, b, fresh, req)
-
-	if strings.HasPrefix(got, "demoted -1;") {
-		none := claimOutcome(t, b, `SELECT -1::bigint, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint, NULL::int, NULL::bytea, NULL::int, NULL::timestamptz, NULL::timestamptz
-			FROM (SELECT $1::bigint, $2::int, $3::int, $4::float8, $5::text, $6::bigint, $7::bigint, $8::int) p`, req)
-		if got != none {
-			t.Fatalf("%s: claimFreshSQL did not apply but changed something:\n%s\nnothing: %s", what, got, none)
-		}
-		return false, false
-	}
-	if got != want {
-		t.Fatalf("%s, request %+v:\nclaimSQL:      %s\nclaimFreshSQL: %s", what, req, want, got)
-	}
-	return true, strings.Contains(got, "batch")
-}
-
 // review8Generic: WALHOOK_REVIEW8_GENERIC=1 runs both statements after
 // claimLockPlanSQL's settings take effect in their transaction.
 var review8Generic = os.Getenv("WALHOOK_REVIEW8_GENERIC") != ""
@@ -70,9 +44,8 @@ func review8Settings(t *testing.T, b *testBundle) {
 // candidate; claimFreshSQL's "NOT EXISTS (... WHERE busy OR ...)" reads
 // the NULL as "not busy" and took them all (5ebaf0e); it now reads
 // "busy IS NOT FALSE", does not apply, and claimSQL runs.
-func TestReview8FreshNullGroupInLiveClaim(t *testing.T) { review8NullGroup(t, claimFreshSQL) }
+func TestReview8FreshNullGroupInLiveClaim(t *testing.T) {
 
-func review8NullGroup(t *testing.T, fresh string) {
 	b := setup(t)
 	ctx := t.Context()
 	if _, err := b.store.Pool.Exec(ctx, `INSERT INTO outbox (sink_id, group_key, commit_lsn, commit_idx, payload, head, ready_at)
@@ -83,7 +56,7 @@ func review8NullGroup(t *testing.T, fresh string) {
 		VALUES ($1, 'x', now() + interval '1 hour', 0, '{}', ARRAY['zz', NULL]::text[])`, b.sinkID); err != nil {
 		t.Fatal(err)
 	}
-	checkFreshContractOf(t, b, fresh, ClaimRequest{SinkID: b.sinkID, BatchSize: 2, MaxAckPending: 10, Lease: time.Minute, Worker: "w", Batches: 2}, "NULL in a live claim's groups")
+	checkFreshContract(t, b, ClaimRequest{SinkID: b.sinkID, BatchSize: 2, MaxAckPending: 10, Lease: time.Minute, Worker: "w", Batches: 2}, "NULL in a live claim's groups")
 }
 
 // TestReview8FreshEdges: random states aimed at the edges of
