@@ -289,8 +289,7 @@ type claimed struct {
 // freshMissed when claimFreshSQL did not apply: the caller notes it
 // (freshMiss) and runs claimSQL.
 func (s *Store) queueClaim(pb *pgx.Batch, req ClaimRequest, c *claimed) {
-	v, _ := s.freshSkips.LoadOrStore(req.SinkID, new(atomic.Int32))
-	if skips := v.(*atomic.Int32); skips.Load() > 0 {
+	if skips := s.freshSkipsOf(req.SinkID); skips.Load() > 0 {
 		skips.Add(-1)
 		queueClaimSQL(pb, claimSQL, req, c)
 		return
@@ -306,9 +305,11 @@ const freshMissed = -1
 const freshSkipsAfterMiss = 16
 
 // freshMiss notes that claimFreshSQL did not apply for the sink.
-func (s *Store) freshMiss(sinkID int64) {
+func (s *Store) freshMiss(sinkID int64) { s.freshSkipsOf(sinkID).Store(freshSkipsAfterMiss) }
+
+func (s *Store) freshSkipsOf(sinkID int64) *atomic.Int32 {
 	v, _ := s.freshSkips.LoadOrStore(sinkID, new(atomic.Int32))
-	v.(*atomic.Int32).Store(freshSkipsAfterMiss)
+	return v.(*atomic.Int32)
 }
 
 // queueClaimSQL is queueClaim with another statement of claimSQL's

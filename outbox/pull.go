@@ -228,7 +228,8 @@ func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimReque
 		s.freshMiss(req.SinkID)
 	}
 	if len(c.batches) == 0 && c.demoted != 0 {
-		// As ClaimBatches: look again, past the candidates it cleared.
+		// As ClaimBatches: look again, past the candidates it cleared,
+		// or with claimSQL when claimFreshSQL did not apply.
 		b, err := s.Claim(ctx, req)
 		if err != nil {
 			return res, nil, fmt.Errorf("acked %d received messages of sink %d, then: %w", len(res.Acked), req.SinkID, err)
