@@ -329,11 +329,7 @@ func TestR7HeadLimit(t *testing.T) {
 		}
 		return id
 	}
-	for _, c := range []struct {
-		name  string
-		req   ClaimRequest
-		state func() string // the batches the claim takes
-	}{
+	r7FixedStates(t, b, generic, false, []r7Fixed{
 		{"room spent, a retry head past the limit", ClaimRequest{BatchSize: 1, Batches: 2, MaxAckPending: 2}, func() string {
 			a := msg("a", 1, 0, "-3 hours")
 			msg("b", 1, 0, "-2 hours")
@@ -349,8 +345,26 @@ func TestR7HeadLimit(t *testing.T) {
 			b1, d1 := msg("b", 1, 0, "-2 hours"), msg("d", 1, 0, "-1 hour")
 			return fmt.Sprintf("demoted 0; batch %d/b/0 %d/d/0; claims", b1, d1)
 		}},
-	} {
-		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM outbox; DELETE FROM claims`); err != nil {
+	})
+}
+
+// r7Fixed is a fixed state for the claim: state builds it (on an empty
+// outbox) and returns a prefix of the outcome the old statement must
+// give, "" for any.
+type r7Fixed struct {
+	name  string
+	req   ClaimRequest
+	state func() string
+}
+
+// r7FixedStates builds each state, checks the old statement's outcome
+// against its prefix (and that it took a batch, when needBatch), and
+// that the old statement and claimSQL give that outcome under custom
+// (b) and generic plans.
+func r7FixedStates(t *testing.T, b, generic *testBundle, needBatch bool, states []r7Fixed) {
+	t.Helper()
+	for _, c := range states {
+		if _, err := b.store.Pool.Exec(t.Context(), `DELETE FROM outbox; DELETE FROM claims`); err != nil {
 			t.Fatal(err)
 		}
 		prefix := c.state()
@@ -360,6 +374,9 @@ func TestR7HeadLimit(t *testing.T) {
 		if !strings.HasPrefix(want, prefix) {
 			t.Fatalf("%s: the old statement did %s, want %s...", c.name, want, prefix)
 		}
+		if needBatch && !strings.Contains(want, "batch") {
+			t.Fatalf("%s: no batch (%s): the state tests nothing", c.name, want)
+		}
 		for _, bb := range []*testBundle{b, generic} {
 			for _, sql := range []string{oldClaimHeadsJoinSQL, claimSQL} {
 				if got := claimOutcome(t, bb, sql, req); got != want {
@@ -367,5 +384,6 @@ func TestR7HeadLimit(t *testing.T) {
 				}
 			}
 		}
+		t.Logf("%s: %s", c.name, want)
 	}
 }

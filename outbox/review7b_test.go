@@ -2,9 +2,7 @@ package outbox
 
 import (
 	"fmt"
-	"strings"
 	"testing"
-	"time"
 )
 
 // TestR7bGroupWindowAfterDemote pins the states where reading a group's
@@ -37,11 +35,7 @@ func TestR7bGroupWindowAfterDemote(t *testing.T) {
 			msg(fmt.Sprintf("z%02d", i), 1, 0, "-1 minute", false)
 		}
 	}
-	for _, c := range []struct {
-		name  string
-		req   ClaimRequest
-		state func() string // a prefix of the outcome, "" for none
-	}{
+	r7FixedStates(t, b, generic, true, []r7Fixed{
 		{"the head is demoted in the same statement, behind a failed first message", ClaimRequest{BatchSize: 5, Batches: 1, MaxAckPending: 10}, func() string {
 			msg("a", 1, 0, "-4 hours", true)
 			m2 := msg("a", 2, 0, "-1 hour", false)
@@ -79,25 +73,5 @@ func TestR7bGroupWindowAfterDemote(t *testing.T) {
 			}
 			return ""
 		}},
-	} {
-		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM outbox; DELETE FROM claims`); err != nil {
-			t.Fatal(err)
-		}
-		prefix := c.state()
-		req := c.req
-		req.SinkID, req.Lease, req.Worker = b.sinkID, time.Minute, "w"
-		want := claimOutcome(t, b, oldClaimHeadsJoinSQL, req)
-		if !strings.HasPrefix(want, prefix) {
-			t.Fatalf("%s: the old statement did %s, want %s...", c.name, want, prefix)
-		}
-		if !strings.Contains(want, "batch") {
-			t.Fatalf("%s: no batch (%s): the state tests nothing", c.name, want)
-		}
-		for _, bb := range []*testBundle{b, generic} {
-			if got := claimOutcome(t, bb, claimSQL, req); got != want {
-				t.Errorf("%s: got %s, want %s", c.name, got, want)
-			}
-		}
-		t.Logf("%s: %s", c.name, want)
-	}
+	})
 }
