@@ -308,7 +308,10 @@ const freshSkipsAfterMiss = 16
 func (s *Store) freshMiss(sinkID int64) { s.freshSkipsOf(sinkID).Store(freshSkipsAfterMiss) }
 
 func (s *Store) freshSkipsOf(sinkID int64) *atomic.Int32 {
-	v, _ := s.freshSkips.LoadOrStore(sinkID, new(atomic.Int32))
+	v, ok := s.freshSkips.Load(sinkID) // no allocation per claim once it exists
+	if !ok {
+		v, _ = s.freshSkips.LoadOrStore(sinkID, new(atomic.Int32))
+	}
 	return v.(*atomic.Int32)
 }
 
