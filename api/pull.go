@@ -164,7 +164,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 			var res *outbox.PullAckResult
 			// Not cancelled half way (nor the outcomes below): acks that
 			// committed as the client went away are still recorded.
-			res, b, err = s.d.Store.PullAckClaim(context.WithoutCancel(ctx), refs, claim)
+			res, b, err = s.d.Store.PullAckKnownClaim(context.WithoutCancel(ctx), refs, s.handed.take(refs), claim)
 			if res != nil { // the acks took effect, even if the look after them failed
 				acks, refs = s.acked(row, res, byRef), nil
 			}
@@ -176,6 +176,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if b != nil {
+			s.handed.add(b, vis)
 			writeReceived(w, row.ID, b, acks)
 			return
 		}
@@ -438,7 +439,7 @@ func (s *Server) ackReceived(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	res, err := s.d.Store.PullAck(context.WithoutCancel(ctx), row.ID, refs)
+	res, err := s.d.Store.PullAckKnown(context.WithoutCancel(ctx), row.ID, refs, s.handed.take(refs))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -501,6 +502,7 @@ func (s *Server) nackReceived(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.handed.take(refs) // their claims end or shrink: no ack will end them whole
 	reason := req.Reason
 	if reason == "" {
 		reason = "nacked by a consumer"

@@ -77,6 +77,8 @@ type Server struct {
 	waker  *waker // long-polling receives (pull sinks)
 	// pullSinks caches the sinks pull consumers poll (pull.go).
 	pullSinks sinkCache
+	// handed keeps what receives handed out, for their acks (pull_handed.go).
+	handed handedOut
 
 	// stop ends long-lived responses (observe) on shutdown, which
 	// http.Server.Shutdown would otherwise wait for forever.

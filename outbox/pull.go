@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -127,6 +128,24 @@ WITH req AS MATERIALIZED (
 	DELETE FROM claims WHERE id IN (SELECT id FROM k WHERE cardinality(rest) = 0)
 )`
 
+// pullWholeAckSQL ends whole the live claims of sink $1 among $2 (every
+// message of which an ack names, PullAckKnown), as ackSQL ends a push
+// claim: the claims row and the messages it still holds are deleted in one
+// statement (rule F), and the groups they leave go to walhook.left_groups
+// for pullPromoteSQL and pullNotifySQL, as pullAckSQL leaves them. One row
+// per claim ended, with the ids it still held.
+const pullWholeAckSQL = `
+WITH c AS (
+	DELETE FROM claims WHERE id = ANY ($2::bigint[]) AND sink_id = $1 AND until > clock_timestamp()
+	RETURNING id, ids
+), d AS (
+	DELETE FROM outbox o WHERE o.id = ANY (ARRAY(SELECT unnest(ids) FROM c)) AND o.sink_id = $1
+	RETURNING o.group_key
+), gs AS (
+	SELECT set_config('walhook.left_groups', COALESCE(array_to_json(array_agg(DISTINCT d.group_key))::text, '[]'), true) FROM d
+)
+SELECT c.id, c.ids FROM (SELECT 1 FROM gs) one CROSS JOIN c`
+
 // pullAckSQL deletes the held messages among those named. One row per
 // named message: whether it was held, and what was deleted.
 //
@@ -200,11 +219,116 @@ type PullAckResult struct {
 // PullAck deletes the received messages refs names that a live pull
 // claim of the sink still holds, and hands on the groups they leave.
 func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*PullAckResult, error) {
-	res := &PullAckResult{}
-	if err := s.pullOutcome(ctx, sinkID, pullAckSQL, pullAckArgs(sinkID, refs), res.scan, nil); err != nil {
+	return s.PullAckKnown(ctx, sinkID, refs, nil)
+}
+
+// PullAckKnown is PullAck for a caller that knows batches it handed out
+// (known, as Claim returned them): when refs name every message of each
+// claim they name, and each of those claims is a known batch of the sink,
+// the claims end whole, as a push ack ends its claim (pullWholeAckSQL),
+// which costs about half of the search pullAckSQL makes per message. The
+// outcome is the same (pull.go's rules: every message a claim still holds
+// is named, so its row empties), and the acked messages are taken from
+// known rather than read back. Otherwise, or with known nil, it is
+// PullAck.
+func (s *Store) PullAckKnown(ctx context.Context, sinkID int64, refs []PullRef, known []*Batch) (*PullAckResult, error) {
+	a := pullAckOf(sinkID, refs, known)
+	if err := s.pullOutcome(ctx, sinkID, a.sql, a.args, a.scan, nil); err != nil {
 		return nil, fmt.Errorf("ack %d received messages of sink %d: %w", len(refs), sinkID, err)
 	}
-	return res, nil
+	return a.res, nil
+}
+
+// pullAck is one ack's statement, arguments and result.
+type pullAck struct {
+	sql  string
+	args []any
+	res  *PullAckResult
+	scan func(pgx.Rows) error
+}
+
+// pullAckOf picks pullWholeAckSQL when refs name exactly the messages of
+// known batches of the sink, claim by claim, else pullAckSQL.
+func pullAckOf(sinkID int64, refs []PullRef, known []*Batch) *pullAck {
+	a := &pullAck{res: &PullAckResult{}}
+	if whole := wholeClaims(sinkID, refs, known); whole != nil {
+		ids := make([]int64, len(whole))
+		for i, b := range whole {
+			ids[i] = b.ClaimID
+		}
+		a.sql, a.args = pullWholeAckSQL, []any{sinkID, ids}
+		a.scan = func(rows pgx.Rows) error { return a.res.scanWhole(rows, refs, whole) }
+		return a
+	}
+	a.sql, a.args, a.scan = pullAckSQL, pullAckArgs(sinkID, refs), a.res.scan
+	return a
+}
+
+// wholeClaims returns the known batches refs name whole: nil unless every
+// claim refs name is a known batch of the sink and refs name each of its
+// messages, and nothing else of it. A claims row only loses ids (rule U),
+// so the messages such a claim still holds are all named: ending it whole
+// is what pullAckSQL would do.
+func wholeClaims(sinkID int64, refs []PullRef, known []*Batch) []*Batch {
+	if len(known) == 0 || len(refs) == 0 {
+		return nil
+	}
+	named := make(map[int64]map[int64]bool, 1)
+	for _, r := range refs {
+		m := named[r.ClaimID]
+		if m == nil {
+			m = map[int64]bool{}
+			named[r.ClaimID] = m
+		}
+		m[r.MessageID] = true
+	}
+	var whole []*Batch
+	for _, b := range known {
+		ids, ok := named[b.ClaimID]
+		if !ok || b.SinkID != sinkID || len(ids) != len(b.Messages) || slices.ContainsFunc(whole, func(w *Batch) bool { return w.ClaimID == b.ClaimID }) {
+			continue
+		}
+		if !slices.ContainsFunc(b.Messages, func(m Message) bool { return !ids[m.ID] }) {
+			whole = append(whole, b)
+		}
+	}
+	if len(whole) != len(named) {
+		return nil
+	}
+	return whole
+}
+
+// scanWhole reads pullWholeAckSQL's rows: the messages of the claims it
+// ended that they still held were acked; every other ref was not held.
+func (res *PullAckResult) scanWhole(rows pgx.Rows, refs []PullRef, whole []*Batch) error {
+	*res = PullAckResult{}
+	deleted := map[int64]bool{}
+	for rows.Next() {
+		var claim int64
+		var ids []int64
+		if err := rows.Scan(&claim, &ids); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			deleted[id] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, b := range whole {
+		for _, m := range b.Messages {
+			if deleted[m.ID] {
+				res.Acked = append(res.Acked, m)
+			}
+		}
+	}
+	for _, r := range refs {
+		if !deleted[r.MessageID] {
+			res.NotHeld = append(res.NotHeld, r)
+		}
+	}
+	return nil
 }
 
 // PullAckClaim is PullAck and then Claim(req) for the same sink, in one
@@ -216,9 +340,15 @@ func (s *Store) PullAck(ctx context.Context, sinkID int64, refs []PullRef) (*Pul
 // result says the acks took effect, even with an error (of a second
 // look, after the transaction).
 func (s *Store) PullAckClaim(ctx context.Context, refs []PullRef, req ClaimRequest) (*PullAckResult, *Batch, error) {
-	res := &PullAckResult{}
+	return s.PullAckKnownClaim(ctx, refs, nil, req)
+}
+
+// PullAckKnownClaim is PullAckClaim with PullAckKnown's known batches.
+func (s *Store) PullAckKnownClaim(ctx context.Context, refs []PullRef, known []*Batch, req ClaimRequest) (*PullAckResult, *Batch, error) {
+	a := pullAckOf(req.SinkID, refs, known)
+	res := a.res
 	var c claimed
-	err := s.pullOutcome(ctx, req.SinkID, pullAckSQL, pullAckArgs(req.SinkID, refs), res.scan, func(pb *pgx.Batch) {
+	err := s.pullOutcome(ctx, req.SinkID, a.sql, a.args, a.scan, func(pb *pgx.Batch) {
 		s.queueClaim(pb, req, &c)
 	})
 	if err != nil {

@@ -240,7 +240,7 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 	if err := b.store.Pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s2', '{}') RETURNING id`).Scan(&other); err != nil {
 		t.Fatal(err)
 	}
-	whole := 0
+	whole, wholeKnown := 0, 0
 	for i := range uint64(states) {
 		seed := base + i
 		rnd := rand.New(rand.NewPCG(seed, 41))
@@ -248,6 +248,7 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 			t.Fatal(err)
 		}
 		var claims [][]int64 // of this sink, then one of the other sink
+		var known []*Batch   // the same claims, as Claim would have returned them
 		var free []int64     // messages no claim holds
 		for _, sink := range []int64{b.sinkID, other} {
 			var ids []int64
@@ -300,6 +301,11 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 					t.Fatal(err)
 				}
 				claims = append(claims, append([]int64{id}, cids...))
+				kb := &Batch{SinkID: sink, ClaimID: id}
+				for _, m := range cids {
+					kb.Messages = append(kb.Messages, Message{ID: m, Group: gs[slices.Index(ids, m)]})
+				}
+				known = append(known, kb)
 			}
 			for _, id := range ids {
 				if !taken[id] {
@@ -353,6 +359,25 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 					t.Fatal(err)
 				}
 			}
+			if rnd.IntN(4) == 0 && len(known) > 0 {
+				// A known batch of the other sink said to be of this one:
+				// pullWholeAckSQL still ends no claim of another sink.
+				k := *known[len(known)-1]
+				k.SinkID = b.sinkID
+				known = append(known, &k)
+			}
+			o, _ := b.pullKnownDigest(t, refs, nil)
+			n, used := b.pullKnownDigest(t, refs, known)
+			if o != n {
+				var kc []string
+				for _, k := range known {
+					kc = append(kc, fmt.Sprintf("%d of sink %d: %d messages", k.ClaimID, k.SinkID, len(k.Messages)))
+				}
+				t.Fatalf("seed %d round %d: PullAckKnown differs from PullAck for refs %v, known %v:\nPullAck:\n%s\nPullAckKnown:\n%s", seed, round, refs, kc, o, n)
+			}
+			if used {
+				wholeKnown++
+			}
 			if o, n := b.pullDigest(t, prePullAckSQL, refs, false), b.pullDigest(t, pullAckSQL, refs, false); o != n {
 				t.Fatalf("seed %d round %d: pullAckSQL differs from the general path alone for refs %v:\nbefore:\n%s\nnow:\n%s", seed, round, refs, o, n)
 			}
@@ -361,8 +386,8 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 			}
 		}
 	}
-	if whole < states {
-		t.Fatalf("only %d whole-claim acks in %d states", whole, states)
+	if whole < states || wholeKnown < states/4 {
+		t.Fatalf("only %d whole-claim acks in %d states, %d by pullWholeAckSQL", whole, states, wholeKnown)
 	}
 }
 
@@ -373,14 +398,8 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 func (b *testBundle) pullDigest(t *testing.T, sql string, refs []PullRef, nack bool) string {
 	t.Helper()
 	ctx := t.Context()
-	tx, err := b.store.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, claimLockPlanSQL, b.sinkID); err != nil {
-		t.Fatal(err)
-	}
+	tx, rollback := b.lockedTx(t)
+	defer rollback()
 	claims, ids := splitRefs(refs)
 	args := []any{b.sinkID, claims, ids}
 	if nack {
@@ -402,6 +421,61 @@ func (b *testBundle) pullDigest(t *testing.T, sql string, refs []PullRef, nack b
 		t.Fatal(rows.Err())
 	}
 	slices.Sort(out)
+	return fmt.Sprintf("rows %s\n%s", strings.Join(out, "; "), b.promotedDigest(t, tx))
+}
+
+// lockedTx begins a transaction that holds the sink's claim lock, as an
+// outcome's pipeline does; rollback ends it.
+func (b *testBundle) lockedTx(t *testing.T) (tx pgx.Tx, rollback func()) {
+	t.Helper()
+	ctx := t.Context()
+	tx, err := b.store.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, claimLockPlanSQL, b.sinkID); err != nil {
+		_ = tx.Rollback(ctx)
+		t.Fatal(err)
+	}
+	return tx, func() { _ = tx.Rollback(ctx) }
+}
+
+// pullKnownDigest runs the ack PullAckKnown would run for refs and known
+// (pullAckOf) as pullDigest does, and describes what it acked and the
+// state after it.
+func (b *testBundle) pullKnownDigest(t *testing.T, refs []PullRef, known []*Batch) (string, bool) {
+	t.Helper()
+	ctx := t.Context()
+	tx, rollback := b.lockedTx(t)
+	defer rollback()
+	a := pullAckOf(b.sinkID, refs, known)
+	rows, err := tx.Query(ctx, a.sql, a.args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.scan(rows); err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+	var acked, notHeld []string
+	for _, m := range a.res.Acked {
+		acked = append(acked, fmt.Sprint(m.ID, m.Group))
+	}
+	for _, r := range a.res.NotHeld {
+		notHeld = append(notHeld, fmt.Sprint(r))
+	}
+	slices.Sort(acked)
+	slices.Sort(notHeld)
+	notHeld = slices.Compact(notHeld)
+	return fmt.Sprintf("acked %v\nnot held %v\n%s", acked, notHeld, b.promotedDigest(t, tx)), a.sql == pullWholeAckSQL
+}
+
+// promotedDigest runs pullPromoteSQL in tx, after an ack or nack, and
+// describes the state: the groups handed on, the outbox and the claims
+// (ids and groups as sets).
+func (b *testBundle) promotedDigest(t *testing.T, tx pgx.Tx) string {
+	t.Helper()
+	ctx := t.Context()
 	if _, err := tx.Exec(ctx, pullPromoteSQL, b.sinkID); err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +487,7 @@ func (b *testBundle) pullDigest(t *testing.T, sql string, refs []PullRef, nack b
 			(SELECT array_agg(x ORDER BY x) FROM unnest(groups) x), fresh, until > now(), lapse_max_age), ' ' ORDER BY id), '') FROM claims)`).Scan(&left, &outbox, &claimRows); err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("rows %s\nhanded on %s\noutbox %s\nclaims %s\n", strings.Join(out, "; "), left, outbox, claimRows)
+	return fmt.Sprintf("handed on %s\noutbox %s\nclaims %s\n", left, outbox, claimRows)
 }
 
 // prePullHeldSQL, prePullAckSQL and prePullNackSQL are pullHeldSQL,

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"time"
 )
@@ -74,7 +75,7 @@ func (tt *torture) puller(ctx context.Context, id int) {
 			tt.mu.Unlock()
 			claimed := time.Now()
 			time.Sleep(lease + 50*time.Millisecond - time.Since(claimed))
-			tt.pullAck(ctx, name, ms, refs, true)
+			tt.pullAck(ctx, name, ms, refs, true, knownOf(r, batch))
 			continue
 		}
 		time.Sleep(time.Duration(r.IntN(3)) * time.Millisecond)
@@ -84,7 +85,7 @@ func (tt *torture) puller(ctx context.Context, id int) {
 			rest[m.group] = true
 		}
 		tt.endGroups(name, ms[:cut], rest)
-		tt.pullAck(ctx, name, ms[:cut], refs[:cut], false)
+		tt.pullAck(ctx, name, ms[:cut], refs[:cut], false, knownOf(r, batch))
 		if cut == len(ms) {
 			continue
 		}
@@ -96,9 +97,9 @@ func (tt *torture) puller(ctx context.Context, id int) {
 			// Ack and receive the next batch in one transaction.
 			req.Lease, req.MaxAge = 10*time.Second, 0
 			nextStart = tt.tick()
-			next = tt.pullAckThen(ctx, name, ms[cut:], refs[cut:], false, &req)
+			next = tt.pullAckThen(ctx, name, ms[cut:], refs[cut:], false, knownOf(r, batch), &req)
 		default:
-			tt.pullAck(ctx, name, ms[cut:], refs[cut:], false)
+			tt.pullAck(ctx, name, ms[cut:], refs[cut:], false, knownOf(r, batch))
 		}
 	}
 }
@@ -116,15 +117,25 @@ func (tt *torture) endGroups(who string, ms []*tmsg, keep map[string]bool) {
 
 // pullAck acks ms (refs) and models the outcome: a timely ack must take
 // effect for every message, a late one for none.
-func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool) {
+func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, known []*Batch) {
 	if len(ms) > 0 {
-		tt.pullAckThen(ctx, who, ms, refs, late, nil)
+		tt.pullAckThen(ctx, who, ms, refs, late, known, nil)
 	}
+}
+
+// knownOf is the batch as the consumer received it, for PullAckKnown, or
+// nil (PullAck), at random: an ack of all of it then ends its claim
+// whole, and one of a part, or one after a part, takes the general path.
+func knownOf(r *rand.Rand, b *Batch) []*Batch {
+	if r.IntN(2) == 0 {
+		return nil
+	}
+	return []*Batch{b}
 }
 
 // pullAckThen is pullAck, and when then is set, a receive in the ack's
 // transaction (PullAckClaim), whose batch it returns.
-func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, then *ClaimRequest) *Batch {
+func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, known []*Batch, then *ClaimRequest) *Batch {
 	start := tt.tick()
 	tt.mu.Lock()
 	for _, m := range ms {
@@ -135,9 +146,9 @@ func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs
 	var batch *Batch
 	var err error
 	if then != nil {
-		res, batch, err = tt.b.store.PullAckClaim(ctx, refs, *then)
+		res, batch, err = tt.b.store.PullAckKnownClaim(ctx, refs, known, *then)
 	} else {
-		res, err = tt.b.store.PullAck(ctx, tt.b.sinkID, refs)
+		res, err = tt.b.store.PullAckKnown(ctx, tt.b.sinkID, refs, known)
 	}
 	tt.ops.Add(1)
 	tt.pullOps.Add(1)
