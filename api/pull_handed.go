@@ -32,9 +32,9 @@ type handed struct {
 	size  int
 }
 
-// handedOutMaxBytes bounds what handedOut keeps: max_ack_pending's worth
-// of messages of a few sinks at typical payload sizes.
-const handedOutMaxBytes = 64 << 20
+// handedOutMaxBytes bounds what handedOut keeps: some 16k messages in
+// flight at 1 KB each, a small share of the 100 MB a process may use.
+const handedOutMaxBytes = 16 << 20
 
 // add keeps b, handed out with visibility timeout vis.
 func (h *handedOut) add(b *outbox.Batch, vis time.Duration) {

@@ -40,7 +40,11 @@ import (
 // claims by that shorter path (whole), and the rules above for the rest
 // of what an ack names, in the same statement. A claim's ids are kept in
 // order (claimSQL records them so, and a partial outcome keeps them so)
-// for that comparison. A claim
+// for that comparison. A caller that knows what it handed out
+// (PullAckKnown: the API keeps its receives' batches) needs no comparison
+// in SQL: when the ack names exactly the messages of known batches, their
+// claims end as a push ack ends one (pullWholeAckSQL), the same outcome
+// for about the cost of a push ack. A claim
 // whose lease ends first is reaped (rule R) after lapseSQL has recorded
 // an attempt on what it still held.
 //
