@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,4 +81,66 @@ func deref(p *int) any {
 		return nil
 	}
 	return *p
+}
+
+// Review 9: two service processes on one database. A receive at the first
+// hands out m1 and m2; the consumer nacks m1 at the second (which never
+// saw the batch), receives m1 again at the first, and acks both receives'
+// ids there: m1's id of the first receive is not held (it was nacked),
+// the rest are acked, m1 once. Then the plain cases: nack then ack at
+// one process (409), ack at the process that did not hand the batch out.
+func TestR9TwoProcessesNackThenAck(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	e1 := startAPI(t, b)
+	// The second process: another api.Server (what it handed out is its
+	// own) on the same service and database.
+	srv2 := httptest.NewServer(e1.svc.API())
+	t.Cleanup(srv2.Close)
+	e2 := *e1
+	e2.base = srv2.URL
+
+	b.exec(t, `INSERT INTO t VALUES (1), (2)`)
+	first := e1.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10})
+	if len(first) != 2 {
+		t.Fatalf("receive: %+v", first)
+	}
+	m1 := first[0]
+	e2.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": []string{m1.AckID}})
+	again := e1.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10})
+	if len(again) != 1 || again[0].Message.Record["id"] != m1.Message.Record["id"] {
+		t.Fatalf("receive after the nack: %+v", again)
+	}
+	before := deliveredMetric(t, e1)
+	status, out := e1.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": append(ackIDsOf(first), ackIDsOf(again)...)}, apiToken)
+	if nh := decodeAs[notHeld](t, out); status != 409 || !slices.Equal(nh.Error.AckIDs, []string{m1.AckID}) || !strings.Contains(nh.Error.Message, "the other 2 were acked") {
+		t.Errorf("ack of a receive one of whose messages was nacked elsewhere and received again, with the second receive: %d %s; want 409 naming the nacked id, 2 acked", status, out)
+	}
+	if got := deliveredMetric(t, e1); got != before+2 {
+		t.Errorf("walhook_messages_delivered_total rose by %v for two messages acked", got-before)
+	}
+
+	// Nack then ack at one process.
+	b.exec(t, `INSERT INTO t VALUES (3)`)
+	c := e1.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10})
+	if len(c) != 1 {
+		t.Fatalf("receive: %+v", c)
+	}
+	e1.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": ackIDsOf(c), "delay": "1h"})
+	status, out = e1.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(c)}, apiToken)
+	if nh := decodeAs[notHeld](t, out); status != 409 || !slices.Equal(nh.Error.AckIDs, ackIDsOf(c)) {
+		t.Errorf("ack after a nack: %d %s", status, out)
+	}
+
+	// Ack at the process that did not hand the batch out; then again at
+	// the one that did (it still keeps the batch): 409.
+	b.exec(t, `INSERT INTO t VALUES (4)`)
+	d := e1.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10})
+	if len(d) != 1 {
+		t.Fatalf("receive: %+v", d)
+	}
+	e2.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(d)})
+	status, out = e1.call(t, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(d)}, apiToken)
+	if nh := decodeAs[notHeld](t, out); status != 409 || !slices.Equal(nh.Error.AckIDs, ackIDsOf(d)) {
+		t.Errorf("ack at the first process after the second acked: %d %s", status, out)
+	}
 }
