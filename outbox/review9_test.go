@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -382,3 +383,97 @@ func r9Describe(res *PullAckResult) string {
 	}
 	return fmt.Sprintf("acked [%s] not held %v", strings.Join(ids, " "), res.NotHeld)
 }
+
+// A random walk of receives, partial acks and nacks, lapses (a lease
+// ended: until moved into the past, as time would) and reaps, keeping
+// every batch ever received, as a cache that never forgets would. At each
+// step, acks of random sets of kept batches (whole) whose messages do not
+// overlap are compared with PullAck, and with the sets that overlap
+// (a message received twice) too when overlap is set.
+func r9Walk(t *testing.T, overlap bool) {
+	b := setup(t)
+	ctx := t.Context()
+	seen, whole := 0, 0
+	for seed := range uint64(12) {
+		rnd := rand.New(rand.NewPCG(seed, 9))
+		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM claims; DELETE FROM outbox`); err != nil {
+			t.Fatal(err)
+		}
+		for g := range 4 {
+			b.queueCommitted(t, fmt.Sprint("g", g), 1+rnd.IntN(3))
+		}
+		var kept []*Batch
+		for step := range 25 {
+			switch rnd.IntN(6) {
+			case 0, 1:
+				if got := b.receive(t, 1+rnd.IntN(4), time.Minute, time.Duration(rnd.IntN(2))*time.Hour); got != nil {
+					kept = append(kept, got)
+				}
+			case 2: // a partial ack or nack of a kept batch, by another path
+				if len(kept) > 0 {
+					k := kept[rnd.IntN(len(kept))]
+					refs := r9Refs(k)
+					refs = refs[:rnd.IntN(len(refs))+1]
+					if rnd.IntN(2) == 0 {
+						if _, err := b.store.PullAck(ctx, b.sinkID, refs); err != nil {
+							t.Fatal(err)
+						}
+					} else if _, err := b.store.PullNack(ctx, b.sinkID, refs, time.Time{}, 0, "nack"); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case 3: // a lease ends
+				if _, err := b.store.Pool.Exec(ctx, `UPDATE claims SET until = clock_timestamp() - interval '1s' WHERE id = (SELECT id FROM claims ORDER BY random() LIMIT 1)`); err != nil {
+					t.Fatal(err)
+				}
+			case 4:
+				if _, err := b.store.ReapClaims(ctx); err != nil {
+					t.Fatal(err)
+				}
+			case 5:
+				b.queueCommitted(t, fmt.Sprint("g", rnd.IntN(4)), 1)
+			}
+			if len(kept) == 0 {
+				continue
+			}
+			for range 3 {
+				var named []*Batch
+				msgs := map[int64]bool{}
+				clash := false
+				for _, k := range kept {
+					if rnd.IntN(3) != 0 {
+						continue
+					}
+					for _, m := range k.Messages {
+						clash = clash || msgs[m.ID]
+						msgs[m.ID] = true
+					}
+					named = append(named, k)
+				}
+				if len(named) == 0 || clash != overlap {
+					continue
+				}
+				seen++
+				o, _ := b.r9Digest(t, r9Refs(named...), nil)
+				n, w := b.r9Digest(t, r9Refs(named...), kept)
+				if w {
+					whole++
+				}
+				if o != n {
+					var desc []string
+					for _, k := range named {
+						desc = append(desc, fmt.Sprint(k.ClaimID, ":", len(k.Messages)))
+					}
+					t.Fatalf("seed %d step %d: ack of kept batches %v (message in two: %v):\nPullAck:\n%s\nPullAckKnown:\n%s", seed, step, desc, clash, o, n)
+				}
+			}
+		}
+	}
+	t.Logf("%d acks compared, %d by pullWholeAckSQL", seen, whole)
+	if whole == 0 {
+		t.Fatalf("no ack took the whole path")
+	}
+}
+
+func TestR9WalkDisjoint(t *testing.T) { t.Parallel(); r9Walk(t, false) }
+func TestR9WalkOverlap(t *testing.T)  { t.Parallel(); r9Walk(t, true) }
