@@ -40,7 +40,7 @@ const handedOutMaxBytes = 16 << 20
 func (h *handedOut) add(b *outbox.Batch, vis time.Duration) {
 	size := 64
 	for _, m := range b.Messages {
-		size += len(m.Payload) + len(m.Group) + 96
+		size += len(m.Payload) + len(m.Group) + 160 // the Message and its allocations
 	}
 	now := time.Now()
 	h.mu.Lock()

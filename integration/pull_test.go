@@ -294,6 +294,13 @@ func encodeAckIDForTest(t *testing.T, id string, message int64) string {
 	return encodeB64(strings.Join(parts, "."))
 }
 
+// receivedAnswer is a receive's answer with the acks it carried.
+type receivedAnswer struct {
+	Data    []pulled `json:"data"`
+	Acked   *int     `json:"acked"`
+	NotHeld []string `json:"not_held"`
+}
+
 // A receive may carry the ack ids of the batch before: they are acked in
 // the transaction of its first claim, which then hands out the groups
 // they left (a group's next message comes in the same answer); ids no
@@ -306,14 +313,9 @@ func TestPullReceiveCarriesAcks(t *testing.T) {
 	b.exec(t, `UPDATE t SET v = 1 WHERE id = 1`)
 	b.exec(t, `UPDATE t SET v = 2 WHERE id = 1`)
 
-	type answer struct {
-		Data    []pulled `json:"data"`
-		Acked   *int     `json:"acked"`
-		NotHeld []string `json:"not_held"`
-	}
-	receive := func(body map[string]any) answer {
+	receive := func(body map[string]any) receivedAnswer {
 		t.Helper()
-		return decodeAs[answer](t, e.must(t, 200, "POST", "/api/sinks/s/receive", body))
+		return decodeAs[receivedAnswer](t, e.must(t, 200, "POST", "/api/sinks/s/receive", body))
 	}
 	first := receive(map[string]any{"wait": "10s", "batch_size": 1})
 	if len(first.Data) != 1 || first.Data[0].Message.Action != "insert" || first.Acked != nil || first.NotHeld != nil {

@@ -18,14 +18,9 @@ import (
 func TestR9AckLapsedAndRedelivered(t *testing.T) {
 	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
 	e := startAPI(t, b)
-	type answer struct {
-		Data    []pulled `json:"data"`
-		Acked   *int     `json:"acked"`
-		NotHeld []string `json:"not_held"`
-	}
-	receive := func(body map[string]any) answer {
+	receive := func(body map[string]any) receivedAnswer {
 		t.Helper()
-		return decodeAs[answer](t, e.must(t, 200, "POST", "/api/sinks/s/receive", body))
+		return decodeAs[receivedAnswer](t, e.must(t, 200, "POST", "/api/sinks/s/receive", body))
 	}
 
 	// An older batch with a long visibility timeout stays ahead of the

@@ -303,10 +303,13 @@ func wholeClaims(sinkID int64, refs []PullRef, known []*Batch) []*Batch {
 }
 
 // scanWhole reads pullWholeAckSQL's rows: the messages of the claims it
-// ended that they still held were acked; every other ref was not held.
+// ended that they still held were acked; every other ref was not held,
+// once. Both go by claim and message: a message a lapsed or nacked claim
+// once held may be held by another named claim now, and only that one's
+// ref was acked.
 func (res *PullAckResult) scanWhole(rows pgx.Rows, refs []PullRef, whole []*Batch) error {
 	*res = PullAckResult{}
-	deleted := map[int64]bool{}
+	deleted := map[PullRef]bool{}
 	for rows.Next() {
 		var claim int64
 		var ids []int64
@@ -314,7 +317,7 @@ func (res *PullAckResult) scanWhole(rows pgx.Rows, refs []PullRef, whole []*Batc
 			return err
 		}
 		for _, id := range ids {
-			deleted[id] = true
+			deleted[PullRef{ClaimID: claim, MessageID: id}] = true
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -322,13 +325,15 @@ func (res *PullAckResult) scanWhole(rows pgx.Rows, refs []PullRef, whole []*Batc
 	}
 	for _, b := range whole {
 		for _, m := range b.Messages {
-			if deleted[m.ID] {
+			if deleted[PullRef{ClaimID: b.ClaimID, MessageID: m.ID}] {
 				res.Acked = append(res.Acked, m)
 			}
 		}
 	}
+	seen := make(map[PullRef]bool, len(refs))
 	for _, r := range refs {
-		if !deleted[r.MessageID] {
+		if !deleted[r] && !seen[r] {
+			seen[r] = true
 			res.NotHeld = append(res.NotHeld, r)
 		}
 	}
