@@ -283,15 +283,17 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 				if rnd.IntN(5) == 0 { // not in order: left to the general path
 					slices.Reverse(cids)
 				}
-				until, lapse := "1 hour", "NULL"
-				switch rnd.IntN(5) {
+				until, lapse := "1 hour", "0"
+				switch rnd.IntN(6) {
 				case 0:
-					until = "-1 hour" // ended
+					until, lapse = "-1 hour", "NULL" // ended
 				case 1:
 					until, lapse = "-1 hour", "0" // lapsed, not recorded yet
+				case 2:
+					lapse = "NULL" // a prefetch nobody adopted (rule A): never held
 				}
 				if sink == other {
-					until, lapse = "1 hour", "NULL"
+					until, lapse = "1 hour", "0"
 				}
 				var id int64
 				if err := b.store.Pool.QueryRow(ctx, fmt.Sprintf(`INSERT INTO claims (sink_id, worker, until, fresh, ids, groups, lapse_max_age)
@@ -425,6 +427,7 @@ WITH req AS MATERIALIZED (
 ), c AS MATERIALIZED (
 	SELECT c.id, c.ids, c.claimed_at FROM claims c
 	WHERE c.id IN (SELECT claim_id FROM req) AND c.sink_id = $1 AND c.until > clock_timestamp()
+		AND c.lapse_max_age IS NOT NULL -- since rule A: a prefetch is never held
 ), held AS MATERIALIZED (
 	SELECT c.id AS claim_id, u.id, c.claimed_at FROM c, unnest(c.ids) AS u(id)
 ), hit AS MATERIALIZED (
@@ -495,7 +498,7 @@ func TestPullAckWholeClaimAlone(t *testing.T) {
 	ack := func(refs []PullRef) *PullAckResult {
 		t.Helper()
 		res := &PullAckResult{}
-		if err := b.store.pullOutcome(ctx, b.sinkID, wholeOnly, pullAckArgs(b.sinkID, refs), res.scan, nil); err != nil {
+		if err := b.store.pullOutcome(ctx, b.sinkID, wholeOnly, pullAckArgs(b.sinkID, refs), res.scan); err != nil {
 			t.Fatal(err)
 		}
 		return res
@@ -531,9 +534,9 @@ func TestPullAckWholeClaimAlone(t *testing.T) {
 	// The general path takes it, and the receive in the ack's
 	// transaction sees the group handed on.
 	b.queueCommitted(t, "a", 1)
-	res, more, err := b.store.PullAckClaim(ctx, refsOf(next, next.Messages...), ClaimRequest{SinkID: b.sinkID, BatchSize: 10, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true})
+	res, more, err := b.store.Receive(ctx, refsOf(next, next.Messages...), ClaimRequest{SinkID: b.sinkID, BatchSize: 10, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true}, nil)
 	if err != nil || len(res.Acked) != 2 || len(res.NotHeld) != 0 || more == nil || len(more.Messages) != 1 {
-		t.Fatalf("PullAckClaim of the claim out of order: %+v %+v %v", res, more, err)
+		t.Fatalf("Receive of the claim out of order: %+v %+v %v", res, more, err)
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Third adversarial review: PullAckClaim (a receive that carries acks,
+// Third adversarial review: Receive (a receive that carries acks,
 // dd289f9) and the claim statement whose windows partition by
 // (head_ready, head_id) (51addc1). Each test is a sequence tried against
 // I1–I5 (doc.go).
@@ -47,7 +47,7 @@ func r3ClaimArgs(req ClaimRequest) []any {
 
 // r3Digest runs one claim statement (sql: claimSQL or the old one) for
 // req under the claim lock, in a transaction it rolls back, after the
-// pull ack of refs and its promote when refs is not nil (as PullAckClaim
+// pull ack of refs and its promote when refs is not nil (as Receive
 // does), and describes everything it did: the flags cleared, the rows
 // returned (claim ids numbered in order of appearance: they are random),
 // the claims rows inserted, and every message's flag after it.
@@ -282,7 +282,7 @@ func (b *testBundle) r3Claims(t *testing.T) []r3ClaimRow {
 	return out
 }
 
-// r3AckClaim runs PullAckClaim and checks it against the state just
+// r3AckClaim runs Receive and checks it against the state just
 // before: acked messages were held by a live claim named by their ref
 // (I4); the batch's groups were named by no claim after the ack (I1),
 // each a ready prefix of its group's unfailed messages, in commit order,
@@ -298,9 +298,12 @@ func (b *testBundle) r3AckClaim(t *testing.T, refs []PullRef, req ClaimRequest) 
 			groupOf[m.id] = g
 		}
 	}
-	res, batch, err := b.store.PullAckClaim(t.Context(), refs, req)
+	res, batch, err := b.store.Receive(t.Context(), refs, req, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res == nil { // no refs: nothing acked
+		res = &PullAckResult{}
 	}
 	acked := map[int64]bool{}
 	for _, m := range res.Acked {
@@ -391,7 +394,7 @@ func (b *testBundle) r3AckClaim(t *testing.T, refs []PullRef, req ClaimRequest) 
 }
 
 // A random walk like TestReview2RandomWalk, with receives that carry
-// acks (PullAckClaim): the acks name part of a received batch, parts of
+// acks (Receive): the acks name part of a received batch, parts of
 // several, duplicates, refs of other claims, and refs of ended claims.
 // Before every claim, the old and the new claim statement run on the
 // same state (rolled back) and must agree; every receive with acks is
@@ -686,7 +689,7 @@ func TestReview3AckClaimMaxAckPending(t *testing.T) {
 }
 
 // A receive with acks whose claim finds only candidates behind others
-// (it clears their flags, takes nothing): PullAckClaim looks again
+// (it clears their flags, takes nothing): Receive looks again
 // outside the transaction, as ClaimBatches does, and gets what lies
 // past them; the ack stays done.
 func TestReview3AckClaimLooksAgainPastDemoted(t *testing.T) {
@@ -731,7 +734,7 @@ func TestReview3AckClaimFailureUndoesAck(t *testing.T) {
 	}
 	req := b.r3Pull(10, 1000)
 	req.BatchSize = -1 // LIMIT -1: the claim statement fails
-	if _, _, err := b.store.PullAckClaim(t.Context(), refsOf(a, a.Messages...), req); err == nil {
+	if _, _, err := b.store.Receive(t.Context(), refsOf(a, a.Messages...), req, nil); err == nil {
 		t.Fatal("a claim with BatchSize -1 did not fail")
 	}
 	if held := b.r3Held(t); !slices.Equal(held, r3IDs(a.Messages)) {

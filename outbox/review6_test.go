@@ -70,7 +70,7 @@ func TestR6ConcurrentWholeAcksOfOneClaim(t *testing.T) {
 					mu.Unlock()
 					return
 				case 4: // an ack with a receive after it
-					res, more, err := b.store.PullAckClaim(ctx, mine, ClaimRequest{SinkID: b.sinkID, BatchSize: 20, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true})
+					res, more, err := b.store.Receive(ctx, mine, ClaimRequest{SinkID: b.sinkID, BatchSize: 20, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true}, nil)
 					if err != nil {
 						t.Error(err)
 						return
@@ -247,7 +247,7 @@ func TestR6MixedAck(t *testing.T) {
 	refs = append(refs, PullRef{ClaimID: part.ClaimID, MessageID: whole.Messages[0].ID})
 	rnd := rand.New(rand.NewPCG(6, 6))
 	rnd.Shuffle(len(refs), func(i, j int) { refs[i], refs[j] = refs[j], refs[i] })
-	res, more, err := b.store.PullAckClaim(ctx, refs, req)
+	res, more, err := b.store.Receive(ctx, refs, req, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func (b *testBundle) r6CheckI1(t *testing.T) {
 }
 
 // A claim with retries acked in parts, then whole with a receive after
-// it (PullAckClaim), max_ack_pending small: the sum of live claims'
+// it (Receive), max_ack_pending small: the sum of live claims'
 // fresh never passes it, and each claim's fresh is what it holds.
 func TestR6PartialThenWholeFresh(t *testing.T) {
 	b := setup(t)
@@ -376,7 +376,7 @@ func TestR6PartialThenWholeFresh(t *testing.T) {
 					refs = append(refs, PullRef{c.ClaimID, id})
 				}
 			}
-			res, more, err := b.store.PullAckClaim(ctx, refs, req)
+			res, more, err := b.store.Receive(ctx, refs, req, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -562,7 +562,7 @@ func TestR6WholeAckOfEndedClaimThenReceive(t *testing.T) {
 	for b.r6Count(t, `SELECT count(*) FROM claims WHERE until > clock_timestamp()`) != 0 {
 		time.Sleep(time.Millisecond)
 	}
-	res, more, err := b.store.PullAckClaim(ctx, refsOf(got, got.Messages...), ClaimRequest{SinkID: b.sinkID, BatchSize: 10, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true})
+	res, more, err := b.store.Receive(ctx, refsOf(got, got.Messages...), ClaimRequest{SinkID: b.sinkID, BatchSize: 10, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
