@@ -156,26 +156,36 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request) {
 		Worker: "receive " + r.RemoteAddr, Pull: true, MaxAge: row.Config.Retry.MaxAge.D(),
 	}
 	var acks *ackSummary
+	// The first look takes the batch claimed ahead for the sink, if one
+	// is (rule A), and goes with the acks, in their transaction.
+	pre := s.prefetch.take(ctx, row.ID, batch)
 	for {
-		var b *outbox.Batch
-		var err error
-		if len(refs) > 0 {
-			// The first look goes with the acks, in their transaction.
-			var res *outbox.PullAckResult
-			// Not cancelled half way (nor the outcomes below): acks that
-			// committed as the client went away are still recorded.
-			res, b, err = s.d.Store.PullAckKnownClaim(context.WithoutCancel(ctx), refs, s.handed.take(refs), claim)
-			if res != nil { // the acks took effect, even if the look after them failed
-				acks, refs = s.acked(row, res, byRef), nil
-			}
-		} else {
-			b, err = s.d.Store.Claim(ctx, claim)
+		// Not cancelled half way when it acks or adopts: acks that
+		// committed as the client went away are still recorded, and a
+		// prefetch is adopted or released, not left to its lease.
+		lctx := ctx
+		if len(refs) > 0 || pre != nil {
+			lctx = context.WithoutCancel(ctx)
 		}
+		res, b, err := s.d.Store.Receive(lctx, refs, s.handed.take(refs), claim, pre)
+		if res != nil { // the acks took effect, even if the look after them failed
+			acks = s.acked(row, res, byRef)
+		}
+		refs = nil
 		if err != nil {
+			if pre != nil {
+				s.prefetch.release(pre) // unless adopted before the error: then nothing
+			}
 			s.fail(w, r, fmt.Errorf("receive from sink %s: %w", row.Name, err))
 			return
 		}
+		pre = nil
 		if b != nil {
+			if len(b.Messages) == batch {
+				// More may be waiting: claim the next batch while the
+				// consumer handles this one.
+				s.prefetch.start(claim)
+			}
 			s.handed.add(b, vis)
 			writeReceived(w, row.ID, b, acks)
 			return

@@ -75,6 +75,8 @@ type Server struct {
 	tokens [][sha256.Size]byte
 	hub    *hub
 	waker  *waker // long-polling receives (pull sinks)
+	// prefetch claims pull consumers' next batches ahead (pull_prefetch.go).
+	prefetch *prefetcher
 	// pullSinks caches the sinks pull consumers poll (pull.go).
 	pullSinks sinkCache
 	// handed keeps what receives handed out, for their acks (pull_handed.go).
@@ -127,6 +129,7 @@ func New(d Deps) *Server {
 	}
 	s.hub = newHub(d.Store, s.log)
 	s.waker = newWaker(d.Store, s.log, s.stop, &s.bg)
+	s.prefetch = newPrefetcher(d.Store, s.log, &s.bg)
 	s.routes()
 	return s
 }
@@ -325,6 +328,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) Close() {
 	s.stopOnce.Do(func() { close(s.stop) })
 	s.hub.close()
+	s.prefetch.close()
 	s.bg.Wait()
 }
 

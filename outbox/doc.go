@@ -134,12 +134,31 @@
 // message another claim holds; acks and nacks see the row as ended (F).
 // A consumer that vanished loses nothing and holds its groups only until
 // its lease ends (and the next reap, within a second). An ack may carry
-// the consumer's next receive (PullAckClaim): the claim runs after the
+// the consumer's next receive (Receive): the claim runs after the
 // ack and its P in the same transaction, under the same turn of L, so it
 // sees the groups the ack handed on exactly as a claim right after the
 // ack's commit would. When that claim is claimFreshSQL and it does not
 // apply, claimSQL runs after the commit, under another turn of L: a
 // claim right after the ack's commit, which others may precede.
+//
+// A (ahead). A process may claim a pull sink's next batch before anyone
+// asks (a prefetch, api/pull_prefetch.go): a claim by C like any other
+// (I1, I2 hold for it as they do for push), with a short lease, tied to
+// no worker and made as a push claim (lapse_max_age NULL): nobody has its
+// messages, so it ends without counting an attempt, by R when its lease
+// runs out. Under L, a receive adopts it (adoptSQL) only while it is live,
+// still a prefetch (lapse_max_age NULL, no worker) and the sink may hand
+// out messages (active, not holding, as C asks): its lease restarts at
+// the visibility timeout, its attempt starts then, and lapse_max_age
+// makes it a pull claim from that moment (U). Adoption takes the batch as
+// it was claimed: it may be older than the acks the same receive carries,
+// whose groups it therefore does not hold (their claim still named them
+// when it was made, I1). A prefetch not adopted is released (releaseSQL),
+// under L: deleted with no attempt recorded, and P for its groups, as R
+// ends a claim; release never touches an adopted claim (lapse_max_age
+// set). Pull acks and nacks hold only adopted claims' messages (F): a
+// prefetch's messages were never handed out, so no ack id can name them
+// in effect.
 //
 // T (term). One process streams the replication slot: the holder of a
 // lease row (leases) with a token that grows with every term and an end
@@ -178,8 +197,8 @@
 // # Invariants
 //
 // I1. At most one live claim names a group. (C takes only groups no live
-// claim names, under L; a live claim ends only by F or by R, both under
-// L.)
+// claim names, under L; a live claim ends only by F, by R or by a
+// release (A), all under L.)
 //
 // I2. A group's messages leave in commit order: a batch is a prefix of its
 // group's unfailed messages in commit order, starting at first(g); a
@@ -192,7 +211,7 @@
 // is not false, or a claims row names g. A flag becomes false only under
 // L, when an older unfailed message or a claim of g exists (C, Q); that
 // message leaves only by ack or by failing (both promote, P), and that
-// claim only by F or R (both promote). Rows leave the outbox only by ack,
+// claim only by F, R or a release (A) (all promote). Rows leave the outbox only by ack,
 // or with their whole sink.
 //
 // I4. An ack or nack takes effect only while its claim is live (F), so a

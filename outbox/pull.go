@@ -103,7 +103,8 @@ WITH req AS MATERIALIZED (
 ), named AS MATERIALIZED (
 	SELECT claim_id, array_agg(id ORDER BY id) AS ids FROM req GROUP BY claim_id
 ), found AS MATERIALIZED (
-	SELECT c.id, c.ids, c.claimed_at, c.sink_id = $1 AND c.until > clock_timestamp() AS live, %[1]s AS whole
+	-- A prefetch (lapse_max_age NULL) was never handed out (rule A).
+	SELECT c.id, c.ids, c.claimed_at, c.sink_id = $1 AND c.until > clock_timestamp() AND c.lapse_max_age IS NOT NULL AS live, %[1]s AS whole
 	FROM claims c JOIN named n ON n.claim_id = c.id
 	WHERE c.id = ANY (ARRAY(SELECT claim_id FROM named))
 )%[2]s, c AS MATERIALIZED (
@@ -141,6 +142,7 @@ WITH req AS MATERIALIZED (
 const pullWholeAckSQL = `
 WITH c AS (
 	DELETE FROM claims WHERE id = ANY ($2::bigint[]) AND sink_id = $1 AND until > clock_timestamp()
+		AND lapse_max_age IS NOT NULL -- a prefetch nobody adopted is held by no consumer (rule A)
 	RETURNING id, ids
 ), d AS (
 	DELETE FROM outbox o WHERE o.id = ANY (ARRAY(SELECT unnest(ids) FROM c)) AND o.sink_id = $1
@@ -361,6 +363,9 @@ func (s *Store) PullAckKnownClaim(ctx context.Context, refs []PullRef, known []*
 		s.queueClaim(pb, req, &c)
 	})
 	if err != nil {
+		if len(refs) == 0 {
+			return nil, nil, fmt.Errorf("claim for a receive from sink %d: %w", req.SinkID, err)
+		}
 		return nil, nil, fmt.Errorf("ack %d received messages of sink %d and receive more: %w", len(refs), req.SinkID, err)
 	}
 	if c.demoted == freshMissed {
@@ -371,7 +376,7 @@ func (s *Store) PullAckKnownClaim(ctx context.Context, refs []PullRef, known []*
 		// or with claimSQL when claimFreshSQL did not apply.
 		b, err := s.Claim(ctx, req)
 		if err != nil {
-			return res, nil, fmt.Errorf("acked %d received messages of sink %d, then: %w", len(res.Acked), req.SinkID, err)
+			return res, nil, fmt.Errorf("claim again for a receive from sink %d: %w", req.SinkID, err)
 		}
 		return res, b, nil
 	}
@@ -379,6 +384,122 @@ func (s *Store) PullAckKnownClaim(ctx context.Context, refs []PullRef, known []*
 		return res, nil, nil
 	}
 	return res, c.batches[0], nil
+}
+
+// Receive is a pull consumer's receive: it acks refs (when there are
+// any; known as for PullAckKnown) and then hands out a batch for req, in
+// one transaction and one turn of the claim lock (rule U): a consumer
+// acknowledges what it handled and receives more in one round trip, and
+// the batch is taken seeing the groups the ack handed on. The batch is
+// pre adopted (rule A) when pre is set and still adoptable, else a claim
+// (pre is then released first). It is nil when there is nothing to take.
+// A non-nil result says the acks took effect, even with an error (of a
+// second look, after the transaction).
+func (s *Store) Receive(ctx context.Context, refs []PullRef, known []*Batch, req ClaimRequest, pre *Batch) (*PullAckResult, *Batch, error) {
+	if pre == nil && len(refs) > 0 {
+		return s.PullAckKnownClaim(ctx, refs, known, req)
+	}
+	if pre == nil {
+		b, err := s.Claim(ctx, req)
+		if err != nil {
+			return nil, nil, fmt.Errorf("claim for a receive from sink %d: %w", req.SinkID, err)
+		}
+		return nil, b, nil
+	}
+	var res *PullAckResult
+	adopted := false
+	adopt := func(pb *pgx.Batch) { queueAdopt(pb, pre, req, &adopted) }
+	var err error
+	if len(refs) > 0 {
+		a := pullAckOf(req.SinkID, refs, known)
+		res = a.res
+		err = s.pullOutcome(ctx, req.SinkID, a.sql, a.args, a.scan, adopt)
+	} else {
+		err = s.batch(ctx, func(pb *pgx.Batch) {
+			pb.Queue(claimLockPlanSQL, req.SinkID)
+			adopt(pb)
+		})
+	}
+	if err != nil {
+		if len(refs) == 0 {
+			return nil, nil, fmt.Errorf("adopt a prefetched batch for a receive from sink %d: %w", req.SinkID, err)
+		}
+		return nil, nil, fmt.Errorf("ack %d received messages of sink %d and receive more: %w", len(refs), req.SinkID, err)
+	}
+	if adopted {
+		return res, pre, nil
+	}
+	// Not adoptable (its lease ended, or the sink was paused): release
+	// it, and claim under one more turn of the lock.
+	b, err := s.releaseClaim(ctx, pre, req)
+	if err != nil {
+		return res, nil, fmt.Errorf("claim again for a receive from sink %d: %w", req.SinkID, err)
+	}
+	return res, b, nil
+}
+
+// adoptSQL makes prefetched claim $2 of sink $1 a receive's pull claim
+// (rule A): its lease starts again at the visibility timeout ($3
+// seconds) and lapses as a pull claim's (lapse_max_age $4), the attempt
+// it stands for starts now. Only a prefetch still live, never adopted
+// (lapse_max_age NULL, no worker), of a sink that may hand out messages
+// (active, not holding: what claimSQL asks) is adopted.
+const adoptSQL = `
+UPDATE claims c SET until = clock_timestamp() + make_interval(secs => $3::float8), lapse_max_age = $4::bigint,
+	worker = $5, claimed_at = clock_timestamp()
+FROM sinks s
+WHERE c.id = $2 AND c.sink_id = $1 AND c.until > clock_timestamp() AND c.lapse_max_age IS NULL AND c.worker_id IS NULL
+	AND s.id = $1 AND s.status = 'active' AND (s.hold_until IS NULL OR s.hold_until <= clock_timestamp())
+RETURNING c.id`
+
+func queueAdopt(pb *pgx.Batch, pre *Batch, req ClaimRequest, adopted *bool) {
+	pb.Queue(adoptSQL, req.SinkID, pre.ClaimID, req.Lease.Seconds(), max(req.MaxAge.Microseconds(), 0), req.Worker).Query(func(rows pgx.Rows) error {
+		*adopted = rows.Next()
+		rows.Close()
+		return rows.Err()
+	})
+}
+
+// releaseSQL ends prefetched claim $2 of sink $1 that no receive adopted
+// (rule A), as R ends a claim: deleted, no attempt recorded (nobody had
+// its messages), its groups promoted (P). An adopted claim is a pull
+// claim (lapse_max_age set) and is not touched; one whose lapse was
+// recorded already is ended already, and this only reaps it early.
+var releaseSQL = `
+WITH gone AS (
+	DELETE FROM claims WHERE id = $2 AND sink_id = $1 AND lapse_max_age IS NULL AND worker_id IS NULL RETURNING groups
+)
+UPDATE outbox SET head = true
+WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM (SELECT DISTINCT unnest(groups) AS k FROM gone) g))
+AND head IS NOT TRUE`
+
+// Release ends a prefetched batch that no receive adopted (rule A): its
+// messages wait again where they were, with no attempt counted, and the
+// sink's waiting consumers are woken.
+func (s *Store) Release(ctx context.Context, pre *Batch) error {
+	if _, err := s.releaseClaim(ctx, pre, ClaimRequest{SinkID: pre.SinkID}); err != nil {
+		return fmt.Errorf("release prefetched batch of sink %d (claim %d): %w", pre.SinkID, pre.ClaimID, err)
+	}
+	return nil
+}
+
+// releaseClaim releases pre (when set) and then, when req asks for a
+// batch, claims one, under one turn of the claim lock.
+func (s *Store) releaseClaim(ctx context.Context, pre *Batch, req ClaimRequest) (*Batch, error) {
+	if pre != nil {
+		err := s.batch(ctx, func(pb *pgx.Batch) {
+			pb.Queue(claimLockSQL, req.SinkID)
+			pb.Queue(releaseSQL, req.SinkID, pre.ClaimID)
+			pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(req.SinkID))
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if req.BatchSize == 0 {
+		return nil, nil
+	}
+	return s.Claim(ctx, req)
 }
 
 func pullAckArgs(sinkID int64, refs []PullRef) []any {

@@ -284,15 +284,17 @@ func pullAckDifferential(t *testing.T, base uint64, states int) {
 				if rnd.IntN(5) == 0 { // not in order: left to the general path
 					slices.Reverse(cids)
 				}
-				until, lapse := "1 hour", "NULL"
-				switch rnd.IntN(5) {
+				until, lapse := "1 hour", "0"
+				switch rnd.IntN(6) {
 				case 0:
-					until = "-1 hour" // ended
+					until, lapse = "-1 hour", "NULL" // ended
 				case 1:
 					until, lapse = "-1 hour", "0" // lapsed, not recorded yet
+				case 2:
+					lapse = "NULL" // a prefetch nobody adopted (rule A): never held
 				}
 				if sink == other {
-					until, lapse = "1 hour", "NULL"
+					until, lapse = "1 hour", "0"
 				}
 				var id int64
 				if err := b.store.Pool.QueryRow(ctx, fmt.Sprintf(`INSERT INTO claims (sink_id, worker, until, fresh, ids, groups, lapse_max_age)
@@ -477,6 +479,7 @@ WITH req AS MATERIALIZED (
 ), c AS MATERIALIZED (
 	SELECT c.id, c.ids, c.claimed_at FROM claims c
 	WHERE c.id IN (SELECT claim_id FROM req) AND c.sink_id = $1 AND c.until > clock_timestamp()
+		AND c.lapse_max_age IS NOT NULL -- since rule A: a prefetch is never held
 ), held AS MATERIALIZED (
 	SELECT c.id AS claim_id, u.id, c.claimed_at FROM c, unnest(c.ids) AS u(id)
 ), hit AS MATERIALIZED (

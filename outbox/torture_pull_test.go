@@ -13,15 +13,27 @@ import (
 // prefix, then acks, nacks (backoff, or past max_age into failed) or
 // abandons the rest; an abandoning puller lets its short visibility
 // timeout lapse (sometimes past max_age) and then acks late, which must
-// change nothing. Some acks carry the next receive (PullAckClaim: one
+// change nothing. Some acks carry the next receive (Receive: one
 // transaction). A group is marked out of flight only when none of its
 // messages remains held, so a group handed on while a part of it is
 // still held shows up as two in flight (I1).
+//
+// Pullers also claim ahead as api's prefetcher does (rule A): right after
+// a receive, sometimes, a prefetch (a push-style claim, its groups in
+// flight for the puller as any claim's), which the next receive adopts,
+// alone or with acks, or which is released or abandoned to its lease.
+// An ack naming a prefetch's messages before its adoption must change
+// nothing. A prefetch with a short lease may lapse before its adoption is
+// tried: it is out of flight at once (as a slow worker's batch), and the
+// adoption must then hand out something else, or nothing.
 func (tt *torture) puller(ctx context.Context, id int) {
 	r := tt.rng(uint64(200 + id))
 	name := "p" + strconv.Itoa(id)
 	var next *Batch // received with the last ack
 	var nextStart int64
+	var pre *Batch // a prefetch not adopted yet
+	var preMs []*tmsg
+	var preStart int64
 	for ctx.Err() == nil {
 		chaos := tt.chaos.Load()
 		abandon := chaos && r.IntN(25) == 0
@@ -36,6 +48,43 @@ func (tt *torture) puller(ctx context.Context, id int) {
 			Lease: lease, Worker: name, Pull: true, MaxAge: maxAge}
 		batch, start := next, nextStart
 		next = nil
+		if batch == nil && pre != nil {
+			p := pre
+			pre = nil
+			switch r.IntN(8) {
+			case 0:
+				tt.endPost(name, p)
+				if err := tt.b.store.Release(ctx, p); err != nil && ctx.Err() == nil {
+					tt.violate("error", "%s: release: %v", name, err)
+				}
+				tt.ops.Add(1)
+				continue
+			case 1: // abandoned: R ends it with its lease
+				tt.endPost(name, p)
+				continue
+			case 2:
+				tt.pullAck(ctx, name, preMs, refsOfBatch(p), true, knownOf(r, p))
+			}
+			tt.endPost(name, p) // out of flight until the adoption is known
+			adoptStart := tt.tick()
+			var err error
+			_, batch, err = tt.b.store.Receive(ctx, nil, nil, req, p)
+			tt.ops.Add(1)
+			if err != nil {
+				if ctx.Err() == nil {
+					tt.violate("error", "%s: receive adopting: %v", name, err)
+				}
+				return
+			}
+			start = adoptStart
+			if batch != nil && batch.ClaimID == p.ClaimID {
+				start = preStart // claimed then: checked as of then
+				tt.adopted.Add(1)
+			}
+			if batch == nil {
+				continue
+			}
+		}
 		if batch == nil {
 			var err error
 			start = tt.tick()
@@ -58,9 +107,33 @@ func (tt *torture) puller(ctx context.Context, id int) {
 		if len(ms) != len(batch.Messages) {
 			continue // reported by checkClaim
 		}
-		refs := make([]PullRef, len(ms))
-		for i, m := range batch.Messages {
-			refs[i] = PullRef{ClaimID: batch.ClaimID, MessageID: m.ID}
+		refs := refsOfBatch(batch)
+		if pre == nil && !abandon && r.IntN(3) == 0 {
+			// Claim ahead, as api's prefetcher does after a receive.
+			preq := req
+			preq.Pull, preq.MaxAge, preq.Lease, preq.Worker = false, 0, 10*time.Second, name+" prefetch"
+			short := tt.chaos.Load() && r.IntN(4) == 0
+			if short {
+				preq.Lease = 100 * time.Millisecond
+			}
+			preStart = tt.tick()
+			p, err := tt.b.store.Claim(ctx, preq)
+			tt.ops.Add(1)
+			if err != nil {
+				if ctx.Err() == nil {
+					tt.violate("error", "%s: prefetch: %v", name, err)
+				}
+				return
+			}
+			if p != nil {
+				preMs = tt.checkClaim(name, p, preStart, tt.tick())
+				if short {
+					tt.endPost(name, p) // its lease may end at any time
+				}
+				if len(preMs) == len(p.Messages) {
+					pre = p
+				}
+			}
 		}
 		if abandon {
 			// Its lease may run out at any time: not counted in flight.
@@ -96,8 +169,16 @@ func (tt *torture) puller(ctx context.Context, id int) {
 		case r.IntN(2) == 0:
 			// Ack and receive the next batch in one transaction.
 			req.Lease, req.MaxAge = 10*time.Second, 0
+			if pre != nil {
+				tt.endPost(name, pre) // out of flight until the adoption is known
+			}
 			nextStart = tt.tick()
-			next = tt.pullAckThen(ctx, name, ms[cut:], refs[cut:], false, knownOf(r, batch), &req)
+			next = tt.pullAckThen(ctx, name, ms[cut:], refs[cut:], false, knownOf(r, batch), &req, pre)
+			if pre != nil && next != nil && next.ClaimID == pre.ClaimID {
+				nextStart = preStart
+				tt.adopted.Add(1)
+			}
+			pre = nil
 		default:
 			tt.pullAck(ctx, name, ms[cut:], refs[cut:], false, knownOf(r, batch))
 		}
@@ -119,7 +200,7 @@ func (tt *torture) endGroups(who string, ms []*tmsg, keep map[string]bool) {
 // effect for every message, a late one for none.
 func (tt *torture) pullAck(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, known []*Batch) {
 	if len(ms) > 0 {
-		tt.pullAckThen(ctx, who, ms, refs, late, known, nil)
+		tt.pullAckThen(ctx, who, ms, refs, late, known, nil, nil)
 	}
 }
 
@@ -134,8 +215,8 @@ func knownOf(r *rand.Rand, b *Batch) []*Batch {
 }
 
 // pullAckThen is pullAck, and when then is set, a receive in the ack's
-// transaction (PullAckClaim), whose batch it returns.
-func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, known []*Batch, then *ClaimRequest) *Batch {
+// transaction (Receive, adopting pre when set), whose batch it returns.
+func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs []PullRef, late bool, known []*Batch, then *ClaimRequest, pre *Batch) *Batch {
 	start := tt.tick()
 	tt.mu.Lock()
 	for _, m := range ms {
@@ -146,7 +227,7 @@ func (tt *torture) pullAckThen(ctx context.Context, who string, ms []*tmsg, refs
 	var batch *Batch
 	var err error
 	if then != nil {
-		res, batch, err = tt.b.store.PullAckKnownClaim(ctx, refs, known, *then)
+		res, batch, err = tt.b.store.Receive(ctx, refs, known, *then, pre)
 	} else {
 		res, err = tt.b.store.PullAckKnown(ctx, tt.b.sinkID, refs, known)
 	}
@@ -218,4 +299,12 @@ func (tt *torture) pullNack(ctx context.Context, who string, ms []*tmsg, refs []
 			m.everFailed = true
 		}
 	}
+}
+
+func refsOfBatch(b *Batch) []PullRef {
+	refs := make([]PullRef, len(b.Messages))
+	for i, m := range b.Messages {
+		refs[i] = PullRef{ClaimID: b.ClaimID, MessageID: m.ID}
+	}
+	return refs
 }

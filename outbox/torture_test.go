@@ -35,7 +35,8 @@ import (
 // and commit late; workers that claim, post, ack, nack (backoff, or past
 // max_age into failed), ack after their lease, abandon batches, and
 // crash (their session ends); pull consumers that ack parts of what they
-// received, nack the rest or let it lapse (torture_pull_test.go);
+// received, nack the rest or let it lapse, and claim ahead (prefetches,
+// adopted, released or abandoned: torture_pull_test.go);
 // redeliveries; pauses and resumes; a housekeeper that reaps dead
 // workers and ended claims.
 //
@@ -93,6 +94,7 @@ type torture struct {
 	clock   atomic.Int64 // event numbers: a total order of observed events
 	ops     atomic.Int64
 	pullOps atomic.Int64 // pull acks and nacks among ops
+	adopted atomic.Int64 // prefetches adopted by a receive (rule A)
 
 	mu         sync.Mutex
 	msgs       map[int64]*tmsg
@@ -642,8 +644,11 @@ func (tt *torture) run(chaos time.Duration) {
 	violations, counts := tt.violations, tt.counts
 	tt.mu.Unlock()
 	elapsed := time.Since(began)
-	t.Logf("torture: %d messages (%d rolled back), %d operations (%d pull acks and nacks) in %s (%.0f ops/s), drained in %s",
-		total, rolled, tt.ops.Load(), tt.pullOps.Load(), elapsed.Round(time.Millisecond), float64(tt.ops.Load())/elapsed.Seconds(), drained.Round(time.Millisecond))
+	t.Logf("torture: %d messages (%d rolled back), %d operations (%d pull acks and nacks, %d prefetches adopted) in %s (%.0f ops/s), drained in %s",
+		total, rolled, tt.ops.Load(), tt.pullOps.Load(), tt.adopted.Load(), elapsed.Round(time.Millisecond), float64(tt.ops.Load())/elapsed.Seconds(), drained.Round(time.Millisecond))
+	if tt.adopted.Load() == 0 {
+		t.Errorf("seed %d: no receive adopted a prefetch: rule A went untested", tt.seed)
+	}
 	for _, kind := range slices.Sorted(maps.Keys(violations)) {
 		t.Errorf("seed %d: %d× %s, e.g.:\n  %s", tt.seed, counts[kind], kind, strings.Join(violations[kind], "\n  "))
 	}
