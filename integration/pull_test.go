@@ -606,8 +606,8 @@ func TestPullPrefetch(t *testing.T) {
 	if len(first) != 10 {
 		t.Fatalf("first receive: %d messages, want 10", len(first))
 	}
-	// The next 10 are claimed ahead, then released: nobody asked.
-	waitFor(t, 5*time.Second, "a prefetch of the next 10 (20 in flight)", func() bool { return inFlight() == 20 })
+	// The next batches are claimed ahead, then released: nobody asked.
+	waitFor(t, 5*time.Second, "a prefetch of the next batches (more than 10 in flight)", func() bool { return inFlight() > 10 })
 	waitFor(t, 5*time.Second, "the prefetch released (10 in flight)", func() bool { return inFlight() == 10 })
 	for _, m := range e.messages(t, "s", "?state=pending") {
 		if m.DeliverCount != 0 {
