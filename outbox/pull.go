@@ -363,9 +363,6 @@ func (s *Store) PullAckKnownClaim(ctx context.Context, refs []PullRef, known []*
 		s.queueClaim(pb, req, &c)
 	})
 	if err != nil {
-		if len(refs) == 0 {
-			return nil, nil, fmt.Errorf("claim for a receive from sink %d: %w", req.SinkID, err)
-		}
 		return nil, nil, fmt.Errorf("ack %d received messages of sink %d and receive more: %w", len(refs), req.SinkID, err)
 	}
 	if c.demoted == freshMissed {
@@ -430,8 +427,11 @@ func (s *Store) Receive(ctx context.Context, refs []PullRef, known []*Batch, req
 		return res, pre, nil
 	}
 	// Not adoptable (its lease ended, or the sink was paused): release
-	// it, and claim under one more turn of the lock.
-	b, err := s.releaseClaim(ctx, pre, req)
+	// it, and claim, each under a turn of the lock of its own.
+	if err := s.Release(ctx, pre); err != nil {
+		return res, nil, err
+	}
+	b, err := s.Claim(ctx, req)
 	if err != nil {
 		return res, nil, fmt.Errorf("claim again for a receive from sink %d: %w", req.SinkID, err)
 	}
@@ -477,29 +477,15 @@ AND head IS NOT TRUE`
 // messages wait again where they were, with no attempt counted, and the
 // sink's waiting consumers are woken.
 func (s *Store) Release(ctx context.Context, pre *Batch) error {
-	if _, err := s.releaseClaim(ctx, pre, ClaimRequest{SinkID: pre.SinkID}); err != nil {
+	err := s.batch(ctx, func(pb *pgx.Batch) {
+		pb.Queue(claimLockSQL, pre.SinkID)
+		pb.Queue(releaseSQL, pre.SinkID, pre.ClaimID)
+		pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(pre.SinkID))
+	})
+	if err != nil {
 		return fmt.Errorf("release prefetched batch of sink %d (claim %d): %w", pre.SinkID, pre.ClaimID, err)
 	}
 	return nil
-}
-
-// releaseClaim releases pre (when set) and then, when req asks for a
-// batch, claims one, under one turn of the claim lock.
-func (s *Store) releaseClaim(ctx context.Context, pre *Batch, req ClaimRequest) (*Batch, error) {
-	if pre != nil {
-		err := s.batch(ctx, func(pb *pgx.Batch) {
-			pb.Queue(claimLockSQL, req.SinkID)
-			pb.Queue(releaseSQL, req.SinkID, pre.ClaimID)
-			pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(req.SinkID))
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	if req.BatchSize == 0 {
-		return nil, nil
-	}
-	return s.Claim(ctx, req)
 }
 
 func pullAckArgs(sinkID int64, refs []PullRef) []any {
