@@ -1,12 +1,15 @@
 package outbox
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,20 +73,14 @@ type r10Walk struct {
 	step   int
 	log    []string
 
-	stats map[string]int
+	stats   map[string]int
+	ngroups int // few: deep groups; many: mostly single-message ones (claimFreshSQL)
 }
 
 func (w *r10Walk) store() *Store { return w.stores[w.rnd.IntN(len(w.stores))] }
 
 func (w *r10Walk) fatalf(format string, args ...any) {
 	w.t.Helper()
-	tail := w.log
-	if len(tail) > 40 {
-		tail = tail[len(tail)-40:]
-	}
-	for _, l := range tail {
-		w.t.Log(l)
-	}
 	w.t.Fatalf("step %d: "+format, append([]any{w.step}, args...)...)
 }
 
@@ -350,7 +347,7 @@ func (w *r10Walk) adoptable(p *Batch) bool {
 	return ok
 }
 
-func (w *r10Walk) groups() string { return string(rune('a' + w.rnd.IntN(5))) }
+func (w *r10Walk) groups() string { return fmt.Sprintf("g%d", w.rnd.IntN(w.ngroups)) }
 
 func r10Pick[T any](w *r10Walk, s *[]T) (T, bool) {
 	var zero T
@@ -361,6 +358,35 @@ func r10Pick[T any](w *r10Walk, s *[]T) (T, bool) {
 	v := (*s)[i]
 	*s = slices.Delete(*s, i, i+1)
 	return v, true
+}
+
+// freshContract checks, in transactions rolled back, that in the walk's
+// state claimFreshSQL does what claimSQL does or says it does not apply
+// (rule C's second statement), with max_ack_pending sometimes exactly
+// what the fresh candidates need.
+func (w *r10Walk) freshContract(req ClaimRequest) {
+	w.t.Helper()
+	var any bool
+	if err := w.b.store.Pool.QueryRow(w.t.Context(), `SELECT EXISTS (SELECT 1 FROM outbox)`).Scan(&any); err != nil || !any {
+		return // claimOutcome reads the heads of a non-empty outbox
+	}
+	ok, took := checkFreshContract(w.t, w.b, req, fmt.Sprintf("walk step %d", w.step))
+	w.stats[fmt.Sprintf("claimFreshSQL applied %v, took %v", ok, took)]++
+	var fresh, retries int
+	fresh, retries = w.freshRetries()
+	var cands int
+	if err := w.b.store.Pool.QueryRow(w.t.Context(), `SELECT count(*) FROM outbox o WHERE o.sink_id = $1 AND o.head IS NOT FALSE AND o.failed_at IS NULL
+		AND o.deliver_count = 0 AND o.ready_at <= clock_timestamp()
+		AND NOT EXISTS (SELECT 1 FROM claims c WHERE o.id = ANY (c.ids) AND (c.until > clock_timestamp() OR c.lapse_max_age IS NOT NULL))`, w.b.sinkID).Scan(&cands); err != nil {
+		w.fatalf("%v", err)
+	}
+	for _, d := range []int{-1, 0, 1} { // room one short, exact, one over
+		r := req
+		r.MaxAckPending = fresh + retries + cands + d
+		if r.MaxAckPending > 0 {
+			checkFreshContract(w.t, w.b, r, fmt.Sprintf("walk step %d, max_ack_pending %d", w.step, r.MaxAckPending))
+		}
+	}
 }
 
 // stepOnce takes one random step and checks its outcome.
@@ -378,7 +404,9 @@ func (w *r10Walk) stepOnce() {
 		w.queueAt(w.groups(), w.lo, 1+w.rnd.IntN(2))
 		w.lo--
 	case 3: // push claim, for several workers
-		bs, err := w.store().ClaimBatches(ctx, w.req(1+w.rnd.IntN(4), 1+w.rnd.IntN(3), false, 0))
+		req := w.req(1+w.rnd.IntN(4), 1+w.rnd.IntN(3), false, 0)
+		w.freshContract(req)
+		bs, err := w.store().ClaimBatches(ctx, req)
 		if err != nil {
 			w.fatalf("%v", err)
 		}
@@ -386,7 +414,9 @@ func (w *r10Walk) stepOnce() {
 		w.push = append(w.push, bs...)
 		w.note("push claim %v", r10Desc(bs))
 	case 4: // a plain receive
-		b, err := w.store().Claim(ctx, w.req(1+w.rnd.IntN(4), 1, true, time.Duration(w.rnd.IntN(2))*time.Microsecond))
+		req := w.req(1+w.rnd.IntN(4), 1, true, time.Duration(w.rnd.IntN(2))*time.Microsecond)
+		w.freshContract(req)
+		b, err := w.store().Claim(ctx, req)
 		if err != nil {
 			w.fatalf("%v", err)
 		}
@@ -396,7 +426,9 @@ func (w *r10Walk) stepOnce() {
 		}
 		w.note("receive %v", r10Desc([]*Batch{b}))
 	case 5: // a prefetch
-		bs, err := w.store().ClaimBatches(ctx, w.prefetchReq(1+w.rnd.IntN(4)))
+		req := w.prefetchReq(1 + w.rnd.IntN(4))
+		w.freshContract(req)
+		bs, err := w.store().ClaimBatches(ctx, req)
 		if err != nil {
 			w.fatalf("%v", err)
 		}
@@ -625,7 +657,7 @@ func (w *r10Walk) stepOnce() {
 		}
 		w.note("release %v", r10Desc([]*Batch{p}))
 	case 18: // hold, pause, or let go
-		switch w.rnd.IntN(4) {
+		switch w.rnd.IntN(6) {
 		case 0:
 			w.exec(`UPDATE sinks SET hold_until = now() + interval '1 hour' WHERE id = $1`, sid)
 			w.note("hold")
@@ -736,8 +768,19 @@ func r10Desc(bs []*Batch) string {
 func r10Run(t *testing.T, seed uint64, steps, pending int) {
 	b, s2 := r10Setup(t)
 	w := &r10Walk{t: t, b: b, stores: []*Store{b.store.Store, s2}, rnd: rand.New(rand.NewPCG(seed, seed^0x5eed)), pending: pending,
-		queued: map[int64]bool{}, acked: map[int64]bool{}, stats: map[string]int{}, hi: 1 << 40, lo: 1 << 39}
-	t.Logf("seed %d, max_ack_pending %d", seed, pending)
+		queued: map[int64]bool{}, acked: map[int64]bool{}, stats: map[string]int{}, ngroups: []int{3, 6, 60}[seed%3], hi: 1 << 40, lo: 1 << 39}
+	t.Logf("seed %d, max_ack_pending %d, %d groups", seed, pending, w.ngroups)
+	t.Cleanup(func() {
+		if t.Failed() {
+			tail := w.log
+			if len(tail) > 40 {
+				tail = tail[len(tail)-40:]
+			}
+			for _, l := range tail {
+				t.Log(l)
+			}
+		}
+	})
 	for w.step = 0; w.step < steps; w.step++ {
 		w.stepOnce()
 	}
@@ -783,4 +826,504 @@ func TestR10WalkFixedSeeds(t *testing.T) {
 			r10Run(t, s, 300, 3+int(s%16))
 		})
 	}
+}
+
+// r10Conc is the shared record of TestR10Concurrent's actors.
+type r10Conc struct {
+	mu     sync.Mutex
+	queued map[int64]bool
+	acked  map[int64]bool
+	// out: each message handed out (to a push worker or a consumer) and
+	// not yet given back, with the time before which its claim is surely
+	// live (the call's start plus the lease: the lease starts later).
+	out   map[int64]r10Out
+	errs  []string
+	stats map[string]int
+}
+
+func (c *r10Conc) count(what string) {
+	c.mu.Lock()
+	c.stats[what]++
+	c.mu.Unlock()
+}
+
+type r10Out struct {
+	claim int64
+	until time.Time
+}
+
+func (c *r10Conc) fail(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.errs) < 20 {
+		c.errs = append(c.errs, fmt.Sprintf(format, args...))
+	}
+}
+
+// handed records a batch handed out by a call that started at start, and
+// checks that none of its messages is handed out while an earlier claim
+// surely still held it (I1) and that each group's messages come in
+// commit order.
+func (c *r10Conc) handed(what string, b *Batch, start, end time.Time, lease time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last := map[string]Message{}
+	for _, m := range b.Messages {
+		if p, ok := last[m.Group]; ok && (p.CommitLSN > m.CommitLSN || p.CommitLSN == m.CommitLSN && (p.CommitIdx > m.CommitIdx || p.CommitIdx == m.CommitIdx && p.ID > m.ID)) {
+			c.errs = append(c.errs, fmt.Sprintf("%s: claim %d hands out %d before %d of group %s, out of commit order (I2)", what, b.ClaimID, p.ID, m.ID, m.Group))
+		}
+		last[m.Group] = m
+		if o, ok := c.out[m.ID]; ok && o.claim != b.ClaimID && end.Before(o.until.Add(-20*time.Millisecond)) {
+			c.errs = append(c.errs, fmt.Sprintf("%s: message %d handed out by claim %d while claim %d held it until at least %v (now %v) (I1)",
+				what, m.ID, b.ClaimID, o.claim, o.until.Format("15:04:05.000"), end.Format("15:04:05.000")))
+		}
+		if c.acked[m.ID] {
+			c.errs = append(c.errs, fmt.Sprintf("%s: message %d handed out by claim %d after it was acked (I5)", what, m.ID, b.ClaimID))
+		}
+		c.out[m.ID] = r10Out{claim: b.ClaimID, until: start.Add(lease)}
+	}
+}
+
+// giveBack forgets the handing out of refs, before an outcome is sent:
+// from then on another claim may have them.
+func (c *r10Conc) giveBack(refs []PullRef) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range refs {
+		if o, ok := c.out[r.MessageID]; ok && o.claim == r.ClaimID {
+			delete(c.out, r.MessageID)
+		}
+	}
+}
+
+// ackedNow records what an ack deleted: each message once, and only
+// messages the ack named (refs nil: a push ack of b).
+func (c *r10Conc) ackedNow(what string, refs []PullRef, res *PullAckResult) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	named := map[int64]bool{}
+	for _, r := range refs {
+		named[r.MessageID] = true
+	}
+	for _, m := range res.Acked {
+		if !named[m.ID] {
+			c.errs = append(c.errs, fmt.Sprintf("%s: acked %d, which it did not name", what, m.ID))
+		}
+		if c.acked[m.ID] {
+			c.errs = append(c.errs, fmt.Sprintf("%s: message %d acked twice", what, m.ID))
+		}
+		c.acked[m.ID] = true
+	}
+	notHeld := map[PullRef]bool{}
+	for _, r := range res.NotHeld {
+		notHeld[r] = true
+	}
+	got := map[int64]bool{}
+	for _, m := range res.Acked {
+		got[m.ID] = true
+	}
+	for _, r := range refs {
+		if !notHeld[r] && !got[r.MessageID] {
+			c.errs = append(c.errs, fmt.Sprintf("%s: ref %v neither acked nor not held", what, r))
+		}
+	}
+}
+
+// TestR10Concurrent: two Stores (two processes) on one schema, each with
+// pull consumers that carry their acks (whole with known batches, or
+// partial) on their next receive and adopt their process's prefetches
+// (some taken late, past the prefetch's short lease), nack part of a
+// batch (past retry.max_age now and then: failed mid-group), or abandon
+// a batch past its visibility timeout and ack it afterwards (which must
+// ack nothing, I4); a push worker; reapers on both; the sink held by a
+// Retry-After now and then; replays with older commit positions
+// queued throughout. A checker takes the claim lock and checks I1 in
+// the claims table; every handing out is checked against the last (no
+// message handed out while a claim surely still held it, I1; commit
+// order within a batch, I2); at the end every queued message has been
+// acked exactly once (I3, I5).
+func TestR10Concurrent(t *testing.T) {
+	b, s2 := r10Setup(t)
+	ctx := t.Context()
+	seed := uint64(time.Now().UnixNano())
+	if v, err := strconv.ParseUint(os.Getenv("R10_SEED"), 10, 64); err == nil {
+		seed = v
+	}
+	t.Logf("seed %d (timing makes a run unrepeatable; the seed picks the actors' choices)", seed)
+	c := &r10Conc{queued: map[int64]bool{}, acked: map[int64]bool{}, out: map[int64]r10Out{}, stats: map[string]int{}}
+	sid := b.sinkID
+	stores := []*Store{b.store.Store, s2}
+	var lsnMu sync.Mutex
+	hi, lo := uint64(1<<40), uint64(1<<39)
+	queue := func(rnd *rand.Rand, replay bool) {
+		lsnMu.Lock()
+		lsn := hi
+		if replay {
+			lsn, lo = lo, lo-1
+		} else {
+			hi++
+		}
+		lsnMu.Unlock()
+		g := fmt.Sprintf("g%d", rnd.IntN(12))
+		rows := make([]NewMessage, 1+rnd.IntN(3))
+		for i := range rows {
+			rows[i] = NewMessage{SinkID: sid, Group: g, CommitLSN: lsn, CommitIdx: i, Payload: []byte(`{}`)}
+		}
+		var ids []int64
+		err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+			if err := queueRows(ctx, tx, rows); err != nil {
+				return err
+			}
+			r, err := tx.Query(ctx, `SELECT id FROM outbox WHERE sink_id = $1 AND group_key = $2 AND commit_lsn = $3`, sid, g, int64(lsn))
+			if err != nil {
+				return err
+			}
+			ids, err = pgx.CollectRows(r, pgx.RowTo[int64])
+			return err
+		})
+		if err != nil {
+			c.fail("queue: %v", err)
+			return
+		}
+		c.mu.Lock()
+		for _, id := range ids {
+			c.queued[id] = true
+		}
+		c.mu.Unlock()
+	}
+	rnd0 := rand.New(rand.NewPCG(seed, 0))
+	for range 60 {
+		queue(rnd0, false)
+	}
+
+	stop := make(chan struct{})
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	var wg sync.WaitGroup
+	var bg sync.WaitGroup // prefetch releases
+	run := func(f func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	const vis = 250 * time.Millisecond
+	const preLease = 120 * time.Millisecond
+
+	// Each process's prefetch slot (api's prefetcher, simplified).
+	type slot struct {
+		mu sync.Mutex
+		bs []*Batch
+		on bool
+	}
+	slots := []*slot{{}, {}}
+	prefetch := func(si int, size int) {
+		sl := slots[si]
+		sl.mu.Lock()
+		if sl.on || len(sl.bs) > 0 {
+			sl.mu.Unlock()
+			return
+		}
+		sl.on = true
+		sl.mu.Unlock()
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			bs, err := stores[si].ClaimBatches(ctx, ClaimRequest{SinkID: sid, BatchSize: size, MaxAckPending: 40, Lease: preLease, Worker: "prefetch", Batches: 2})
+			if err != nil {
+				c.fail("prefetch: %v", err)
+			}
+			sl.mu.Lock()
+			sl.bs, sl.on = append(sl.bs, bs...), false
+			sl.mu.Unlock()
+			time.Sleep(preLease * 2 / 3) // idle: release what no receive took
+			sl.mu.Lock()
+			left := sl.bs
+			sl.bs = nil
+			sl.mu.Unlock()
+			for _, p := range left {
+				if err := stores[si].Release(ctx, p); err != nil {
+					c.fail("release: %v", err)
+				}
+			}
+		}()
+	}
+	take := func(si int) *Batch {
+		sl := slots[si]
+		sl.mu.Lock()
+		defer sl.mu.Unlock()
+		if len(sl.bs) == 0 {
+			return nil
+		}
+		p := sl.bs[0]
+		sl.bs = sl.bs[1:]
+		return p
+	}
+
+	// Pull consumers: two per process.
+	for ci := range 4 {
+		si := ci % 2
+		run(func() {
+			rnd := rand.New(rand.NewPCG(seed, uint64(ci+1)))
+			var refs []PullRef
+			var known []*Batch
+			for !stopped() {
+				size := 1 + rnd.IntN(4)
+				req := ClaimRequest{SinkID: sid, BatchSize: size, MaxAckPending: 40, Lease: vis, Worker: "receive", Pull: true}
+				if rnd.IntN(5) == 0 {
+					req.MaxAge = time.Microsecond // a lapse fails what it held
+				}
+				pre := take(si)
+				if pre != nil && rnd.IntN(4) == 0 {
+					time.Sleep(time.Duration(rnd.IntN(int(preLease))) + preLease/2) // taken, adopted late
+				}
+				c.giveBack(refs)
+				start := time.Now()
+				res, got, err := stores[rnd.IntN(2)].Receive(ctx, refs, known, req, pre)
+				end := time.Now()
+				if err != nil {
+					if !stopped() {
+						c.fail("receive: %v", err)
+					}
+					return
+				}
+				if len(refs) > 0 {
+					c.ackedNow("receive's ack", refs, res)
+				}
+				if pre != nil {
+					c.count(fmt.Sprintf("prefetch adopted %v", got != nil && got.ClaimID == pre.ClaimID))
+				}
+				if len(refs) > 0 {
+					c.count(fmt.Sprintf("receive's ack whole path %v", wholeClaims(sid, refs, known) != nil))
+				}
+				refs, known = nil, nil
+				if got == nil {
+					time.Sleep(time.Duration(rnd.IntN(5)) * time.Millisecond)
+					continue
+				}
+				c.handed("receive", got, start, end, vis)
+				if len(got.Messages) == size {
+					prefetch(si, size)
+				}
+				all := refsOf(got, got.Messages...)
+				switch k := rnd.IntN(20); {
+				case k < 12: // ack it all with the next receive
+					refs, known = all, []*Batch{got}
+				case k < 15: // ack part of it with the next receive
+					for _, r := range all {
+						if rnd.IntN(2) == 0 {
+							refs = append(refs, r)
+						}
+					}
+					if rnd.IntN(2) == 0 {
+						known = []*Batch{got}
+					}
+				case k < 18: // nack part, the rest with the next receive
+					var nack []PullRef
+					for _, r := range all {
+						if rnd.IntN(2) == 0 {
+							nack = append(nack, r)
+						} else {
+							refs = append(refs, r)
+						}
+					}
+					maxAge := time.Duration(0)
+					if rnd.IntN(2) == 0 {
+						maxAge = time.Microsecond
+					}
+					c.giveBack(nack)
+					if _, err := stores[rnd.IntN(2)].PullNack(ctx, sid, nack, time.Time{}, maxAge, "r10"); err != nil && !stopped() {
+						c.fail("pull nack: %v", err)
+					}
+				default: // abandon it past its visibility timeout, then ack it: nothing
+					c.giveBack(all)
+					time.Sleep(time.Until(end.Add(vis + 30*time.Millisecond)))
+					res, err := stores[rnd.IntN(2)].PullAckKnown(ctx, sid, all, []*Batch{got})
+					if err != nil {
+						if !stopped() {
+							c.fail("late ack: %v", err)
+						}
+						return
+					}
+					c.count("late ack")
+					if len(res.Acked) > 0 {
+						c.fail("ack after claim %d's visibility timeout acked %d messages (I4)", got.ClaimID, len(res.Acked))
+					}
+					c.ackedNow("late ack", all, res)
+				}
+			}
+		})
+	}
+
+	// A push worker on the second process.
+	run(func() {
+		rnd := rand.New(rand.NewPCG(seed, 99))
+		w, err := s2.RegisterWorker(ctx, "r10")
+		if err != nil {
+			c.fail("register: %v", err)
+			return
+		}
+		defer w.Close(context.WithoutCancel(ctx))
+		for !stopped() {
+			start := time.Now()
+			bs, err := s2.ClaimBatches(ctx, ClaimRequest{SinkID: sid, BatchSize: 1 + rnd.IntN(3), MaxAckPending: 40, Lease: vis, Worker: "w", WorkerID: w.ID, Batches: 2})
+			end := time.Now()
+			if err != nil {
+				if !stopped() {
+					c.fail("push claim: %v", err)
+				}
+				return
+			}
+			if len(bs) == 0 {
+				time.Sleep(3 * time.Millisecond)
+				continue
+			}
+			for _, bt := range bs {
+				c.handed("push claim", bt, start, end, vis)
+			}
+			for _, bt := range bs {
+				all := refsOf(bt, bt.Messages...)
+				c.giveBack(all)
+				if rnd.IntN(4) == 0 {
+					f := Failure{AttemptStart: time.Now(), Error: "r10"}
+					if rnd.IntN(2) == 0 {
+						f.AttemptStart, f.MaxAge = time.Now().Add(-time.Hour), time.Microsecond
+					}
+					if _, err := s2.Nack(ctx, bt, f); err != nil && !IsClaimEnded(err) && !stopped() {
+						c.fail("push nack: %v", err)
+					}
+					continue
+				}
+				err := s2.Ack(ctx, bt)
+				if err != nil && !IsClaimEnded(err) && !stopped() {
+					c.fail("push ack: %v", err)
+				}
+				if err == nil {
+					c.ackedNow("push ack", all, &PullAckResult{Acked: bt.Messages})
+				}
+			}
+		}
+	})
+
+	// Reapers, one per process, and the producer.
+	for si := range 2 {
+		run(func() {
+			for !stopped() {
+				if _, err := stores[si].ReapClaims(ctx); err != nil && !stopped() {
+					c.fail("reap: %v", err)
+				}
+				if _, err := stores[si].ReapDeadWorkers(ctx, 0); err != nil && !stopped() {
+					c.fail("reap workers: %v", err)
+				}
+				time.Sleep(time.Duration(5+si*7) * time.Millisecond)
+			}
+		})
+	}
+	run(func() {
+		rnd := rand.New(rand.NewPCG(seed, 77))
+		for i := 0; !stopped(); i++ {
+			queue(rnd, rnd.IntN(4) == 0)
+			if i%40 == 39 { // a short Retry-After
+				if _, err := b.store.Pool.Exec(ctx, `UPDATE sinks SET hold_until = clock_timestamp() + interval '40 ms' WHERE id = $1`, sid); err != nil && !stopped() {
+					c.fail("hold: %v", err)
+				}
+			}
+			time.Sleep(4 * time.Millisecond)
+		}
+	})
+	// The I1 checker, under the claim lock.
+	run(func() {
+		for !stopped() {
+			var bad string
+			err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, claimLockSQL, sid); err != nil {
+					return err
+				}
+				return tx.QueryRow(ctx, `SELECT concat_ws(' ',
+					(SELECT string_agg('group ' || g, ',') FROM (SELECT g FROM claims c, unnest(c.groups) g WHERE c.sink_id = $1
+						AND (c.until > clock_timestamp() OR c.lapse_max_age IS NOT NULL) GROUP BY g HAVING count(*) > 1) x),
+					(SELECT string_agg('message ' || i, ',') FROM (SELECT i FROM claims c, unnest(c.ids) i WHERE c.sink_id = $1
+						AND (c.until > clock_timestamp() OR c.lapse_max_age IS NOT NULL) GROUP BY i HAVING count(*) > 1) y),
+					(SELECT string_agg('unnamed ' || o.id, ',') FROM claims c JOIN outbox o ON o.id = ANY (c.ids) WHERE c.sink_id = $1
+						AND (c.until > clock_timestamp() OR c.lapse_max_age IS NOT NULL) AND NOT o.group_key = ANY (c.groups)))`, sid).Scan(&bad)
+			})
+			if err != nil {
+				if !stopped() {
+					c.fail("check: %v", err)
+				}
+				return
+			}
+			if bad != "" {
+				c.fail("in two live claims, or held unnamed (I1): %s", bad)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+
+	time.Sleep(4 * time.Second)
+	close(stop)
+	wg.Wait()
+	bg.Wait()
+	if len(c.errs) > 0 {
+		t.Fatalf("seed %d:\n%s", seed, strings.Join(c.errs, "\n"))
+	}
+
+	// Drain: everything queued is delivered once (I3, I5). It ends every
+	// claim first.
+	c.out = map[int64]r10Out{}
+	if _, err := b.store.Pool.Exec(ctx, `UPDATE sinks SET hold_until = NULL WHERE id = $1`, sid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Pool.Exec(ctx, `UPDATE claims SET until = clock_timestamp() - interval '1 ms' WHERE sink_id = $1`, sid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.ReapClaims(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Redeliver(ctx, sid, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if i > len(c.queued)+10 {
+			t.Fatalf("seed %d: drain does not end (I3)", seed)
+		}
+		bt, err := b.store.Claim(ctx, ClaimRequest{SinkID: sid, BatchSize: 20, MaxAckPending: 1000, Lease: time.Minute, Worker: "drain", Pull: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bt == nil {
+			break
+		}
+		c.handed("drain", bt, time.Now(), time.Now(), 0)
+		refs := refsOf(bt, bt.Messages...)
+		res, err := b.store.PullAckKnown(ctx, sid, refs, []*Batch{bt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Acked) != len(bt.Messages) {
+			t.Fatalf("seed %d: drain ack of %d messages acked %d", seed, len(bt.Messages), len(res.Acked))
+		}
+		c.ackedNow("drain", refs, res)
+	}
+	if len(c.errs) > 0 {
+		t.Fatalf("seed %d:\n%s", seed, strings.Join(c.errs, "\n"))
+	}
+	var left int
+	if err := b.store.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE sink_id = $1`, sid).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	lost := 0
+	for id := range c.queued {
+		if !c.acked[id] {
+			lost++
+		}
+	}
+	if left != 0 || lost != 0 || len(c.acked) != len(c.queued) {
+		t.Fatalf("seed %d: %d messages left, %d queued never acked, %d acked of %d queued (I3, I5)", seed, left, lost, len(c.acked), len(c.queued))
+	}
+	t.Logf("%d messages queued, all acked once; %v", len(c.queued), c.stats)
 }
