@@ -1327,3 +1327,145 @@ func TestR10Concurrent(t *testing.T) {
 	}
 	t.Logf("%d messages queued, all acked once; %v", len(c.queued), c.stats)
 }
+
+// TestR10KnownAckAndAdoptionRaceLease: a receive carrying a whole ack of
+// its last batch (known: pullWholeAckSQL) and a prefetch to adopt, sent
+// as both leases end, while the other process reaps in a loop. The ack
+// is all or nothing and says which (acked: deleted, no attempt; not:
+// lapsed, one attempt each, I4); the prefetch is adopted only if its
+// messages then count no attempt and no other claim has them, and if not
+// adopted its messages count no attempt either (rule A); I1 holds after
+// every round.
+func TestR10KnownAckAndAdoptionRaceLease(t *testing.T) {
+	b, s2 := r10Setup(t)
+	ctx := t.Context()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the other process's reaper
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := s2.ReapClaims(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	counts := func(ids []int64) map[int64]int32 {
+		r, err := b.store.Pool.Query(ctx, `SELECT id, deliver_count FROM outbox WHERE id = ANY ($1)`, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int64]int32{}
+		for r.Next() {
+			var id int64
+			var c int32
+			if err := r.Scan(&id, &c); err != nil {
+				t.Fatal(err)
+			}
+			out[id] = c
+		}
+		if err := r.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	stats := map[string]int{}
+	for round := range 40 {
+		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM outbox; DELETE FROM claims`); err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []string{"a", "b", "c", "d"} {
+			b.queueCommitted(t, g, 2)
+		}
+		lease := 30 * time.Millisecond
+		x := b.receive(t, 4, lease, 0) // groups a, b
+		p, err := b.store.Claim(ctx, ClaimRequest{SinkID: b.sinkID, BatchSize: 4, MaxAckPending: 1000, Lease: lease, Worker: "prefetch"})
+		if err != nil || x == nil || p == nil || len(x.Messages) != 4 || len(p.Messages) != 4 {
+			t.Fatalf("round %d: receive %v, prefetch %v, %v", round, r10Desc([]*Batch{x}), r10Desc([]*Batch{p}), err)
+		}
+		time.Sleep(lease - 6*time.Millisecond + time.Duration(round%12)*time.Millisecond)
+		refs := refsOf(x, x.Messages...)
+		res, got, err := b.store.Receive(ctx, refs, []*Batch{x}, ClaimRequest{SinkID: b.sinkID, BatchSize: 4, MaxAckPending: 1000, Lease: time.Minute, Worker: "receive", Pull: true}, p)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		xids, pids := make([]int64, 4), make([]int64, 4)
+		for i := range 4 {
+			xids[i], pids[i] = x.Messages[i].ID, p.Messages[i].ID
+		}
+		// Let the reaper record what lapsed (it runs every millisecond, but
+		// a new connection of its pool may take a while).
+		for deadline := time.Now().Add(3 * time.Second); ; {
+			var ended bool
+			if err := b.store.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM claims WHERE until <= clock_timestamp())`).Scan(&ended); err != nil {
+				t.Fatal(err)
+			}
+			if !ended {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the reaper left ended claims for 3 s", round)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		xc := counts(xids)
+		switch len(res.Acked) {
+		case 4:
+			if len(xc) != 0 || len(res.NotHeld) != 0 {
+				t.Fatalf("round %d: ack said all acked, but %v are left (not held %v)", round, xc, res.NotHeld)
+			}
+			stats["acked"]++
+		case 0:
+			if len(res.NotHeld) != 4 || len(xc) != 4 {
+				t.Fatalf("round %d: ack said nothing acked (not held %v), but %d of 4 are left", round, res.NotHeld, len(xc))
+			}
+			for id, c := range xc {
+				if c != 1 {
+					var rows string
+					_ = b.store.Pool.QueryRow(ctx, `SELECT COALESCE(string_agg(format('%s ids %s until-now %s lapse %s worker %s', id, ids, until - clock_timestamp(), lapse_max_age, worker), '; '), '') FROM claims`).Scan(&rows)
+					t.Fatalf("round %d: message %d of the lapsed receive counts %d attempts, want 1; x %v p %v got %v; claims: %s", round, id, c, r10Desc([]*Batch{x}), r10Desc([]*Batch{p}), r10Desc([]*Batch{got}), rows)
+				}
+			}
+			stats["lapsed"]++
+		default:
+			t.Fatalf("round %d: a whole ack acked %d of 4", round, len(res.Acked))
+		}
+		pc := counts(pids)
+		for id, c := range pc {
+			if c != 0 {
+				t.Fatalf("round %d: prefetched message %d counts %d attempts (adopted %v): a prefetch is no attempt until adopted, and this one's lease is a minute",
+					round, id, c, got != nil && got.ClaimID == p.ClaimID)
+			}
+		}
+		if got != nil && got.ClaimID == p.ClaimID {
+			stats["adopted"]++
+			var until time.Time
+			var lapse *int64
+			if err := b.store.Pool.QueryRow(ctx, `SELECT until, lapse_max_age FROM claims WHERE id = $1`, p.ClaimID).Scan(&until, &lapse); err != nil {
+				t.Fatalf("round %d: adopted claim: %v", round, err)
+			}
+			if lapse == nil || time.Until(until) < 30*time.Second {
+				t.Fatalf("round %d: adopted claim until %v lapse %v", round, until, lapse)
+			}
+		} else {
+			stats["not adopted"]++
+		}
+		var bad string
+		if err := b.store.Pool.QueryRow(ctx, `SELECT COALESCE(string_agg(g, ','), '') FROM (SELECT g FROM claims c, unnest(c.groups) g
+			WHERE c.until > clock_timestamp() OR c.lapse_max_age IS NOT NULL GROUP BY g HAVING count(*) > 1) x`).Scan(&bad); err != nil {
+			t.Fatal(err)
+		}
+		if bad != "" {
+			t.Fatalf("round %d: groups %s in two live claims (I1)", round, bad)
+		}
+	}
+	t.Logf("%v", stats)
+}
