@@ -75,6 +75,21 @@ type r10Walk struct {
 
 	stats   map[string]int
 	ngroups int // few: deep groups; many: mostly single-message ones (claimFreshSQL)
+	workers []*Worker
+}
+
+// worker is store si's registered worker, registered anew after one died.
+func (w *r10Walk) worker(si int) *Worker {
+	w.t.Helper()
+	if w.workers[si] == nil {
+		wk, err := w.stores[si].RegisterWorker(w.t.Context(), fmt.Sprintf("r10-%d", si))
+		if err != nil {
+			w.fatalf("%v", err)
+		}
+		w.t.Cleanup(func() { _ = wk.Close(context.Background()) })
+		w.workers[si] = wk
+	}
+	return w.workers[si]
 }
 
 func (w *r10Walk) store() *Store { return w.stores[w.rnd.IntN(len(w.stores))] }
@@ -395,7 +410,7 @@ func (w *r10Walk) stepOnce() {
 	ctx := w.t.Context()
 	sid := w.b.sinkID
 	// Weights: more receives, prefetches and pull outcomes than reaps.
-	ops := []int{0, 1, 2, 3, 4, 4, 4, 5, 5, 6, 7, 7, 8, 8, 9, 10, 10, 11, 11, 12, 13, 14, 15, 17, 18, 19}
+	ops := []int{0, 1, 2, 3, 4, 4, 4, 5, 5, 6, 7, 7, 8, 8, 9, 10, 10, 11, 11, 12, 13, 14, 15, 17, 18, 19, 20}
 	switch ops[w.rnd.IntN(len(ops))] {
 	case 0, 1: // new changes
 		w.queueAt(w.groups(), w.hi, 1+w.rnd.IntN(3))
@@ -405,8 +420,12 @@ func (w *r10Walk) stepOnce() {
 		w.lo--
 	case 3: // push claim, for several workers
 		req := w.req(1+w.rnd.IntN(4), 1+w.rnd.IntN(3), false, 0)
+		si := w.rnd.IntN(len(w.stores))
+		if w.rnd.IntN(2) == 0 { // a registered worker's (rule W)
+			req.WorkerID = w.worker(si).ID
+		}
 		w.freshContract(req)
-		bs, err := w.store().ClaimBatches(ctx, req)
+		bs, err := w.stores[si].ClaimBatches(ctx, req)
 		if err != nil {
 			w.fatalf("%v", err)
 		}
@@ -668,6 +687,35 @@ func (w *r10Walk) stepOnce() {
 			w.exec(`UPDATE sinks SET status = 'active', hold_until = NULL WHERE id = $1`, sid)
 			w.note("go")
 		}
+	case 20: // a process's worker dies; the other process revokes its claims
+		si := w.rnd.IntN(len(w.stores))
+		dead := w.worker(si)
+		dead.kill(ctx)
+		w.workers[si] = nil
+		var n int
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			if err := w.b.store.Pool.QueryRow(ctx, `SELECT count(*) FROM workers WHERE id = $1`, dead.ID).Scan(&n); err != nil {
+				w.fatalf("%v", err)
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				w.fatalf("worker %d not found dead in 5 s", dead.ID)
+			}
+			if _, err := w.stores[1-si].ReapDeadWorkers(ctx, 0); err != nil {
+				w.fatalf("reap dead workers: %v", err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		var live int
+		if err := w.b.store.Pool.QueryRow(ctx, `SELECT count(*) FROM claims WHERE worker_id = $1 AND until > clock_timestamp()`, dead.ID).Scan(&live); err != nil {
+			w.fatalf("%v", err)
+		}
+		if live != 0 {
+			w.fatalf("worker %d dead, %d of its claims live", dead.ID, live)
+		}
+		w.note("worker %d of store %d dies", dead.ID, si)
 	case 19: // revive failed messages (some), hurry backoffs
 		r, err := w.b.store.Pool.Query(ctx, `SELECT id FROM outbox WHERE sink_id = $1 AND failed_at IS NOT NULL ORDER BY id`, sid)
 		if err != nil {
@@ -768,7 +816,7 @@ func r10Desc(bs []*Batch) string {
 func r10Run(t *testing.T, seed uint64, steps, pending int) {
 	b, s2 := r10Setup(t)
 	w := &r10Walk{t: t, b: b, stores: []*Store{b.store.Store, s2}, rnd: rand.New(rand.NewPCG(seed, seed^0x5eed)), pending: pending,
-		queued: map[int64]bool{}, acked: map[int64]bool{}, stats: map[string]int{}, ngroups: []int{3, 6, 60}[seed%3], hi: 1 << 40, lo: 1 << 39}
+		queued: map[int64]bool{}, acked: map[int64]bool{}, stats: map[string]int{}, workers: make([]*Worker, 2), ngroups: []int{3, 6, 60}[seed%3], hi: 1 << 40, lo: 1 << 39}
 	t.Logf("seed %d, max_ack_pending %d, %d groups", seed, pending, w.ngroups)
 	t.Cleanup(func() {
 		if t.Failed() {
