@@ -1517,3 +1517,106 @@ func TestR10KnownAckAndAdoptionRaceLease(t *testing.T) {
 	}
 	t.Logf("%v", stats)
 }
+
+// TestR10AckNackSameClaimTwoProcesses: one consumer's whole ack (known
+// batch: pullWholeAckSQL) and a nack of part of the same batch reach two
+// processes at once (a client retrying on another connection), as the
+// visibility timeout ends and a reaper runs. Each message must end in
+// exactly one way, and both answers must say which: acked (deleted,
+// in Acked), nacked (one attempt, counted in Nacked), or neither (both
+// said not held: lapsed, one attempt). I4: nothing takes effect twice.
+func TestR10AckNackSameClaimTwoProcesses(t *testing.T) {
+	b, s2 := r10Setup(t)
+	ctx := t.Context()
+	stats := map[string]int{}
+	for round := range 40 {
+		if _, err := b.store.Pool.Exec(ctx, `DELETE FROM outbox; DELETE FROM claims`); err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range []string{"a", "b", "c"} {
+			b.queueCommitted(t, g, 2)
+		}
+		lease := 40 * time.Millisecond
+		x := b.receive(t, 6, lease, 0)
+		if x == nil || len(x.Messages) != 6 {
+			t.Fatalf("round %d: receive %v", round, r10Desc([]*Batch{x}))
+		}
+		all := refsOf(x, x.Messages...)
+		nack := []PullRef{all[round%6], all[(round+3)%6]}
+		time.Sleep(lease - 8*time.Millisecond + time.Duration(round%16)*time.Millisecond)
+		var wg sync.WaitGroup
+		var ackRes *PullAckResult
+		var nackRes *PullNackResult
+		var ackErr, nackErr, reapErr error
+		wg.Add(3)
+		go func() { defer wg.Done(); ackRes, ackErr = b.store.PullAckKnown(ctx, b.sinkID, all, []*Batch{x}) }()
+		go func() {
+			defer wg.Done()
+			nackRes, nackErr = s2.PullNack(ctx, b.sinkID, nack, time.Time{}, 0, "r10")
+		}()
+		go func() { defer wg.Done(); _, reapErr = s2.ReapClaims(ctx) }()
+		wg.Wait()
+		if ackErr != nil || nackErr != nil || reapErr != nil {
+			t.Fatalf("round %d: %v %v %v", round, ackErr, nackErr, reapErr)
+		}
+		// Let a lapse be recorded.
+		time.Sleep(lease)
+		if _, err := b.store.ReapClaims(ctx); err != nil {
+			t.Fatal(err)
+		}
+		acked := map[int64]bool{}
+		for _, m := range ackRes.Acked {
+			acked[m.ID] = true
+		}
+		nackNotHeld := map[int64]bool{}
+		for _, r := range nackRes.NotHeld {
+			nackNotHeld[r.MessageID] = true
+		}
+		nacked := 0
+		for _, r := range nack {
+			if !nackNotHeld[r.MessageID] {
+				nacked++
+				if acked[r.MessageID] {
+					t.Fatalf("round %d: message %d both acked and nacked", round, r.MessageID)
+				}
+			}
+		}
+		if nacked != nackRes.Nacked {
+			t.Fatalf("round %d: nack said %d nacked, %d not held of %d", round, nackRes.Nacked, len(nackRes.NotHeld), len(nack))
+		}
+		if len(ackRes.Acked)+len(ackRes.NotHeld) != 6 {
+			t.Fatalf("round %d: ack: %d acked, %d not held of 6", round, len(ackRes.Acked), len(ackRes.NotHeld))
+		}
+		r, err := b.store.Pool.Query(ctx, `SELECT id, deliver_count FROM outbox`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := map[int64]int32{}
+		for r.Next() {
+			var id int64
+			var c int32
+			if err := r.Scan(&id, &c); err != nil {
+				t.Fatal(err)
+			}
+			left[id] = c
+		}
+		if err := r.Err(); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range x.Messages {
+			c, there := left[m.ID]
+			switch {
+			case acked[m.ID]:
+				if there {
+					t.Fatalf("round %d: message %d acked but still there", round, m.ID)
+				}
+			case !there:
+				t.Fatalf("round %d: message %d gone but not acked (I5)", round, m.ID)
+			case c != 1:
+				t.Fatalf("round %d: message %d neither acked nor deleted counts %d attempts, want 1 (nacked or lapsed, once)", round, m.ID, c)
+			}
+		}
+		stats[fmt.Sprintf("acked %d, nacked %d", len(acked), nacked)]++
+	}
+	t.Logf("%v", stats)
+}
