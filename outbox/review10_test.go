@@ -1407,23 +1407,7 @@ func TestR10KnownAckAndAdoptionRaceLease(t *testing.T) {
 	}()
 	defer func() { close(stop); wg.Wait() }()
 	counts := func(ids []int64) map[int64]int32 {
-		r, err := b.store.Pool.Query(ctx, `SELECT id, deliver_count FROM outbox WHERE id = ANY ($1)`, ids)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[int64]int32{}
-		for r.Next() {
-			var id int64
-			var c int32
-			if err := r.Scan(&id, &c); err != nil {
-				t.Fatal(err)
-			}
-			out[id] = c
-		}
-		if err := r.Err(); err != nil {
-			t.Fatal(err)
-		}
-		return out
+		return r10DeliverCounts(t, b, `SELECT id, deliver_count FROM outbox WHERE id = ANY ($1)`, ids)
 	}
 	stats := map[string]int{}
 	for round := range 40 {
@@ -1587,22 +1571,7 @@ func TestR10AckNackSameClaimTwoProcesses(t *testing.T) {
 		if len(ackRes.Acked)+len(ackRes.NotHeld) != 6 {
 			t.Fatalf("round %d: ack: %d acked, %d not held of 6", round, len(ackRes.Acked), len(ackRes.NotHeld))
 		}
-		r, err := b.store.Pool.Query(ctx, `SELECT id, deliver_count FROM outbox`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		left := map[int64]int32{}
-		for r.Next() {
-			var id int64
-			var c int32
-			if err := r.Scan(&id, &c); err != nil {
-				t.Fatal(err)
-			}
-			left[id] = c
-		}
-		if err := r.Err(); err != nil {
-			t.Fatal(err)
-		}
+		left := r10DeliverCounts(t, b, `SELECT id, deliver_count FROM outbox`)
 		for _, m := range x.Messages {
 			c, there := left[m.ID]
 			switch {
@@ -1619,4 +1588,27 @@ func TestR10AckNackSameClaimTwoProcesses(t *testing.T) {
 		stats[fmt.Sprintf("acked %d, nacked %d", len(acked), nacked)]++
 	}
 	t.Logf("%v", stats)
+}
+
+// r10DeliverCounts runs query, which selects (id, deliver_count) rows of
+// the outbox, and returns the counts by id.
+func r10DeliverCounts(t *testing.T, b *testBundle, query string, args ...any) map[int64]int32 {
+	t.Helper()
+	r, err := b.store.Pool.Query(t.Context(), query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int64]int32{}
+	for r.Next() {
+		var id int64
+		var c int32
+		if err := r.Scan(&id, &c); err != nil {
+			t.Fatal(err)
+		}
+		out[id] = c
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
