@@ -462,16 +462,11 @@ func queueAdopt(pb *pgx.Batch, pre *Batch, req ClaimRequest, adopted *bool) {
 
 // releaseSQL ends prefetched claim $2 of sink $1 that no receive adopted
 // (rule A), as R ends a claim: deleted, no attempt recorded (nobody had
-// its messages), its groups promoted (P). An adopted claim is a pull
-// claim (lapse_max_age set) and is not touched; one whose lapse was
-// recorded already is ended already, and this only reaps it early.
-var releaseSQL = `
-WITH gone AS (
-	DELETE FROM claims WHERE id = $2 AND sink_id = $1 AND lapse_max_age IS NULL AND worker_id IS NULL RETURNING groups
-)
-UPDATE outbox SET head = true
-WHERE id = ANY (ARRAY(SELECT ` + fmt.Sprintf(firstOfGroupSQL, "g.k") + ` FROM (SELECT DISTINCT unnest(groups) AS k FROM gone) g))
-AND head IS NOT TRUE`
+// its messages); Release then promotes its groups (P). An adopted claim
+// is a pull claim (lapse_max_age set) and is not touched; one whose
+// lapse was recorded already is ended already, and this only reaps it
+// early.
+const releaseSQL = `DELETE FROM claims WHERE id = $2 AND sink_id = $1 AND lapse_max_age IS NULL AND worker_id IS NULL`
 
 // Release ends a prefetched batch that no receive adopted (rule A): its
 // messages wait again where they were, with no attempt counted, and the
@@ -480,6 +475,7 @@ func (s *Store) Release(ctx context.Context, pre *Batch) error {
 	err := s.batch(ctx, func(pb *pgx.Batch) {
 		pb.Queue(claimLockSQL, pre.SinkID)
 		pb.Queue(releaseSQL, pre.SinkID, pre.ClaimID)
+		pb.Queue(promoteSQL, pre.SinkID, pre.groups()) // always safe (P), released or not
 		pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(pre.SinkID))
 	})
 	if err != nil {
