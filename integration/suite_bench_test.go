@@ -145,6 +145,7 @@ func (s *suite) run() {
 		{"3", func() {
 			s.drain("3", "200k rows committed in 100-row txs, batch_size 100, default config", s.n(200_000), 100, false)
 			s.drain("3b", "same, state in its own database", s.n(200_000), 100, true)
+			s.captureOnly("3c", s.n(200_000))
 		}},
 		{"4", s.paced},
 		{"5", s.retries},
@@ -511,6 +512,47 @@ func (s *suite) drain(id, what string, rows, batch int, ownState bool) {
 		note: fmt.Sprintf("%s, concurrency %d; start-up to streaming %s (not in rows/s); %s", s.partial(st.N, rows, all), cfg.Sinks[0].Concurrency, streaming.Sub(t0).Round(time.Millisecond), srv)})
 }
 
+// captureOnly: the rows of row 3 captured into the outbox of a pull
+// sink that nobody consumes, so nothing is delivered: what capture alone
+// (the walsender's decode, walhook's, the durable outbox write) costs a
+// row, all processes together, and the most rows/s the machine's cores
+// could give at that cost even if delivery were free.
+func (s *suite) captureOnly(id string, rows int) {
+	src, db := s.sourceDB(true)
+	defer s.drop(src)
+	defer db.Close()
+	cfg := s.config(src, src, 100, 0)
+	cfg.HTTPEndpoints = nil
+	cfg.Sinks[0].Endpoint, cfg.Sinks[0].Path, cfg.Sinks[0].Kind = "", "", config.KindPull
+	startService(s.b, cfg, zerolog.ErrorLevel, nil)() // makes the slot and the state schema
+	s.writeParallel(db, 1, rows)
+	raw := s.rawRun(s.ctx, src, "bench_raw", "bench", rows, nil)
+	s.dropSlot(db, "bench_raw")
+
+	pg0, cpu0 := s.postgresCPU(), selfCPU()
+	stop := startService(s.b, cfg, zerolog.ErrorLevel, nil)
+	defer stop()
+	t0 := time.Now()
+	m := s.startMeter(db, cfg.Database.Slot)
+	m.self = cpu0 // start-up included
+	var got int64
+	for deadline := t0.Add(s.cap); time.Now().Before(deadline) && got < int64(rows); time.Sleep(10 * time.Millisecond) {
+		// Flushes commit in id order, so the greatest id visible is how
+		// many rows are in (a fresh schema, one sink).
+		if err := db.QueryRow(s.ctx, `SELECT COALESCE(max(id), 0) FROM `+cfg.State.Schema+`.outbox`).Scan(&got); err != nil {
+			s.b.Fatalf("count captured rows: %v", err)
+		}
+	}
+	dur := time.Since(t0)
+	cpu, ws := m.perRow(int(max(got, 1)))
+	note := fmt.Sprintf("%s, no delivery (a pull sink nobody consumes)", s.partial(got, rows, got >= int64(rows)))
+	if pg0 != 0 {
+		pg := float64((s.postgresCPU() - pg0).Microseconds()) / float64(max(got, 1))
+		note += fmt.Sprintf("; Postgres CPU %.0f µs/row (all processes, the walsender included), with walhook's %.0f: %.0f µs/row, so %d cores give capture alone at most %.0fk rows/s", pg, cpu, pg+cpu, numCPU(), float64(numCPU())*1e3/(pg+cpu))
+	}
+	s.add(suiteRow{id: id, workload: "capture alone: the rows of row 3 into the outbox", rate: float64(got) / dur.Seconds(), raw: raw.rate(), cpu: cpu, ws: ws, rawCPU: raw.cpu, rawWS: raw.ws, note: note})
+}
+
 // live3k: 1-row transactions committed at about 3k/s over 8 connections
 // while walhook runs at batch_size 1.
 func (s *suite) live3k() {
@@ -589,8 +631,15 @@ func (s *suite) paced() {
 	srv := s.server(m, int64(rows))
 	lats, missing := latencies(w, st, "/s", 100_001)
 	_, _, mx := pct(lats)
+	var took []time.Duration
+	for _, t := range w.Took {
+		if t > 0 {
+			took = append(took, time.Duration(t))
+		}
+	}
 	s.add(suiteRow{id: "4", workload: "paced: a 1-row tx every 5 ms (200 tps), batch_size 1", lat: latText(lats, missing), cpu: cpu, ws: ws,
-		note: fmt.Sprintf("%s over %s, max %s; raw decode live (%d rows): p50 / p99 %s; %s (the writer's included)", s.partial(st.N, rows, missing == 0), time.Duration(slices.Max(w.Commits)-w.Commits[0]).Round(100*time.Millisecond), ms(mx), rawN, p50p99(rawLats), srv)})
+		note: fmt.Sprintf("%s over %s, max %s; raw decode live (%d rows): p50 / p99 %s; the writer's own 1-row durable INSERT (send to commit returned, meanwhile): p50 / p99 %s, the floor of capture's outbox write; %s (the writer's included)",
+			s.partial(st.N, rows, missing == 0), time.Duration(slices.Max(w.Commits)-w.Commits[0]).Round(100*time.Millisecond), ms(mx), rawN, p50p99(rawLats), p50p99(took), srv)})
 	s.add(suiteRow{id: "4raw", workload: "paced, raw pglogrepl decode of the same kind of WAL (live)", lat: p50p99(rawLats), rawCPU: raw.cpu, rawWS: raw.ws})
 }
 

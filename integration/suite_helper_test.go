@@ -65,9 +65,13 @@ type helperWrite struct {
 }
 
 // helperWritten is the writer's result: Commits[i] is when the
-// transaction of id From+i returned from COMMIT (0: not written).
+// transaction of id From+i returned from COMMIT (0: not written), and
+// Took[i] how long that 1-row durable write took from its send: what
+// one synchronous commit costs on this machine, the floor of any
+// latency that waits for one.
 type helperWritten struct {
 	Commits []int64 `json:"commits"`
+	Took    []int64 `json:"took"`
 	Err     string  `json:"err"`
 }
 
@@ -235,7 +239,7 @@ func (h *helperServer) startWrite(w http.ResponseWriter, r *http.Request) {
 	h.writeDone, h.stopWrite = done, cancel
 	h.written = helperWritten{}
 	h.mu.Unlock()
-	commits := make([]int64, req.N)
+	commits, took := make([]int64, req.N), make([]int64, req.N)
 	go func() {
 		defer close(done)
 		defer pool.Close()
@@ -263,6 +267,7 @@ func (h *helperServer) startWrite(w http.ResponseWriter, r *http.Request) {
 							}
 						}
 					}
+					sent := time.Now()
 					if _, err := pool.Exec(ctx, q, req.From+i); err != nil {
 						if ctx.Err() == nil {
 							errMu.Lock()
@@ -272,12 +277,13 @@ func (h *helperServer) startWrite(w http.ResponseWriter, r *http.Request) {
 						return
 					}
 					commits[i] = time.Now().UnixNano()
+					took[i] = commits[i] - sent.UnixNano()
 				}
 			})
 		}
 		wg.Wait()
 		h.mu.Lock()
-		h.written.Commits = commits
+		h.written.Commits, h.written.Took = commits, took
 		if firstErr != nil {
 			h.written.Err = firstErr.Error()
 		}
