@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/walhook/walhook/egress"
+	"github.com/walhook/walhook/metrics"
 	"github.com/walhook/walhook/outbox"
 	"github.com/walhook/walhook/secrets"
 	"github.com/walhook/walhook/sink"
@@ -234,6 +235,31 @@ func (m *Manager) sync(ctx context.Context) error {
 	return nil
 }
 
+// reportReaped logs the claims ReapClaims ended. A pull consumer that
+// let its visibility timeout pass is routine (its messages come back),
+// a push claim that outlived its lease is not; messages a lapse took past
+// retry.max_age are failed, counted and alerted on as a push nack's are.
+func (m *Manager) reportReaped(reaped []outbox.Reaped) {
+	var ended []int64
+	for _, r := range reaped {
+		if r.Ended > r.LapsedClaims {
+			ended = append(ended, r.SinkID)
+		}
+		if r.Lapsed > 0 {
+			m.cfg.Log.Info().Str("sink", r.SinkName).Int("messages", r.Lapsed).
+				Msg("received messages were not acked or nacked within their visibility timeout; they are available again")
+		}
+		if r.Failed > 0 {
+			metrics.Failed.WithLabelValues(r.SinkName).Add(float64(r.Failed))
+			m.cfg.Log.Error().Str("sink", r.SinkName).Int("messages", r.Failed).
+				Msg("ALERT: received messages exceeded retry.max_age without an ack and are now failed; redeliver them once the consumer is fixed")
+		}
+	}
+	if len(ended) > 0 {
+		m.cfg.Log.Warn().Ints64("sinks", ended).Msg("ended claims whose lease ran out or whose worker died; their messages are delivered again")
+	}
+}
+
 func fingerprint(s *sink.Sink, ep *outbox.Endpoint) string {
 	b, _ := json.Marshal([]any{s.Config, ep.URL, ep.Headers, ep.EncryptedHeaders, ep.UpdatedAt})
 	return string(b)
@@ -304,15 +330,18 @@ func (m *Manager) housekeep(ctx context.Context) {
 		if err := m.history.flush(ctx, m.cfg.Store); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("record delivery history")
 		}
-		if dead, err := m.cfg.Store.ReapDeadWorkers(ctx, m.worker.Load().ID); err != nil && ctx.Err() == nil {
+		if dead, reaped, err := m.cfg.Store.ReapDeadWorkers(ctx, m.worker.Load().ID); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("revoke claims of dead workers")
-		} else if dead > 0 {
-			m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
+		} else {
+			if dead > 0 {
+				m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
+			}
+			m.reportReaped(reaped)
 		}
-		if sinks, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
+		if reaped, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
-		} else if len(sinks) > 0 {
-			m.cfg.Log.Warn().Ints64("sinks", sinks).Msg("ended claims whose lease ran out or whose worker died; their messages are delivered again")
+		} else {
+			m.reportReaped(reaped)
 		}
 		if n%2 != 0 {
 			continue

@@ -70,14 +70,17 @@ func TestPullReceiveAckNack(t *testing.T) {
 	}
 
 	// Long polling: a receive waiting 10s returns as soon as a commit
-	// reaches the outbox.
+	// reaches the outbox, woken by it: the commit comes 200 ms into the
+	// wait, and a waiting receive that was not woken would only find it
+	// when it looks again by itself (a second into its wait).
 	ch := make(chan []pulled, 1)
 	go func() { ch <- e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10}) }()
+	time.Sleep(200 * time.Millisecond)
 	start := time.Now()
 	b.exec(t, `INSERT INTO t VALUES (1)`)
 	got := <-ch
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("long poll returned %s after the commit; want well before its wait (10s)", took)
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Errorf("long poll returned %s after the commit; want it woken by the commit, not by its own look a second into the wait", took)
 	} else {
 		t.Logf("long poll returned %s after the commit", took)
 	}
@@ -190,12 +193,38 @@ func TestPullVisibilityTimeout(t *testing.T) {
 		t.Errorf("ack of a lapsed receive: %d %s", status, out)
 	}
 	// The second lease lapses past max_age (3s since the first attempt):
-	// the messages fail instead of coming back.
+	// the messages fail instead of coming back, counted as push's are.
+	failedBefore := sinkMetric(t, e, "walhook_messages_failed_total") // the registry is the test binary's
 	waitFor(t, 20*time.Second, "the lapsed messages to fail", func() bool {
 		return len(e.messages(t, "s", "?state=failed")) == 2
 	})
+	waitFor(t, 5*time.Second, "the failed metric to count the lapse", func() bool {
+		return sinkMetric(t, e, "walhook_messages_failed_total") >= failedBefore+2
+	})
 	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
 		t.Errorf("received failed messages: %+v", got)
+	}
+}
+
+// max_ack_pending bounds what consumers hold, as it bounds what push has
+// in flight: a receive asking for more gets that many, another gets
+// nothing while they are held, and an ack makes room for as many again.
+func TestPullMaxAckPending(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Sinks[0].MaxAckPending = 3
+	e := startAPI(t, b)
+
+	b.exec(t, `INSERT INTO t SELECT generate_series(1, 10)`) // ten groups, one commit
+	first := e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10})
+	if len(first) != 3 {
+		t.Fatalf("first receive of 10 with max_ack_pending 3: %d messages", len(first))
+	}
+	if got := e.receive(t, "s", map[string]any{"wait": "300ms", "batch_size": 10}); len(got) != 0 {
+		t.Fatalf("receive while 3 are held: %d messages", len(got))
+	}
+	e.must(t, 200, "POST", "/api/sinks/s/ack", map[string]any{"ack_ids": ackIDsOf(first[:2])})
+	if got := e.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10}); len(got) != 2 {
+		t.Fatalf("receive after 2 of 3 were acked: %d messages, want the 2 the ack made room for", len(got))
 	}
 }
 
@@ -364,6 +393,7 @@ func TestPullTwoConsumersHotGroups(t *testing.T) {
 	acked := map[int][]int{} // group -> ids in the order acked
 	var overlaps []string
 	count := 0
+	per := map[int]int{} // consumer -> messages it acked
 	finished := make(chan struct{})
 	var finish sync.Once
 	consumer := func(me int) {
@@ -395,6 +425,7 @@ func TestPullTwoConsumersHotGroups(t *testing.T) {
 					g := int(m.Message.Record["g"].(float64))
 					acked[g] = append(acked[g], int(m.Message.Record["id"].(float64)))
 					count++
+					per[me]++
 				}
 				if count == total {
 					finish.Do(func() { close(finished) })
@@ -457,6 +488,11 @@ func TestPullTwoConsumersHotGroups(t *testing.T) {
 	defer mu.Unlock()
 	for _, o := range overlaps {
 		t.Error(o)
+	}
+	// They share the work, as workers do: 4 hot groups, so neither can
+	// hold them all for long.
+	if per[1] == 0 || per[2] == 0 {
+		t.Errorf("acked per consumer: %v; want both to have worked", per)
 	}
 	for g, ids := range acked {
 		for i := 1; i < len(ids); i++ {
@@ -535,8 +571,14 @@ func TestPullCLI(t *testing.T) {
 // deliveredMetric reads walhook_messages_delivered_total of sink s.
 func deliveredMetric(t *testing.T, e *apiEnv) float64 {
 	t.Helper()
+	return sinkMetric(t, e, "walhook_messages_delivered_total")
+}
+
+// sinkMetric reads a counter of sink s.
+func sinkMetric(t *testing.T, e *apiEnv, name string) float64 {
+	t.Helper()
 	for _, l := range strings.Split(string(e.must(t, 200, "GET", "/metrics", nil)), "\n") {
-		if v, ok := strings.CutPrefix(l, `walhook_messages_delivered_total{sink="s"} `); ok {
+		if v, ok := strings.CutPrefix(l, name+`{sink="s"} `); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("metric line %q: %v", l, err)

@@ -66,7 +66,9 @@ type PullRef struct {
 // (lapse_max_age NULL) for reapSQL, which ReapClaims runs next under the
 // same lock. Its own statement: reapSQL then promotes with a snapshot
 // that sees the messages that failed here. Until then claimSQL counts
-// such a claim as live, so nobody else holds its messages meanwhile.
+// such a claim as live, so nobody else holds its messages meanwhile. It
+// answers how many claims lapsed, how many messages they still held, and
+// how many of those failed (Reaped).
 const lapseSQL = `
 WITH e AS (
 	-- RETURNING shows the new row: the old max_age comes from x.
@@ -75,14 +77,17 @@ WITH e AS (
 		WHERE sink_id = $1 AND until <= clock_timestamp() AND lapse_max_age IS NOT NULL) x
 	WHERE c.id = x.id
 	RETURNING c.ids, c.claimed_at, x.lapse_max_age AS max_age
+), u AS (
+	UPDATE outbox o SET deliver_count = o.deliver_count + 1, head = NULL,
+		first_attempt_at = COALESCE(o.first_attempt_at, e.claimed_at),
+		last_attempt_at = e.claimed_at, last_status = NULL,
+		last_error = 'visibility timeout passed without an ack or nack',
+		failed_at = CASE WHEN e.max_age > 0 AND COALESCE(o.first_attempt_at, e.claimed_at) + make_interval(secs => e.max_age / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END
+	FROM e
+	WHERE o.id = ANY (e.ids) AND o.failed_at IS NULL
+	RETURNING o.failed_at
 )
-UPDATE outbox o SET deliver_count = o.deliver_count + 1, head = NULL,
-	first_attempt_at = COALESCE(o.first_attempt_at, e.claimed_at),
-	last_attempt_at = e.claimed_at, last_status = NULL,
-	last_error = 'visibility timeout passed without an ack or nack',
-	failed_at = CASE WHEN e.max_age > 0 AND COALESCE(o.first_attempt_at, e.claimed_at) + make_interval(secs => e.max_age / 1e6::float8) <= clock_timestamp() THEN clock_timestamp() END
-FROM e
-WHERE o.id = ANY (e.ids) AND o.failed_at IS NULL`
+SELECT (SELECT count(*) FROM e)::int, count(*)::int, count(failed_at)::int FROM u`
 
 // pullHeldSQL is the part of pull ack and nack that finds what is held and
 // shrinks the claims: $1 the sink, $2/$3 the claim and message ids named.

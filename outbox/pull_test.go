@@ -44,9 +44,12 @@ func TestPullLapseByReapClaims(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sinks, err := b.store.ReapClaims(t.Context())
-	if err != nil || len(sinks) != 1 {
-		t.Fatalf("ReapClaims: %v %v", sinks, err)
+	reaped, err := b.store.ReapClaims(t.Context())
+	if err != nil || len(reaped) != 1 {
+		t.Fatalf("ReapClaims: %v %v", reaped, err)
+	}
+	if r := reaped[0]; r.SinkID != b.sinkID || r.SinkName != "s" || r.Ended != 1 || r.LapsedClaims != 1 || r.Lapsed != 2 || r.Failed != 0 {
+		t.Errorf("ReapClaims reported %+v; want the sink's one claim ended, lapsed with 2 messages, none failed", r)
 	}
 	var claims, attempted int
 	if err := b.store.Pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM claims), (SELECT count(*) FROM outbox WHERE deliver_count = 1)`).Scan(&claims, &attempted); err != nil {
@@ -150,8 +153,13 @@ func TestPullLapsePastMaxAge(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := b.store.ReapClaims(t.Context()); err != nil {
+		reaped, err := b.store.ReapClaims(t.Context())
+		if err != nil {
 			t.Fatal(err)
+		}
+		// The second lapse is past max_age: the caller alerts on it.
+		if want := 2 * round; len(reaped) != 1 || reaped[0].Lapsed != 2 || reaped[0].Failed != want {
+			t.Errorf("lapse %d: ReapClaims reported %+v; want 2 messages lapsed, %d failed", round, reaped, want)
 		}
 	}
 	var claims, failed int

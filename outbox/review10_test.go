@@ -703,7 +703,7 @@ func (w *r10Walk) stepOnce() {
 			if time.Now().After(deadline) {
 				w.fatalf("worker %d not found dead in 5 s", dead.ID)
 			}
-			if _, err := w.stores[1-si].ReapDeadWorkers(ctx, 0); err != nil {
+			if _, _, err := w.stores[1-si].ReapDeadWorkers(ctx, 0); err != nil {
 				w.fatalf("reap dead workers: %v", err)
 			}
 			time.Sleep(5 * time.Millisecond)
@@ -1264,7 +1264,7 @@ func TestR10Concurrent(t *testing.T) {
 				if _, err := stores[si].ReapClaims(ctx); err != nil && !stopped() {
 					c.fail("reap: %v", err)
 				}
-				if _, err := stores[si].ReapDeadWorkers(ctx, 0); err != nil && !stopped() {
+				if _, _, err := stores[si].ReapDeadWorkers(ctx, 0); err != nil && !stopped() {
 					c.fail("reap workers: %v", err)
 				}
 				time.Sleep(time.Duration(5+si*7) * time.Millisecond)

@@ -578,7 +578,7 @@ func (tt *torture) run(chaos time.Duration) {
 	house.Go(func() { // the housekeeper every process runs
 		for ctx.Err() == nil {
 			time.Sleep(150 * time.Millisecond)
-			if _, err := store.ReapDeadWorkers(ctx, 0); err != nil && ctx.Err() == nil {
+			if _, _, err := store.ReapDeadWorkers(ctx, 0); err != nil && ctx.Err() == nil {
 				tt.violate("error", "reap workers: %v", err)
 			}
 			if _, err := store.ReapClaims(ctx); err != nil && ctx.Err() == nil {

@@ -111,10 +111,11 @@ WITH dead AS (
 )
 SELECT (SELECT count(*) FROM d), COALESCE((SELECT array_agg(DISTINCT sink_id) FROM r), '{}')`
 
-// ReapDeadWorkers revokes the claims of workers whose process died and
-// wakes the delivery of their sinks. self is the caller's worker id (0
-// for none). It returns how many workers it found dead.
-func (s *Store) ReapDeadWorkers(ctx context.Context, self int64) (int, error) {
+// ReapDeadWorkers revokes the claims of workers whose process died,
+// ends them (ReapClaims, whose report it returns) and wakes the delivery
+// of their sinks. self is the caller's worker id (0 for none). It returns
+// how many workers it found dead.
+func (s *Store) ReapDeadWorkers(ctx context.Context, self int64) (int, []Reaped, error) {
 	var n int
 	var sinks []int64
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
@@ -128,12 +129,11 @@ func (s *Store) ReapDeadWorkers(ctx context.Context, self int64) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("reap dead workers: %w", err)
+		return 0, nil, fmt.Errorf("reap dead workers: %w", err)
 	}
-	if len(sinks) > 0 {
-		if _, err := s.ReapClaims(ctx); err != nil {
-			return n, err
-		}
+	if len(sinks) == 0 {
+		return n, nil, nil
 	}
-	return n, nil
+	reaped, err := s.ReapClaims(ctx)
+	return n, reaped, err
 }
