@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -203,6 +204,36 @@ func TestPullVisibilityTimeout(t *testing.T) {
 	})
 	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
 		t.Errorf("received failed messages: %+v", got)
+	}
+}
+
+// A nack past retry.max_age fails the messages instead of giving them
+// back, and says so: the answer counts them, they show as failed, and
+// the failed metric counts them as a push failure does.
+func TestPullNackPastMaxAge(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	b.cfg.Sinks[0].Retry.MaxAge = config.Duration(time.Second)
+	e := startAPI(t, b)
+
+	b.exec(t, `INSERT INTO t VALUES (1)`)
+	got := e.receive(t, "s", map[string]any{"wait": "10s"})
+	if len(got) != 1 {
+		t.Fatalf("received: %+v", got)
+	}
+	time.Sleep(1100 * time.Millisecond) // past max_age since this first attempt
+	before := sinkMetric(t, e, "walhook_messages_failed_total")
+	out := e.must(t, 200, "POST", "/api/sinks/s/nack", map[string]any{"ack_ids": ackIDsOf(got)})
+	if r := decodeAs[map[string]int](t, out); r["nacked"] != 1 || r["failed"] != 1 {
+		t.Errorf("nack past max_age: %s; want nacked 1, failed 1", out)
+	}
+	if ms := e.messages(t, "s", "?state=failed"); len(ms) != 1 {
+		t.Errorf("failed messages after the nack: %+v", ms)
+	}
+	if after := sinkMetric(t, e, "walhook_messages_failed_total"); after < before+1 {
+		t.Errorf("walhook_messages_failed_total went from %v to %v; want it to count the nack's failure", before, after)
+	}
+	if got := e.receive(t, "s", map[string]any{"wait": "0s"}); len(got) != 0 {
+		t.Errorf("received a failed message: %+v", got)
 	}
 }
 
@@ -416,6 +447,9 @@ func TestPullTwoConsumersHotGroups(t *testing.T) {
 				holder[g] = me
 			}
 			mu.Unlock()
+			// Work on the batch a while, so that a group handed to the
+			// other consumer meanwhile is seen held by both.
+			time.Sleep(time.Duration(1+rand.IntN(10)) * time.Millisecond)
 			// Ack a prefix; every third round nack the rest (it comes
 			// back, in order, to either consumer), else ack it apart.
 			cut := (len(got) + 1) / 2
