@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
+	"net/http/httputil"
+	"net/url"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -600,6 +605,66 @@ func TestPullCLI(t *testing.T) {
 		t.Errorf("receive --follow printed %q, stderr %q", out.String(), errOut.String())
 	}
 	c.fails(t, "not found", "receive", "nope")
+}
+
+// walhook receive --follow rides out an outage of the API (a restart, a
+// proxy answering 503): it says so on stderr, tries again, and prints
+// and acks every message in order once walhook answers again.
+func TestPullCLIFollowRidesOutAnOutage(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	c := &cliEnv{apiEnv: startAPI(t, b), bin: walhookBin(t)}
+	target, err := url.Parse(c.base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	forward := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, `{"error":{"code":"unavailable","message":"restarting"}}`, http.StatusServiceUnavailable)
+			return
+		}
+		forward.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+
+	cmd := exec.Command(c.bin, "receive", "s", "--follow", "--ack", "--wait", "1s", "--batch-size", "1")
+	cmd.Env = append(os.Environ(), "WALHOOK_URL="+proxy.URL, "WALHOOK_TOKEN="+apiToken)
+	var out, errOut syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	b.exec(t, `INSERT INTO t VALUES (1)`)
+	waitFor(t, 20*time.Second, "the first message to be acked", func() bool {
+		return len(c.messages(t, "s", "?state=delivered")) == 1
+	})
+	down.Store(true)
+	b.exec(t, `INSERT INTO t VALUES (2)`)
+	b.exec(t, `INSERT INTO t VALUES (3)`)
+	waitFor(t, 10*time.Second, "receive to meet the outage", func() bool {
+		return strings.Contains(errOut.String(), "trying again")
+	})
+	time.Sleep(500 * time.Millisecond)
+	down.Store(false)
+	waitFor(t, 20*time.Second, "every message to be acked after the outage", func() bool {
+		return len(c.messages(t, "s", "?state=delivered")) == 3
+	})
+	_ = cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("receive --follow after Ctrl-C: %v (%s)", err, errOut.String())
+	}
+	var ids []float64
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		ids = append(ids, decodeAs[pulled](t, []byte(l)).Message.Record["id"].(float64))
+	}
+	if !slices.Equal(ids, []float64{1, 2, 3}) {
+		t.Errorf("printed ids %v, want 1, 2, 3 once each in order; stderr %q", ids, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "503") && !strings.Contains(errOut.String(), "restarting") {
+		t.Errorf("stderr does not say what went wrong: %q", errOut.String())
+	}
 }
 
 // deliveredMetric reads walhook_messages_delivered_total of sink s.

@@ -88,9 +88,26 @@ type apiClient struct {
 // apiError is an error answer of the API.
 type apiError struct {
 	Message string
+	Status  int
 }
 
 func (e *apiError) Error() string { return e.Message }
+
+// transientError is a request that got no answer, or not all of it: the
+// server is down, restarting or cut off, and the same request may work a
+// moment later (receive --follow tries again).
+type transientError struct{ error }
+
+func (e transientError) Unwrap() error { return e.error }
+
+// retryable reports an error a moment may cure: no answer, a server
+// error (5xx) or too many requests (429). A 4xx other than 429 says the
+// request itself is wrong, and stays wrong.
+func retryable(err error) bool {
+	var te transientError
+	var ae *apiError
+	return errors.As(err, &te) || errors.As(err, &ae) && (ae.Status >= 500 || ae.Status == http.StatusTooManyRequests)
+}
 
 // get, post and del call the API and decode a JSON answer into out (when
 // out is not nil); do takes any method.
@@ -114,7 +131,7 @@ func (c *apiClient) do(ctx context.Context, method, path string, q url.Values, b
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("read the answer of %s: %w", c.base, err)
+		return transientError{fmt.Errorf("read the answer of %s: %w", c.base, err)}
 	}
 	if resp.StatusCode >= 300 {
 		return c.errorOf(resp, data)
@@ -191,7 +208,7 @@ func (c *apiClient) unreachable(err error) error {
 			why = "unknown host"
 		}
 	}
-	return fmt.Errorf("cannot reach walhook at %s (%s); is `walhook run` running there? set --url or $%s", c.base, why, envURL)
+	return transientError{fmt.Errorf("cannot reach walhook at %s (%s); is `walhook run` running there? set --url or $%s", c.base, why, envURL)}
 }
 
 func (c *apiClient) errorOf(resp *http.Response, data []byte) error {
@@ -201,7 +218,7 @@ func (c *apiClient) errorOf(resp *http.Response, data []byte) error {
 		} `json:"error"`
 	}
 	_ = json.Unmarshal(data, &body)
-	e := &apiError{Message: body.Error.Message}
+	e := &apiError{Message: body.Error.Message, Status: resp.StatusCode}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized && c.token == "":
 		e.Message = fmt.Sprintf("the walhook API at %s needs a token: set --token or $%s to one of server.api_tokens", c.base, envToken)

@@ -22,6 +22,13 @@ type receivedMessage struct {
 	Message json.RawMessage `json:"message"`
 }
 
+// How long receive --follow waits before it tries again after a request
+// got no answer or a server error: doubling from minRetry up to maxRetry.
+const (
+	minRetry = 200 * time.Millisecond
+	maxRetry = 5 * time.Second
+)
+
 func receiveCmd() *cobra.Command {
 	var ack, follow bool
 	var batch int
@@ -37,7 +44,9 @@ Without --ack the messages stay received but unacknowledged: they come back
 after the visibility timeout (or ack them with POST /api/sinks/SINK/ack).
 With --ack each batch is acknowledged once printed, by the receive of the
 next batch (one request per batch). With --follow the
-command keeps long-polling until interrupted (Ctrl-C).`,
+command keeps long-polling until interrupted (Ctrl-C); when walhook does
+not answer or answers a server error, it says so on stderr and tries
+again, from 200ms up to every 5s, so a restart of walhook loses nothing.`,
 		Args: cobra.ExactArgs(1),
 	}
 	opts := addClientFlags(cmd)
@@ -81,6 +90,8 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 			}
 			return nil
 		}
+		retry := minRetry
+		retried := false // the acks pending went with a receive that failed
 		for {
 			req := body
 			if len(pending) > 0 {
@@ -92,6 +103,17 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 				NotHeld []string          `json:"not_held"`
 			}
 			if err := c.post(ctx, path, req, &res); err != nil {
+				if follow && ctx.Err() == nil && retryable(err) {
+					// walhook is restarting, or briefly unwell: look again
+					// in a moment, with the acks still pending.
+					fmt.Fprintf(cmd.ErrOrStderr(), "walhook: receive: %v; trying again in %s\n", err, retry)
+					select {
+					case <-ctx.Done():
+					case <-time.After(retry):
+					}
+					retry, retried = min(2*retry, maxRetry), len(pending) > 0
+					continue
+				}
 				if aerr := ackPending(true); aerr != nil {
 					return aerr
 				}
@@ -100,10 +122,16 @@ command keeps long-polling until interrupted (Ctrl-C).`,
 				}
 				return err
 			}
-			if len(res.NotHeld) > 0 {
+			retry = minRetry
+			switch {
+			case len(res.NotHeld) > 0 && retried:
+				fmt.Fprintf(cmd.ErrOrStderr(), "walhook: ack: %d of %d ack ids were no longer held: the receive that failed acked them, or the visibility timeout passed and those messages will be received again\n",
+					len(res.NotHeld), len(pending))
+			case len(res.NotHeld) > 0:
 				fmt.Fprintf(cmd.ErrOrStderr(), "walhook: ack: %d of %d ack ids were no longer held (the visibility timeout passed): those messages will be received again\n",
 					len(res.NotHeld), len(pending))
 			}
+			retried = false
 			pending = nil
 			ids := make([]string, len(res.Data))
 			for i, m := range res.Data {
