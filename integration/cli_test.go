@@ -232,3 +232,29 @@ func TestCLI(t *testing.T) {
 	c.fails(t, "needs a token", "sink", "list", "--token", " ")
 	c.fails(t, "--url:", "sink", "list", "--url", "ftp://x")
 }
+
+// sink info on a pull sink: its kind (how consumers reach it) instead of
+// an endpoint, none of the delivery workers' settings, and a message
+// received but not acked counted in flight.
+func TestCLIPullSinkInfo(t *testing.T) {
+	b := pullBundle(t, `CREATE TABLE t (id int PRIMARY KEY)`, "public.t")
+	c := &cliEnv{apiEnv: startAPI(t, b), bin: walhookBin(t)}
+	b.exec(t, `INSERT INTO t VALUES (1)`)
+	// Fewer than batch_size: no read ahead, so exactly one in flight.
+	if got := c.receive(t, "s", map[string]any{"wait": "10s", "batch_size": 10, "visibility_timeout": "10m"}); len(got) != 1 {
+		t.Fatalf("receive: %+v", got)
+	}
+
+	out := c.ok(t, "sink", "info", "s")
+	c.golden(t, "sink_info_pull", out)
+	for _, want := range []string{`(?m)^kind:\s+pull \(walhook receive s\)$`, `(?m)^in flight:\s+1$`, `(?m)^pending:\s+0$`} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("sink info of a pull sink does not match %s:\n%s", want, out)
+		}
+	}
+	for _, not := range []string{"concurrency", "request_timeout", "endpoint:", "path:"} {
+		if strings.Contains(out, not) {
+			t.Errorf("sink info of a pull sink shows %q:\n%s", not, out)
+		}
+	}
+}

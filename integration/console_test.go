@@ -219,13 +219,19 @@ func (tb *tab) goTo(hash string) {
 const sinkRowLayout = `JSON.stringify([...document.querySelectorAll('tr[data-sink="s"] > *')].map(c => { const r = c.getBoundingClientRect(); return [Math.round(r.left), Math.round(r.width), Math.round(r.height)] }))`
 
 // The console, driven in Chromium against a running service: sign-in,
-// live counts, a failing message and its redelivery, a backfill, the
-// live tail, endpoints with masked secrets, errors, phone width and the
-// dev sign-in link.
+// live counts, a pull sink's message in flight and then delivered, a
+// failing message and its redelivery, a backfill, the live tail,
+// endpoints with masked secrets, errors, phone width and the dev sign-in
+// link.
 func TestConsole(t *testing.T) {
 	browser := newBrowser(t)
-	b := apiBundle(t, `CREATE TABLE t (id int PRIMARY KEY, v text)`, "public.t")
+	b := apiBundle(t, `CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY)`, "public.t")
 	b.cfg.Sinks[0].Retry.MaxAge = config.Duration(300 * time.Millisecond)
+	// A pull sink on a table of its own: its counts move only when the
+	// test receives and acks.
+	pull := config.Sink{Name: "p", Kind: config.KindPull, Tables: []string{"public.u"}}
+	pull.ApplyDefaults()
+	b.cfg.Sinks = append(b.cfg.Sinks, pull)
 	var failing atomic.Bool
 	b.recv.setRespond(func(r *request) int {
 		if failing.Load() {
@@ -312,6 +318,27 @@ func TestConsole(t *testing.T) {
 	// Live counts: an INSERT shows up as delivered without a reload.
 	b.exec(t, `INSERT INTO t VALUES (1, 'one')`)
 	tb.wait("delivered count 1", `document.querySelector('tr[data-sink="s"] [data-count="delivered"]').innerText === "1"`)
+
+	// A pull sink: listed as one, a received message is in flight until
+	// it is acked, and then counts as delivered.
+	if got := tb.text(`tr[data-sink="p"] [data-label="Endpoint"]`); got != "pull (consumers receive)" {
+		t.Errorf("endpoint cell of the pull sink: %q", got)
+	}
+	b.exec(t, `INSERT INTO u VALUES (1)`)
+	// Fewer than batch_size: no read ahead, so exactly one in flight.
+	received := e.receive(t, "p", map[string]any{"wait": "10s", "batch_size": 10, "visibility_timeout": "10m"})
+	if len(received) != 1 {
+		t.Fatalf("receive from the pull sink: %+v", received)
+	}
+	tb.wait("the pull sink's message in flight", `document.querySelector('tr[data-sink="p"] [data-count="in_flight"]')?.innerText === "1"`)
+	if got := tb.eval(`[...document.querySelectorAll('tr[data-sink="p"] [data-count]')].map(c => c.dataset.count + "=" + c.innerText).join(" ")`); got != "pending=0 in_flight=1 backing_off=0 failed=0 delivered=0" {
+		t.Errorf("pull sink counts with a message received: %s", got)
+	}
+	tb.dismiss()
+	tb.shot("console-overview-pull")
+	e.must(t, 200, "POST", "/api/sinks/p/ack", map[string]any{"ack_ids": ackIDsOf(received)})
+	tb.wait("the pull sink's message delivered", `document.querySelector('tr[data-sink="p"] [data-count="in_flight"]')?.innerText === "0" && document.querySelector('tr[data-sink="p"] [data-count="delivered"]')?.innerText === "1"`)
+	tb.shot("console-overview-pull-acked")
 	layout := tb.eval(sinkRowLayout)
 
 	// Live tail.
@@ -328,7 +355,10 @@ func TestConsole(t *testing.T) {
 	b.exec(t, `INSERT INTO t SELECT g, 'bulk' FROM generate_series(100, 159) g`)
 	tb.goTo("#/sinks/s/messages?state=failed")
 	tb.wait("61 failed messages", `document.querySelector('.counts [data-count="failed"]')?.innerText === "61"`)
-	tb.wait("a full page", `document.querySelectorAll('tr[data-state="failed"]').length === 50`)
+	// The list polls apart from the counts, so a page loaded while some
+	// of the 61 were still backing off can be full too; wait for the one
+	// of the 50 oldest (13, 100..148), or the next page starts too late.
+	tb.wait("a full page", `[...document.querySelectorAll('tr[data-state="failed"]')].length === 50 && [...document.querySelectorAll('tr[data-state="failed"]')].at(-1).dataset.group === "public.t:148"`)
 	tb.dismiss()
 	tb.view("console-sink")
 	tb.do("next page", chromedp.Click(chromedp.CSS(".pager button:last-child")))

@@ -96,8 +96,12 @@ func sinkInfoCmd(opts *clientOptions) *cobra.Command {
 				t.row("actions:", s.Actions)
 				t.row("message:", s.Message)
 				t.row("batch_size:", s.BatchSize)
-				t.row("concurrency:", s.Concurrency)
-				t.row("request_timeout:", s.RequestTimeout)
+				if s.Kind != "pull" {
+					// Delivery workers and their requests: a pull sink has
+					// neither, its consumers set their own pace.
+					t.row("concurrency:", s.Concurrency)
+					t.row("request_timeout:", s.RequestTimeout)
+				}
 				t.row("max_ack_pending:", s.MaxAckPending)
 				t.row("retry:", fmt.Sprintf("initial_backoff %s, max_backoff %s, max_age %s", s.Retry.InitialBackoff, s.Retry.MaxBackoff, s.Retry.MaxAge))
 				signed := "no"
