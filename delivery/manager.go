@@ -245,8 +245,8 @@ func (m *Manager) reportReaped(reaped []outbox.Reaped) {
 		if r.Ended > r.LapsedClaims {
 			ended = append(ended, r.SinkID)
 		}
-		if r.Lapsed > 0 {
-			m.cfg.Log.Info().Str("sink", r.SinkName).Int("messages", r.Lapsed).
+		if back := r.Lapsed - r.Failed; back > 0 {
+			m.cfg.Log.Info().Str("sink", r.SinkName).Int("messages", back).
 				Msg("received messages were not acked or nacked within their visibility timeout; they are available again")
 		}
 		if r.Failed > 0 {
@@ -330,19 +330,20 @@ func (m *Manager) housekeep(ctx context.Context) {
 		if err := m.history.flush(ctx, m.cfg.Store); err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("record delivery history")
 		}
-		if dead, reaped, err := m.cfg.Store.ReapDeadWorkers(ctx, m.worker.Load().ID); err != nil && ctx.Err() == nil {
+		// A reap that failed part way reports what it did before: those
+		// claims are gone, and the next reap cannot count them.
+		dead, reaped, err := m.cfg.Store.ReapDeadWorkers(ctx, m.worker.Load().ID)
+		if err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("revoke claims of dead workers")
-		} else {
-			if dead > 0 {
-				m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
-			}
-			m.reportReaped(reaped)
+		} else if dead > 0 {
+			m.cfg.Log.Warn().Int("workers", dead).Msg("revoked the claims of delivery workers whose process died; their messages are delivered again")
 		}
-		if reaped, err := m.cfg.Store.ReapClaims(ctx); err != nil && ctx.Err() == nil {
+		m.reportReaped(reaped)
+		reaped, err = m.cfg.Store.ReapClaims(ctx)
+		if err != nil && ctx.Err() == nil {
 			m.cfg.Log.Warn().Err(err).Msg("end expired claims")
-		} else {
-			m.reportReaped(reaped)
 		}
+		m.reportReaped(reaped)
 		if n%2 != 0 {
 			continue
 		}

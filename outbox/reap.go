@@ -40,7 +40,7 @@ type Reaped struct {
 // revoked, promoting their groups (rule R). Every delivering process runs
 // it each second; until then such a claim is simply not live. It returns
 // what it did per sink whose claims it ended, so their workers can be
-// woken and lapses reported.
+// woken and lapses reported; with an error, what it did before it.
 func (s *Store) ReapClaims(ctx context.Context) ([]Reaped, error) {
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.sink_id, COALESCE(s.name, '') FROM claims c LEFT JOIN sinks s ON s.id = c.sink_id
 		WHERE c.until <= clock_timestamp()`)
@@ -64,7 +64,8 @@ func (s *Store) ReapClaims(ctx context.Context) ([]Reaped, error) {
 			pb.Queue(`SELECT pg_notify($1, $2)`, s.Channel(), fmt.Sprint(id))
 		})
 		if err != nil {
-			return nil, fmt.Errorf("reap ended claims of sink %d: %w", id, err)
+			// What the sinks before this one committed stands: report it.
+			return reaped, fmt.Errorf("reap ended claims of sink %d: %w", id, err)
 		}
 		reaped = append(reaped, r)
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,6 +91,7 @@ type apiClient struct {
 type apiError struct {
 	Message string
 	Status  int
+	Code    string // error.code of the answer ("not_held", ...)
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -193,8 +196,18 @@ func (c *apiClient) send(ctx context.Context, hc *http.Client, method, path stri
 	return resp, nil
 }
 
-// unreachable explains a transport error in one line.
+// unreachable explains a transport error in one line. A TLS failure (a
+// certificate not trusted, https to a plain HTTP port) is no outage: it
+// names its cause and is not transient, while anything else may pass.
 func (c *apiClient) unreachable(err error) error {
+	var certErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	var authErr x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	if errors.As(err, &certErr) || errors.As(err, &recErr) || errors.As(err, &authErr) || errors.As(err, &hostErr) ||
+		strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") { // net/http's, untyped
+		return fmt.Errorf("TLS with walhook at %s failed: %w; check --url (https or http) and the server's certificate", c.base, err)
+	}
 	why := "no answer"
 	var ne net.Error
 	var oe *net.OpError
@@ -215,10 +228,11 @@ func (c *apiClient) errorOf(resp *http.Response, data []byte) error {
 	var body struct {
 		Error struct {
 			Message string `json:"message"`
+			Code    string `json:"code"`
 		} `json:"error"`
 	}
 	_ = json.Unmarshal(data, &body)
-	e := &apiError{Message: body.Error.Message, Status: resp.StatusCode}
+	e := &apiError{Message: body.Error.Message, Status: resp.StatusCode, Code: body.Error.Code}
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized && c.token == "":
 		e.Message = fmt.Sprintf("the walhook API at %s needs a token: set --token or $%s to one of server.api_tokens", c.base, envToken)

@@ -27,6 +27,9 @@ type receivedMessage struct {
 const (
 	minRetry = 200 * time.Millisecond
 	maxRetry = 5 * time.Second
+	// finalAckTimeout bounds the ack of what was printed, once
+	// interrupted or stopped by an error.
+	finalAckTimeout = 10 * time.Second
 )
 
 func receiveCmd() *cobra.Command {
@@ -59,6 +62,8 @@ again, from 200ms up to every 5s, so a restart of walhook loses nothing.`,
 		c.http = &http.Client{Timeout: wait + 30*time.Second}
 		ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
+		context.AfterFunc(ctx, stop) // a second Ctrl-C ends it at once
+
 		body := map[string]any{"wait": wait.String()}
 		if batch != 0 {
 			body["batch_size"] = batch
@@ -73,17 +78,20 @@ again, from 200ms up to every 5s, so a restart of walhook loses nothing.`,
 		// one whose receive was cut short, by an ack of its own.
 		var pending []string
 		// ackPending acks what was printed but not acknowledged. Printed
-		// means handled: it acks even when interrupted. cut: the receive
-		// that carried these ids may have acked them already, so an
-		// answer that they are not held is no news.
+		// means handled: it acks even when interrupted, within
+		// finalAckTimeout. cut: the receive that carried these ids may
+		// have acked them already, so an answer that they are not held is
+		// no news; any other failure is said.
 		ackPending := func(cut bool) error {
 			if len(pending) == 0 {
 				return nil
 			}
-			err := c.post(context.WithoutCancel(ctx), ackPath, map[string]any{"ack_ids": pending}, nil)
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalAckTimeout)
+			defer cancel()
+			err := c.post(actx, ackPath, map[string]any{"ack_ids": pending}, nil)
 			var ae *apiError
 			switch {
-			case err != nil && cut && errors.As(err, &ae):
+			case err != nil && cut && errors.As(err, &ae) && ae.Code == "not_held":
 				return nil
 			case err != nil:
 				return fmt.Errorf("ack %d messages: %w", len(pending), err)

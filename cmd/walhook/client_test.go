@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runCLI runs the root command in-process with stdin in and returns what
@@ -154,5 +155,36 @@ func TestSummary(t *testing.T) {
 	}
 	if got := summary(json.RawMessage(`{"record": {"id": 1}, "metadata": {}}`)); got != `row  {"id":1}` {
 		t.Errorf("row: %q", got)
+	}
+}
+
+// receive --follow tries again only what a moment may cure: a refused
+// connection or a 503 is retryable, a TLS failure (a certificate not
+// trusted, https to a plain HTTP port) is not, and names its cause.
+func TestRetryable(t *testing.T) {
+	ctx := t.Context()
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer tlsSrv.Close()
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":{"code":"unavailable","message":"restarting"}}`, http.StatusServiceUnavailable)
+	}))
+	defer plain.Close()
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	for _, tc := range []struct {
+		name, base string
+		retry      bool
+		says       string
+	}{
+		{"untrusted certificate", tlsSrv.URL, false, "TLS"},
+		{"https to plain http", "https" + strings.TrimPrefix(plain.URL, "http"), false, "TLS"},
+		{"503", plain.URL, true, "restarting"},
+		{"refused", gone.URL, true, "connection refused"},
+	} {
+		c := &apiClient{base: tc.base, http: &http.Client{Timeout: 5 * time.Second}}
+		err := c.get(ctx, "/api/sinks", nil, nil)
+		if err == nil || retryable(err) != tc.retry || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: %v (retryable %v); want retryable %v, naming %q", tc.name, err, err != nil && retryable(err), tc.retry, tc.says)
+		}
 	}
 }
