@@ -475,6 +475,18 @@ func p50p99(l []time.Duration) string {
 	return ms(p50) + " / " + ms(p99)
 }
 
+// backlog makes cfg's slot and state schema (walhook started and
+// stopped), commits rows in 100-row transactions to the source db, and
+// decodes them raw from the bench_raw slot (sourceDB(true)) for the
+// row's comparison.
+func (s *suite) backlog(cfg *config.Config, db *pgxpool.Pool, rows int) rawResult {
+	startService(s.b, cfg, zerolog.ErrorLevel, nil)()
+	s.writeParallel(db, 1, rows)
+	raw := s.rawRun(s.ctx, cfg.Database.URL, "bench_raw", "bench", rows, nil)
+	s.dropSlot(db, "bench_raw")
+	return raw
+}
+
 // drain: rows committed while walhook was stopped (its slot made
 // before), then walhook started: rows/s from streaming to the last
 // receipt, next to a raw decode of the same WAL made before walhook ran.
@@ -488,10 +500,7 @@ func (s *suite) drain(id, what string, rows, batch int, ownState bool) {
 		defer s.drop(state)
 	}
 	cfg := s.config(src, state, batch, 0)
-	startService(s.b, cfg, zerolog.ErrorLevel, nil)() // makes the slot and the state schema
-	s.writeParallel(db, 1, rows)
-	raw := s.rawRun(s.ctx, src, "bench_raw", "bench", rows, nil)
-	s.dropSlot(db, "bench_raw")
+	raw := s.backlog(cfg, db, rows)
 
 	s.helper.reset(helperMode{})
 	cpu0 := selfCPU()
@@ -524,10 +533,7 @@ func (s *suite) captureOnly(id string, rows int) {
 	cfg := s.config(src, src, 100, 0)
 	cfg.HTTPEndpoints = nil
 	cfg.Sinks[0].Endpoint, cfg.Sinks[0].Path, cfg.Sinks[0].Kind = "", "", config.KindPull
-	startService(s.b, cfg, zerolog.ErrorLevel, nil)() // makes the slot and the state schema
-	s.writeParallel(db, 1, rows)
-	raw := s.rawRun(s.ctx, src, "bench_raw", "bench", rows, nil)
-	s.dropSlot(db, "bench_raw")
+	raw := s.backlog(cfg, db, rows)
 
 	pg0, cpu0 := s.postgresCPU(), selfCPU()
 	stop := startService(s.b, cfg, zerolog.ErrorLevel, nil)

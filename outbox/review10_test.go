@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walhook/walhook/internal/pgtest"
 	"github.com/walhook/walhook/migrations"
@@ -110,25 +111,32 @@ func (w *r10Walk) exec(sql string, args ...any) {
 	}
 }
 
-// queueAt queues n messages of group at commit position lsn, in one
-// insert (rule Q).
-func (w *r10Walk) queueAt(group string, lsn uint64, n int) {
+// r10Queue queues n messages of group at commit position lsn in one
+// insert (rule Q) and returns their ids.
+func r10Queue(ctx context.Context, pool *pgxpool.Pool, sinkID int64, group string, lsn uint64, n int) ([]int64, error) {
 	rows := make([]NewMessage, n)
 	for i := range rows {
-		rows[i] = NewMessage{SinkID: w.b.sinkID, Group: group, CommitLSN: lsn, CommitIdx: i, Payload: []byte(`{}`)}
+		rows[i] = NewMessage{SinkID: sinkID, Group: group, CommitLSN: lsn, CommitIdx: i, Payload: []byte(`{}`)}
 	}
 	var ids []int64
-	err := pgx.BeginFunc(w.t.Context(), w.b.store.Pool, func(tx pgx.Tx) error {
-		if err := queueRows(w.t.Context(), tx, rows); err != nil {
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if err := queueRows(ctx, tx, rows); err != nil {
 			return err
 		}
-		r, err := tx.Query(w.t.Context(), `SELECT id FROM outbox WHERE sink_id = $1 AND group_key = $2 AND commit_lsn = $3`, w.b.sinkID, group, int64(lsn))
+		r, err := tx.Query(ctx, `SELECT id FROM outbox WHERE sink_id = $1 AND group_key = $2 AND commit_lsn = $3`, sinkID, group, int64(lsn))
 		if err != nil {
 			return err
 		}
 		ids, err = pgx.CollectRows(r, pgx.RowTo[int64])
 		return err
 	})
+	return ids, err
+}
+
+// queueAt queues n messages of group at commit position lsn, in one
+// insert (rule Q).
+func (w *r10Walk) queueAt(group string, lsn uint64, n int) {
+	ids, err := r10Queue(w.t.Context(), w.b.store.Pool, w.b.sinkID, group, lsn, n)
 	if err != nil {
 		w.fatalf("queue: %v", err)
 	}
@@ -1013,22 +1021,7 @@ func TestR10Concurrent(t *testing.T) {
 		}
 		lsnMu.Unlock()
 		g := fmt.Sprintf("g%d", rnd.IntN(12))
-		rows := make([]NewMessage, 1+rnd.IntN(3))
-		for i := range rows {
-			rows[i] = NewMessage{SinkID: sid, Group: g, CommitLSN: lsn, CommitIdx: i, Payload: []byte(`{}`)}
-		}
-		var ids []int64
-		err := pgx.BeginFunc(ctx, b.store.Pool, func(tx pgx.Tx) error {
-			if err := queueRows(ctx, tx, rows); err != nil {
-				return err
-			}
-			r, err := tx.Query(ctx, `SELECT id FROM outbox WHERE sink_id = $1 AND group_key = $2 AND commit_lsn = $3`, sid, g, int64(lsn))
-			if err != nil {
-				return err
-			}
-			ids, err = pgx.CollectRows(r, pgx.RowTo[int64])
-			return err
-		})
+		ids, err := r10Queue(ctx, b.store.Pool, sid, g, lsn, 1+rnd.IntN(3))
 		if err != nil {
 			c.fail("queue: %v", err)
 			return
