@@ -15,9 +15,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/walhook/walhook/internal/pgtest"
-	"github.com/walhook/walhook/migrations"
 )
 
 // Review 10: interleavings earlier reviews did not try, on two Stores
@@ -35,26 +32,13 @@ import (
 // schema.
 func r10Setup(t *testing.T) (*testBundle, *Store) {
 	t.Helper()
-	ctx := t.Context()
-	url := pgtest.NewDB(t)
-	if _, err := migrations.Up(ctx, url, "walhook"); err != nil {
-		t.Fatal(err)
-	}
-	s1, err := Open(ctx, url, "walhook", 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s1.Close)
-	s2, err := Open(ctx, url, "walhook", 8)
+	b := setup(t)
+	s2, err := Open(t.Context(), b.store.pool.Config().ConnString(), "walhook", 8)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s2.Close)
-	var id int64
-	if err := s1.pool.QueryRow(ctx, `INSERT INTO sinks (name, config) VALUES ('s', '{}') RETURNING id`).Scan(&id); err != nil {
-		t.Fatal(err)
-	}
-	return &testBundle{store: &testStore{Store: s1, Pool: s1.pool}, sinkID: id}, s2
+	return b, s2
 }
 
 type r10Walk struct {
@@ -98,6 +82,18 @@ func (w *r10Walk) store() *Store { return w.stores[w.rnd.IntN(len(w.stores))] }
 func (w *r10Walk) fatalf(format string, args ...any) {
 	w.t.Helper()
 	w.t.Fatalf("step %d: "+format, append([]any{w.step}, args...)...)
+}
+
+// someAcks picks a received batch, if any, and some of its messages to
+// ack, saying half the time that this process handed it out (known).
+func (w *r10Walk) someAcks() (refs []PullRef, known []*Batch) {
+	if b, ok := r10Pick(w, &w.pull); ok {
+		refs = w.someRefs(b)
+		if w.rnd.IntN(2) == 0 {
+			known = []*Batch{b}
+		}
+	}
+	return refs, known
 }
 
 func (w *r10Walk) note(format string, args ...any) {
@@ -467,14 +463,7 @@ func (w *r10Walk) stepOnce() {
 		if !ok {
 			return
 		}
-		var refs []PullRef
-		var known []*Batch
-		if b, ok := r10Pick(w, &w.pull); ok {
-			refs = w.someRefs(b)
-			if w.rnd.IntN(2) == 0 {
-				known = []*Batch{b}
-			}
-		}
+		refs, known := w.someAcks()
 		if w.rnd.IntN(4) == 0 { // its lease ends between take and adoption
 			w.exec(`UPDATE claims SET until = clock_timestamp() - interval '1 ms' WHERE id = $1`, pre.ClaimID)
 		}
@@ -499,14 +488,7 @@ func (w *r10Walk) stepOnce() {
 			w.pull = append(w.pull, got)
 		}
 	case 8: // a receive carrying acks, no prefetch
-		var refs []PullRef
-		var known []*Batch
-		if b, ok := r10Pick(w, &w.pull); ok {
-			refs = w.someRefs(b)
-			if w.rnd.IntN(2) == 0 {
-				known = []*Batch{b}
-			}
-		}
+		refs, known := w.someAcks()
 		want := w.held(refs)
 		res, got, err := w.store().Receive(ctx, refs, known, w.req(1+w.rnd.IntN(4), 1, true, 0), nil)
 		if err != nil {
